@@ -1,0 +1,105 @@
+"""Model shapes: what the cost model needs to know about a transformer, dense or MoE."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Bytes per parameter of each weight format, block scales included
+# (int8: one fp16 scale per 32 weights; q4: 4-bit + fp16 scale per 32 (llama.cpp Q4_0);
+#  mxfp4: 4-bit + one 8-bit shared exponent per 32, as in GPT-OSS).
+BYTES_PER_PARAM: dict[str, float] = {
+    "fp32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "int8": 1.0625,
+    "q4": 0.5625,
+    "mxfp4": 0.53125,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A decoder-only transformer. Dense when `n_experts == 0`.
+
+    For MoE models `intermediate` is one expert's FFN width; compute scales with the
+    `experts_per_token` active experts, memory with all `n_experts`.
+    """
+
+    name: str
+    n_layers: int
+    hidden: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    max_context: int = 8192
+    n_experts: int = 0
+    experts_per_token: int = 0
+    tied_embeddings: bool = False
+    sliding_window: int = 0  # 0: every layer attends to the full context
+    sliding_layers: tuple[int, ...] = ()  # indices of the sliding-window layers
+    weight_precision: str = "bf16"  # attention, dense FFN, embeddings, LM head
+    expert_precision: str = "bf16"  # MoE expert FFNs
+    kv_bytes_per_value: float = 2.0  # KV cache element size (bf16/fp16)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    @property
+    def attn_params(self) -> int:
+        q = self.hidden * self.n_heads * self.head_dim
+        kv = 2 * self.hidden * self.n_kv_heads * self.head_dim
+        o = self.n_heads * self.head_dim * self.hidden
+        return q + kv + o
+
+    @property
+    def expert_params(self) -> int:
+        """Parameters of one gated FFN (gate, up, down) of width `intermediate`."""
+        return 3 * self.hidden * self.intermediate
+
+    @property
+    def layer_params(self) -> int:
+        """All parameters of one decoder layer (memory)."""
+        router = self.hidden * self.n_experts
+        ffn = self.expert_params * max(self.n_experts, 1)
+        return self.attn_params + ffn + router + 2 * self.hidden
+
+    @property
+    def layer_active_params(self) -> int:
+        """Parameters touched per token in one decoder layer (compute)."""
+        router = self.hidden * self.n_experts
+        ffn = self.expert_params * (self.experts_per_token if self.is_moe else 1)
+        return self.attn_params + ffn + router + 2 * self.hidden
+
+    @property
+    def layer_weight_bytes(self) -> float:
+        dense = self.layer_params - (self.expert_params * self.n_experts if self.is_moe else 0)
+        experts = self.expert_params * self.n_experts if self.is_moe else 0
+        return dense * BYTES_PER_PARAM[self.weight_precision] + experts * BYTES_PER_PARAM[self.expert_precision]
+
+    @property
+    def embedding_bytes(self) -> float:
+        return self.vocab * self.hidden * BYTES_PER_PARAM[self.weight_precision]
+
+    @property
+    def lm_head_bytes(self) -> float:
+        """Final norm + LM head. With tied embeddings the head reuses the embedding matrix, but a
+        stage that holds the head without the embedding still needs its own copy."""
+        return self.vocab * self.hidden * BYTES_PER_PARAM[self.weight_precision] + self.hidden * 2
+
+    def kv_bytes_per_token(self, layer: int) -> float:
+        """K and V of one token in one layer (GQA: n_kv_heads, not n_heads)."""
+        return 2 * self.n_kv_heads * self.head_dim * self.kv_bytes_per_value
+
+    def kv_tokens(self, layer: int, context: int) -> int:
+        """Tokens of KV a layer keeps for a sequence of `context` tokens."""
+        if self.sliding_window and layer in self.sliding_layers:
+            return min(context, self.sliding_window)
+        return context
+
+    @property
+    def total_params(self) -> int:
+        head = 0 if self.tied_embeddings else self.vocab * self.hidden
+        return self.n_layers * self.layer_params + self.vocab * self.hidden + head + self.hidden
