@@ -77,7 +77,9 @@ class ModelSpec:
     def layer_weight_bytes(self) -> float:
         dense = self.layer_params - (self.expert_params * self.n_experts if self.is_moe else 0)
         experts = self.expert_params * self.n_experts if self.is_moe else 0
-        return dense * BYTES_PER_PARAM[self.weight_precision] + experts * BYTES_PER_PARAM[self.expert_precision]
+        return (
+            dense * BYTES_PER_PARAM[self.weight_precision] + experts * BYTES_PER_PARAM[self.expert_precision]
+        )
 
     @property
     def embedding_bytes(self) -> float:
@@ -103,3 +105,10 @@ class ModelSpec:
     def total_params(self) -> int:
         head = 0 if self.tied_embeddings else self.vocab * self.hidden
         return self.n_layers * self.layer_params + self.vocab * self.hidden + head + self.hidden
+
+    @property
+    def total_weight_bytes(self) -> float:
+        """All weights of the model on one device: layers, embedding, final norm + LM head
+        (the head shares the embedding matrix when tied)."""
+        head = self.hidden * 2 if self.tied_embeddings else self.lm_head_bytes
+        return self.n_layers * self.layer_weight_bytes + self.embedding_bytes + head

@@ -1,0 +1,189 @@
+"""`ModelSpec` from a Hugging Face `config.json` or a GGUF header.
+
+Only what the cost model needs is read: layer count, widths, heads, experts, vocabulary, context,
+sliding-window layers and the stored precision. Approximations (documented, conservative):
+Qwen2 QKV biases and MoE shared experts are not counted; a GGUF's quantisation maps to the nearest
+of our formats rounding *up* in size for 5/6-bit types (int8) and to `q4` for 1-4-bit types; a
+GGUF sliding window is honoured only for GPT-OSS (the others are treated as full attention, which
+over- rather than under-estimates KV memory).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from e2llm.errors import InputError
+from e2llm.specs.gguf_header import read_gguf_header
+from e2llm.specs.model import ModelSpec
+
+_HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+def spec_from_hf_config(path: Path) -> ModelSpec:
+    """Read an HF `config.json` (multimodal configs: their `text_config`)."""
+    where = str(path)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}:{e.lineno}", f"malformed JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(where, f"cannot read model config: {e}") from None
+    if not isinstance(cfg, dict):
+        raise InputError(where, "model config must be a JSON object", type(cfg).__name__)
+    if isinstance(cfg.get("text_config"), dict):
+        cfg = {**cfg, **cfg["text_config"]}
+
+    def need(*keys: str) -> int:
+        for key in keys:
+            value = cfg.get(key)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                    raise InputError(f"{where}: {key}", "must be a positive integer", value)
+                return value
+        raise InputError(f"{where}: {keys[0]}", "missing required key in model config")
+
+    n_layers = need("num_hidden_layers", "n_layer")
+    hidden = need("hidden_size", "n_embd")
+    n_heads = need("num_attention_heads", "n_head")
+    n_kv = need("num_key_value_heads", "num_attention_heads", "n_head")
+    head_dim = need("head_dim") if cfg.get("head_dim") else hidden // n_heads
+    n_experts = (
+        need("num_local_experts", "num_experts", "n_routed_experts")
+        if _has_any(cfg, "num_local_experts", "num_experts", "n_routed_experts")
+        else 0
+    )
+    per_token = need("num_experts_per_tok", "experts_per_token") if n_experts else 0
+    ffn_keys = ("moe_intermediate_size", "intermediate_size") if n_experts else ("intermediate_size",)
+    intermediate = need(*ffn_keys)
+    window, sliding = _hf_sliding(cfg, n_layers)
+    weights, experts = _hf_precision(cfg, where)
+    name = cfg.get("_name_or_path") or (path.parent.name if path.name == "config.json" else path.stem)
+    return ModelSpec(
+        name=str(name),
+        n_layers=n_layers,
+        hidden=hidden,
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        intermediate=intermediate,
+        vocab=need("vocab_size"),
+        max_context=need("max_position_embeddings") if cfg.get("max_position_embeddings") else 8192,
+        n_experts=n_experts,
+        experts_per_token=per_token,
+        tied_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        sliding_window=window,
+        sliding_layers=sliding,
+        weight_precision=weights,
+        expert_precision=experts,
+        kv_bytes_per_value=4.0 if weights == "fp32" else 2.0,
+    )
+
+
+def _has_any(cfg: Mapping[str, Any], *keys: str) -> bool:
+    return any(cfg.get(k) for k in keys)
+
+
+def _hf_sliding(cfg: Mapping[str, Any], n_layers: int) -> tuple[int, tuple[int, ...]]:
+    """(window, sliding layer indices): `layer_types` when given (GPT-OSS, Gemma), else a
+    Mistral-style window on every layer unless `use_sliding_window` is false (Qwen2)."""
+    window = cfg.get("sliding_window")
+    if not isinstance(window, int) or isinstance(window, bool) or window <= 0:
+        return 0, ()
+    types = cfg.get("layer_types")
+    if isinstance(types, list) and len(types) == n_layers:
+        layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+        return (window, layers) if layers else (0, ())
+    if cfg.get("use_sliding_window") is False:
+        return 0, ()
+    return window, tuple(range(n_layers))
+
+
+def _hf_precision(cfg: Mapping[str, Any], where: str) -> tuple[str, str]:
+    """(dense weight precision, expert precision) from `dtype`/`torch_dtype` and any
+    `quantization_config` (mxfp4 experts, GPTQ/AWQ bits, bitsandbytes 4/8-bit)."""
+    dtype = cfg.get("dtype") or cfg.get("torch_dtype") or "bfloat16"
+    base = _HF_DTYPES.get(str(dtype), "bf16")
+    quant = cfg.get("quantization_config")
+    if not isinstance(quant, dict):
+        return base, base
+    method = str(quant.get("quant_method", "")).lower()
+    if method == "mxfp4":
+        return base, "mxfp4"
+    bits = quant.get("bits") or quant.get("w_bit")
+    if quant.get("load_in_4bit") or bits == 4:
+        return "q4", "q4"
+    if quant.get("load_in_8bit") or bits == 8:
+        return "int8", "int8"
+    return base, base
+
+
+def _gguf_precision(file_type: object) -> tuple[str, str]:
+    """(dense, expert) precision of a GGUF `general.file_type` (llama.cpp's LlamaFileType)."""
+    import gguf  # imported lazily: only GGUF inputs need it
+
+    try:
+        name = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")  # type: ignore[call-overload]
+    except (ValueError, TypeError):
+        return "bf16", "bf16"
+    if name == "ALL_F32":
+        return "fp32", "fp32"
+    if name == "F16":
+        return "fp16", "fp16"
+    if name == "BF16":
+        return "bf16", "bf16"
+    if name == "MXFP4_MOE":
+        return "bf16", "mxfp4"
+    if name.startswith(("Q8", "Q5", "Q6")):
+        return "int8", "int8"
+    return "q4", "q4"
+
+
+def spec_from_gguf(path: Path) -> ModelSpec:
+    """Read the metadata of a GGUF file (llama.cpp's `{arch}.*` keys)."""
+    header = read_gguf_header(path)
+    meta = header.metadata
+    where = str(path)
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str):
+        raise InputError(f"{where}: general.architecture", "missing required key in GGUF header")
+
+    def need(key: str, default: int | None = None) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        if value is None:
+            raise InputError(f"{where}: {arch}.{key}", "missing required key in GGUF header")
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise InputError(f"{where}: {arch}.{key}", "must be a positive integer", value)
+        return value
+
+    n_layers = need("block_count")
+    hidden = need("embedding_length")
+    n_heads = need("attention.head_count")
+    n_experts = need("expert_count", 0) if meta.get(f"{arch}.expert_count") else 0
+    vocab = meta.get(f"{arch}.vocab_size") or header.array_lengths.get("tokenizer.ggml.tokens")
+    if not isinstance(vocab, int) or vocab <= 0:
+        raise InputError(f"{where}: tokenizer.ggml.tokens", "GGUF header has no vocabulary size")
+    window = need("attention.sliding_window", 0) if meta.get(f"{arch}.attention.sliding_window") else 0
+    sliding = tuple(range(0, n_layers, 2)) if window and arch == "gpt-oss" else ()
+    weights, experts = _gguf_precision(meta.get("general.file_type", -1))
+    return ModelSpec(
+        name=path.stem,
+        n_layers=n_layers,
+        hidden=hidden,
+        n_heads=n_heads,
+        n_kv_heads=need("attention.head_count_kv", n_heads),
+        head_dim=need("attention.key_length", hidden // n_heads),
+        intermediate=need("expert_feed_forward_length") if n_experts else need("feed_forward_length"),
+        vocab=vocab,
+        max_context=need("context_length", 8192),
+        n_experts=n_experts,
+        experts_per_token=need("expert_used_count") if n_experts else 0,
+        tied_embeddings="output.weight" not in header.tensor_names,
+        sliding_window=window if sliding else 0,
+        sliding_layers=sliding,
+        weight_precision=weights,
+        expert_precision=experts,
+        kv_bytes_per_value=4.0 if weights == "fp32" else 2.0,
+    )

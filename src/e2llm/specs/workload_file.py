@@ -1,0 +1,186 @@
+"""The workload YAML (DESIGN "Input files") -> `Workload`, with one-line errors for every bad field.
+
+Three forms:
+- synthetic: `requests`, `seed`, `arrival`, `input_tokens`, `output_tokens`, `min_decode_tok_s`;
+- trace replay: `trace: path` (relative to the YAML file) with optional `time_scale` (multiplies
+  the timestamps) or `rate_per_s` (rescales them to that mean rate), `requests` (default: all
+  rows; more than the trace has repeats it), `min_decode_tok_s`;
+- trace sampling: `trace: path` plus `arrival`: token pairs drawn from the trace, arrivals from
+  the process (SplitwiseSim's way of sweeping a trace's load).
+An Azure-format `.csv` given directly is replayed whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from e2llm.errors import InputError
+from e2llm.specs.fields import (
+    as_mapping,
+    check_keys,
+    field_where,
+    get_int,
+    get_number,
+    get_str,
+    read_yaml_mapping,
+)
+from e2llm.specs.trace import Trace, load_trace
+from e2llm.specs.workload import (
+    ARRIVAL_PROCESSES,
+    DEFAULT_MAX_FACTOR,
+    DEFAULT_MIN_DECODE_TOK_S,
+    LENGTH_DISTS,
+    Arrival,
+    LengthDist,
+    Workload,
+    with_load,
+)
+
+_TOP_KEYS = (
+    "requests",
+    "seed",
+    "arrival",
+    "input_tokens",
+    "output_tokens",
+    "min_decode_tok_s",
+    "trace",
+    "time_scale",
+    "rate_per_s",
+    "description",
+)
+_LENGTH_KEYS = {
+    "fixed": ("dist", "value", "mean", "min", "max"),
+    "lognormal": ("dist", "mean", "cv", "min", "max"),
+    "uniform": ("dist", "min", "max"),
+    "trace": ("dist", "path", "min", "max"),
+}
+
+
+def read_workload(path: Path) -> Workload:
+    """Parse a workload YAML file or replay an Azure-format trace CSV."""
+    if path.suffix.lower() == ".csv":
+        trace = load_trace(path)
+        return _replay(trace, trace.rows, 1, DEFAULT_MIN_DECODE_TOK_S, 1.0, str(path))
+    d = read_yaml_mapping(path, "workload")
+    where = str(path)
+    check_keys(d, _TOP_KEYS, where)
+    seed = get_int(d, "seed", where, default=1, minimum=0)
+    min_tok_s = get_number(d, "min_decode_tok_s", where, default=DEFAULT_MIN_DECODE_TOK_S)
+    if "trace" in d:
+        return _trace_workload(d, path, seed, min_tok_s)
+    for key in ("time_scale", "rate_per_s"):
+        if key in d:
+            raise InputError(field_where(where, key), "only for trace workloads (use arrival.rate_per_s)")
+    for key in ("requests", "arrival", "input_tokens", "output_tokens"):
+        if key not in d:
+            raise InputError(field_where(where, key), "missing required field")
+    return Workload(
+        requests=get_int(d, "requests", where),
+        seed=seed,
+        arrival=_arrival(d["arrival"], field_where(where, "arrival")),
+        input_tokens=_length(d["input_tokens"], field_where(where, "input_tokens"), path, "input"),
+        output_tokens=_length(d["output_tokens"], field_where(where, "output_tokens"), path, "output"),
+        min_decode_tok_s=min_tok_s,
+        source=where,
+    )
+
+
+def _trace_workload(d: dict[str, Any], path: Path, seed: int, min_tok_s: float) -> Workload:
+    """`trace:` forms: replay (optionally time-scaled or rate-scaled) or, with `arrival`, pairs
+    sampled from the trace under a synthetic arrival process."""
+    where = str(path)
+    trace = load_trace(_relative(get_str(d, "trace", where), path))
+    for key in ("input_tokens", "output_tokens"):
+        if key in d:
+            raise InputError(
+                field_where(where, key), "not allowed with `trace` (lengths come from the trace)"
+            )
+    requests = get_int(d, "requests", where, default=trace.rows)
+    if "arrival" in d:
+        for key in ("time_scale", "rate_per_s"):
+            if key in d:
+                raise InputError(field_where(where, key), "not allowed with `arrival` (set the rate there)")
+        arrival = _arrival(d["arrival"], field_where(where, "arrival"))
+        return Workload(requests, seed, arrival, *_trace_lengths(trace), min_tok_s, where)
+    if "time_scale" in d and "rate_per_s" in d:
+        raise InputError(field_where(where, "rate_per_s"), "give time_scale or rate_per_s, not both")
+    w = _replay(trace, requests, seed, min_tok_s, get_number(d, "time_scale", where, default=1.0), where)
+    return with_load(w, rate_per_s=get_number(d, "rate_per_s", where)) if "rate_per_s" in d else w
+
+
+def _replay(trace: Trace, requests: int, seed: int, min_tok_s: float, scale: float, source: str) -> Workload:
+    arrival = Arrival("replay", trace.mean_interval_s * scale, trace=trace, time_scale=scale)
+    return Workload(requests, seed, arrival, *_trace_lengths(trace), min_tok_s, source)
+
+
+def _trace_lengths(trace: Trace) -> tuple[LengthDist, LengthDist]:
+    """(input, output) lengths drawn from the same trace rows."""
+    return (
+        LengthDist("trace", float(trace.input_tokens.mean()), trace=trace, column="input"),
+        LengthDist("trace", float(trace.output_tokens.mean()), trace=trace, column="output"),
+    )
+
+
+def _relative(name: str, yaml_path: Path) -> Path:
+    p = Path(name)
+    return p if p.is_absolute() else yaml_path.parent / p
+
+
+def _arrival(raw: Any, where: str) -> Arrival:
+    d = as_mapping(raw, where)
+    check_keys(d, ("process", "interval_s", "rate_per_s", "cv"), where)
+    process = get_str(d, "process", where)
+    if process not in ARRIVAL_PROCESSES or process == "replay":
+        choices = ", ".join(p for p in ARRIVAL_PROCESSES if p != "replay")
+        raise InputError(
+            field_where(where, "process"), f"unknown arrival process; expected one of {choices}", process
+        )
+    if ("interval_s" in d) == ("rate_per_s" in d):
+        raise InputError(where, "give exactly one of interval_s and rate_per_s", dict(d))
+    if "interval_s" in d:
+        interval = get_number(d, "interval_s", where)
+    else:
+        interval = 1.0 / get_number(d, "rate_per_s", where)
+    cv = 0.0
+    if process == "gamma":
+        cv = get_number(d, "cv", where)
+    elif "cv" in d:
+        raise InputError(field_where(where, "cv"), f"only for the gamma process (not {process})", d["cv"])
+    return Arrival(process, interval, cv=cv)
+
+
+def _length(raw: Any, where: str, yaml_path: Path, column: str) -> LengthDist:
+    d = as_mapping(raw, where)
+    dist = get_str(d, "dist", where)
+    if dist not in LENGTH_DISTS:
+        raise InputError(
+            field_where(where, "dist"),
+            f"unknown distribution; expected one of {', '.join(LENGTH_DISTS)}",
+            dist,
+        )
+    check_keys(d, _LENGTH_KEYS[dist], where)
+    low = get_int(d, "min", where, default=1)
+    high: int | None = get_int(d, "max", where) if d.get("max") is not None else None
+    if high is not None and high < low:
+        raise InputError(field_where(where, "max"), f"must be >= min ({low})", high)
+    if dist == "uniform":
+        if high is None:
+            raise InputError(field_where(where, "max"), "missing required field")
+        return LengthDist(dist, (low + high) / 2, low=low, high=high)
+    if dist == "trace":
+        trace = load_trace(_relative(get_str(d, "path", where), yaml_path))
+        values = trace.input_tokens if column == "input" else trace.output_tokens
+        return LengthDist(dist, float(values.mean()), low=low, high=high, trace=trace, column=column)
+    if dist == "fixed":
+        if ("value" in d) == ("mean" in d):
+            raise InputError(where, "give exactly one of value and mean", dict(d))
+        value = get_number(d, "value" if "value" in d else "mean", where)
+        return LengthDist(dist, value, low=low, high=high)
+    mean = get_number(d, "mean", where)
+    cv = get_number(d, "cv", where, strict=False)
+    return LengthDist(dist, mean, cv=cv, low=low, high=high if high is not None else _default_max(mean))
+
+
+def _default_max(mean: float) -> int:
+    return max(1, round(DEFAULT_MAX_FACTOR * mean))
