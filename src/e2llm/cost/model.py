@@ -10,8 +10,10 @@ Units: seconds, bytes, tokens. Layer ranges are half-open `[start, end)`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from e2llm.specs.device import Cluster
@@ -98,8 +100,25 @@ class CostModel:
 
     def kv_bytes(self, start: int, end: int, context: int) -> float:
         """KV cache of one sequence of `context` tokens for layers [start, end)."""
+        full, sliding = self._kv_prefix
+        b = (full[end] - full[start]) * context
+        if self.model.sliding_window:
+            b += (sliding[end] - sliding[start]) * min(context, self.model.sliding_window)
+        return b
+
+    @cached_property
+    def _kv_prefix(self) -> tuple[list[float], list[float]]:
+        """Prefix sums over layers of KV bytes per token, split into full-context layers and
+        sliding-window layers (`ModelSpec.kv_tokens`), so `kv_bytes` is O(1): the planner and the
+        simulator call it in their inner loops."""
         m = self.model
-        return sum(m.kv_bytes_per_token(i) * m.kv_tokens(i, context) for i in range(start, end))
+        sliding_layers = set(m.sliding_layers) if m.sliding_window else set()
+        full, sliding = [0.0], [0.0]
+        for i in range(m.n_layers):
+            per_token = m.kv_bytes_per_token(i)
+            full.append(full[-1] + (0.0 if i in sliding_layers else per_token))
+            sliding.append(sliding[-1] + (per_token if i in sliding_layers else 0.0))
+        return full, sliding
 
     def weight_bytes(self, start: int, end: int, *, embedding: bool = False, lm_head: bool = False) -> float:
         m = self.model
@@ -126,3 +145,24 @@ class CostModel:
             + sequences * self.kv_bytes(start, end, context)
             + RUNTIME_OVERHEAD_BYTES
         )
+
+    def max_sequences(
+        self,
+        device: str,
+        start: int,
+        end: int,
+        context: int,
+        *,
+        embedding: bool = False,
+        lm_head: bool = False,
+    ) -> int:
+        """How many sequences of `context` tokens `device` can hold KV for beside the weights of
+        layers [start, end) and the runtime overhead: 0 if even the weights do not fit, and
+        `sys.maxsize` when the stage keeps no KV (no layers, or context 0)."""
+        free = self.cluster.device(device).memory_bytes - self.stage_memory_bytes(
+            start, end, embedding=embedding, lm_head=lm_head
+        )
+        if free < 0:
+            return 0
+        per_sequence = self.kv_bytes(start, end, context)
+        return sys.maxsize if per_sequence <= 0 else int(free // per_sequence)
