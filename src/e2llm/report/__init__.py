@@ -1,0 +1,1 @@
+"""Rendering of simulation and benchmark results: text tables, per-request CSVs, PNG plots."""

@@ -1,0 +1,67 @@
+"""`e2llm simulate PLAN.json --workload W`: predict how a plan serves a workload."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from e2llm.cli.sim_output import add_load_arguments, loads_from_args, print_table, simulate_json, write_out
+from e2llm.cost.build import build_cost_model
+from e2llm.errors import InputError
+from e2llm.plan.plan_json import load_plan
+from e2llm.sim.compare import run_plan
+from e2llm.specs.cluster_file import cluster_from_dict
+from e2llm.specs.models import model_from_dict
+from e2llm.specs.workload import load_workload
+
+EXAMPLES = """examples:
+  e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
+      --workload examples/workloads/longreason-extended.yaml --out plan.json
+  e2llm simulate plan.json --workload examples/workloads/longreason-extended.yaml
+  e2llm simulate plan.json --workload examples/workloads/azure-conv.yaml --rate 0.5 --json
+  e2llm simulate plan.json --workload examples/workloads/longreason-extended.yaml \\
+      --sweep 0.5,1,2,3 --out results/
+
+The plan embeds its cluster and model, so no cluster file is needed. --json prints the metrics
+object of DESIGN "Metrics JSON" (a sweep: {"sweep": [{"interval_s": ..., <metrics>}, ...]})."""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="predict latency and throughput of a plan on a workload (discrete-event simulation)",
+        description="Simulate a plan on a workload: waiting time, TTFT, TBT, E2E, throughput.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("plan", metavar="PLAN.json", help="a plan written by `e2llm plan --out`")
+    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_load_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = load_plan(args.plan)
+    source = str(args.plan)
+    if not plan.cluster:
+        raise InputError(source, "the plan embeds no cluster (write it with `e2llm plan --out`)")
+    if not plan.model_spec:
+        raise InputError(source, "the plan embeds no model spec (write it with `e2llm plan --out`)")
+    cluster = cluster_from_dict(plan.cluster, f"{source}: cluster", base_dir=Path(source).parent)
+    model = model_from_dict(plan.model_spec, f"{source}: model_spec")
+    cost = build_cost_model(model, cluster)
+    workload = load_workload(args.workload, requests=args.requests)
+    loads = loads_from_args(args)
+    runs = [run_plan(plan, cost, workload, load, args.seed, where=source) for load in loads]
+    doc = simulate_json(runs)
+    if args.out:
+        write_out(args.out, runs, loads, cluster.names, doc)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(f"plan {source}: system {plan.system}, model {plan.model}, {len(plan.replicas)} replicas")
+        print_table(runs, loads)
+        if args.out:
+            print(f"\nwrote {args.out}/")
+    return 0

@@ -1,0 +1,110 @@
+"""Plan with a system and simulate a workload at one or several loads: what `e2llm simulate`,
+`e2llm compare` and the experiments share.
+
+Every system at a given load sees the very same requests (same workload, same seed), and each
+system is re-planned for each load, because every planner (e2llm's objective, Splitwise's pool
+sizing) provisions for the arrival rate it is told.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from e2llm.cost.model import CostModel
+from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
+from e2llm.plan.types import Plan
+from e2llm.sim.metrics import summarize
+from e2llm.sim.simulator import SimResult, simulate
+from e2llm.sim.validate import check_plan, check_serves
+from e2llm.specs.workload import Request, Workload, generate_requests, with_load
+
+
+@dataclass(frozen=True)
+class Load:
+    """One load point: a mean inter-arrival time or a rate (at most one set; neither = as given)."""
+
+    interval_s: float | None = None
+    rate_per_s: float | None = None
+
+    @property
+    def label(self) -> str:
+        if self.interval_s is not None:
+            return f"interval {self.interval_s:g} s"
+        if self.rate_per_s is not None:
+            return f"rate {self.rate_per_s:g}/s"
+        return "as given"
+
+    def apply(self, workload: Workload) -> Workload:
+        return with_load(workload, interval_s=self.interval_s, rate_per_s=self.rate_per_s)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One plan simulated on one load."""
+
+    system: str
+    load: Load
+    plan: Plan
+    requests: tuple[Request, ...]
+    result: SimResult
+    metrics: dict[str, Any]
+
+
+def shape_of(workload: Workload) -> WorkloadShape:
+    return WorkloadShape(
+        mean_input_tokens=workload.mean_input_tokens,
+        mean_output_tokens=workload.mean_output_tokens,
+        interval_s=workload.mean_interval_s,
+        min_decode_tok_s=workload.min_decode_tok_s,
+    )
+
+
+def run_plan(
+    plan: Plan, cost: CostModel, workload: Workload, load: Load, seed: int | None = None, where: str = "plan"
+) -> Run:
+    """Simulate `plan` on `workload` at `load`, requests drawn with `seed` (else the workload's).
+    Raises InputError for a plan that cannot run."""
+    check_plan(plan, cost, where)
+    w = load.apply(workload)
+    requests = generate_requests(w, seed)
+    check_serves(plan, cost, requests, where)
+    result = simulate(plan, cost, requests)
+    return Run(plan.system, load, plan, tuple(requests), result, summarize(result.records))
+
+
+def plan_system(
+    name: str,
+    cost: CostModel,
+    workload: Workload,
+    load: Load,
+    seed: int | None = None,
+    objective: str = "bottleneck",
+) -> Plan:
+    """Plan with system `name` for `workload` at `load` (planner seed: `seed`, else the workload's)."""
+    w = load.apply(workload)
+    req = PlanRequest(
+        cost=cost, workload=shape_of(w), seed=w.seed if seed is None else seed, objective=objective
+    )
+    return get_system(name)(req)
+
+
+def compare(
+    systems: Sequence[str],
+    cost: CostModel,
+    workload: Workload,
+    loads: Sequence[Load],
+    seed: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    objective: str = "bottleneck",
+) -> list[Run]:
+    """Every system at every load (planned for `objective`); runs in (load, system) order."""
+    runs = []
+    for load in loads:
+        for name in systems:
+            if progress:
+                progress(f"{name} @ {load.label}")
+            plan = plan_system(name, cost, workload, load, seed, objective)
+            runs.append(run_plan(plan, cost, workload, load, seed, where=f"{name} plan"))
+    return runs

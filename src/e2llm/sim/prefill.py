@@ -1,0 +1,88 @@
+"""A PREFILL replica: prompts flow through its pipeline stages one micro-batch (one prompt) each.
+
+Every stage serves one prompt at a time, FIFO; as soon as a stage hands a prompt on (the hop of
+its hidden states goes through the shared network), it starts the next one, so up to one prompt
+per stage is in flight and the replica's throughput is set by its slowest stage. Prompts are not
+packed together: prefill cost is close to linear in tokens, so packing would change little.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from collections.abc import Callable
+
+from e2llm.cost.model import CostModel
+from e2llm.plan.types import Replica
+from e2llm.sim.engine import Event
+from e2llm.sim.network import Network
+from e2llm.sim.state import BusyLog, Job, KvSizer, prefill_stage_s
+
+PrefillDone = Callable[[float, Job], list[Event]]
+
+
+class PrefillPipeline:
+    def __init__(
+        self, replica: Replica, cost: CostModel, network: Network, busy: BusyLog, on_done: PrefillDone
+    ) -> None:
+        self.replica = replica
+        self.kv = KvSizer(cost, replica)
+        self._cost = cost
+        self._net = network
+        self._busy = busy
+        self._on_done = on_done
+        n = len(replica.stages)
+        self._queues: list[deque[Job]] = [deque() for _ in range(n)]
+        self._idle = [True] * n
+        self.pending_tokens = 0  # prompt tokens routed here and not yet prefilled
+        self.backlog_s = 0.0  # estimated bottleneck-stage work routed here and not yet done
+        self._svc_cache: dict[int, tuple[float, float]] = {}
+
+    def estimate(self, tokens: int) -> tuple[float, float]:
+        """(pipelined service time = slowest stage, latency = all stages + hops) for one prompt."""
+        got = self._svc_cache.get(tokens)
+        if got is None:
+            stages = self.replica.stages
+            times = [prefill_stage_s(self._cost, s, tokens) for s in stages]
+            hops = sum(self._cost.hop_s(a.device, b.device, tokens) for a, b in itertools.pairwise(stages))
+            got = (max(times), sum(times) + hops)
+            self._svc_cache[tokens] = got
+        return got
+
+    def submit(self, now: float, job: Job) -> list[Event]:
+        job.prefill_replica = self.replica.id
+        self.pending_tokens += job.input_tokens
+        self.backlog_s += self.estimate(job.input_tokens)[0]
+        self._queues[0].append(job)
+        return self._try_start(now, 0)
+
+    def _try_start(self, now: float, k: int) -> list[Event]:
+        if not self._idle[k] or not self._queues[k]:
+            return []
+        job = self._queues[k].popleft()
+        self._idle[k] = False
+        if k == 0:
+            job.prefill_start_s = now
+        stage = self.replica.stages[k]
+        end = now + prefill_stage_s(self._cost, stage, job.input_tokens)
+        self._busy.add(stage.device, now, end)
+        return [Event(end, self._stage_done, k, job)]
+
+    def _stage_done(self, now: float, k: int, job: Job) -> list[Event]:
+        self._idle[k] = True
+        out = self._try_start(now, k)
+        stages = self.replica.stages
+        if k + 1 < len(stages):
+            n_bytes = self._cost.activation_bytes(job.input_tokens)
+
+            def arrived(t: float) -> list[Event]:
+                self._queues[k + 1].append(job)
+                return self._try_start(t, k + 1)
+
+            out += self._net.send(now, stages[k].device, stages[k + 1].device, n_bytes, arrived)
+            return out
+        job.prefill_end_s = now
+        self.pending_tokens -= job.input_tokens
+        self.backlog_s -= self.estimate(job.input_tokens)[0]
+        out += self._on_done(now, job)
+        return out

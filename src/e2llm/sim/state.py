@@ -1,0 +1,164 @@
+"""Mutable per-request state while a simulation runs, and the timing helpers replicas share."""
+
+from __future__ import annotations
+
+import math
+
+from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
+from e2llm.plan.types import Replica, Stage
+from e2llm.sim.metrics import RequestRecord
+from e2llm.specs.model import ModelSpec
+from e2llm.specs.workload import Request
+
+
+class Job:
+    """One request in flight. Times are None until the step happens."""
+
+    __slots__ = (
+        "arrival_s",
+        "decode_admit_s",
+        "decode_replica",
+        "failed",
+        "first_token_s",
+        "id",
+        "input_tokens",
+        "kv_end_s",
+        "kv_parts_left",
+        "kv_start_s",
+        "last_token_s",
+        "output_tokens",
+        "prefill_end_s",
+        "prefill_replica",
+        "prefill_start_s",
+    )
+
+    def __init__(self, req: Request) -> None:
+        self.id = req.id
+        self.arrival_s = req.arrival_s
+        self.input_tokens = req.input_tokens
+        self.output_tokens = req.output_tokens
+        self.prefill_replica: int | None = None
+        self.decode_replica: int | None = None
+        self.prefill_start_s: float | None = None
+        self.prefill_end_s: float | None = None
+        self.kv_start_s: float | None = None
+        self.kv_end_s: float | None = None
+        self.kv_parts_left = 0
+        self.decode_admit_s: float | None = None
+        self.first_token_s: float | None = None
+        self.last_token_s: float | None = None
+        self.failed: str | None = None
+
+    @property
+    def final_context(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def record(self) -> RequestRecord:
+        return RequestRecord(
+            id=self.id,
+            arrival_s=self.arrival_s,
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            prefill_replica=self.prefill_replica,
+            decode_replica=self.decode_replica,
+            prefill_start_s=self.prefill_start_s,
+            prefill_end_s=self.prefill_end_s,
+            kv_start_s=self.kv_start_s,
+            kv_end_s=self.kv_end_s,
+            decode_admit_s=self.decode_admit_s,
+            first_token_s=self.first_token_s,
+            last_token_s=self.last_token_s,
+            failed=self.failed,
+        )
+
+
+class RangeKv:
+    """KV bytes of one sequence in layers [start, end), as `CostModel.kv_bytes` counts them, in
+    O(1) per call: layers are grouped by how many tokens they keep at most (sliding-window layers
+    keep `window`, full-attention layers every token), so bytes = sum of per-token bytes x
+    min(context, cap) over the groups. Built from the model's own `kv_bytes_per_token` and
+    `kv_tokens`, so it stays equal to the cost model's count."""
+
+    __slots__ = ("_capped", "_full")
+
+    _UNCAPPED = 1 << 40
+
+    def __init__(self, model: ModelSpec, start: int, end: int) -> None:
+        groups: dict[int, float] = {}
+        for i in range(start, end):
+            cap = model.kv_tokens(i, self._UNCAPPED)
+            groups[cap] = groups.get(cap, 0.0) + model.kv_bytes_per_token(i)
+        self._full = groups.pop(self._UNCAPPED, 0.0)
+        self._capped = tuple(groups.items())
+
+    def bytes(self, context: int) -> float:
+        b = self._full * context
+        for cap, per_token in self._capped:
+            b += per_token * (context if context < cap else cap)
+        return b
+
+
+class KvSizer:
+    """KV bytes of one sequence on each stage of a replica.
+
+    `capacity` is what each stage's device has left for KV once its weights and the runtime
+    overhead are in (may be negative: such a replica can hold no sequence)."""
+
+    def __init__(self, cost: CostModel, replica: Replica) -> None:
+        self._ranges = tuple(RangeKv(cost.model, s.start, s.end) for s in replica.stages)
+        self.capacity: tuple[float, ...] = tuple(
+            cost.cluster.device(s.device).memory_bytes
+            - cost.weight_bytes(s.start, s.end, embedding=s.embedding, lm_head=s.lm_head)
+            - RUNTIME_OVERHEAD_BYTES
+            for s in replica.stages
+        )
+
+    def bytes(self, context: int) -> tuple[float, ...]:
+        return tuple(r.bytes(context) for r in self._ranges)
+
+    def ever_fits(self, context: int) -> bool:
+        """Whether one sequence of `context` tokens fits on the empty replica."""
+        return all(r.bytes(context) <= c for r, c in zip(self._ranges, self.capacity, strict=True))
+
+
+def prefill_stage_s(cost: CostModel, s: Stage, tokens: int) -> float:
+    return cost.stage_prefill_s(s.device, s.n_layers, tokens, embedding=s.embedding, lm_head=s.lm_head)
+
+
+def decode_step(
+    cost: CostModel, stages: tuple[Stage, ...], batch: int, context: int
+) -> tuple[float, list[float]]:
+    """Time for every sequence of a decode batch to gain one token, and each stage's busy share.
+
+    The batch of `batch` sequences is split into M = min(batch, stages) micro-batches that cycle
+    through the pipeline (llama.cpp / our runtime keep one micro-batch per stage in flight). In
+    steady state a micro-batch completes one lap per cycle = max(lap latency, M x slowest stage):
+    the lap is the sum of stage times and hops (including the sampled token ids going back to the
+    first stage); a stage serves all M micro-batches each cycle. Deterministic service, so this
+    cyclic flow shop has exactly that period.
+    """
+    k = len(stages)
+    m = min(batch, k)
+    b = math.ceil(batch / m)
+    times = [
+        cost.stage_decode_s(s.device, s.n_layers, b, context, embedding=s.embedding, lm_head=s.lm_head)
+        for s in stages
+    ]
+    lap = sum(times)
+    for i in range(k - 1):
+        lap += cost.hop_s(stages[i].device, stages[i + 1].device, b)
+    if k > 1:
+        lap += cost.transfer_s(stages[-1].device, stages[0].device, 4.0 * b)  # token ids back
+    cycle = max(lap, m * max(times))
+    return cycle, [min(1.0, m * t / cycle) if cycle > 0 else 0.0 for t in times]
+
+
+class BusyLog:
+    """Per-device busy intervals (start_s, end_s, share of the device in use) for utilisation plots."""
+
+    def __init__(self) -> None:
+        self.intervals: dict[str, list[tuple[float, float, float]]] = {}
+
+    def add(self, device: str, start_s: float, end_s: float, share: float = 1.0) -> None:
+        if end_s > start_s and share > 0:
+            self.intervals.setdefault(device, []).append((start_s, end_s, share))

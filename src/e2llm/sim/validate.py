@@ -1,0 +1,89 @@
+"""Is a plan something the simulator can run on this cluster and model? One InputError if not.
+
+Checked: scheduler known; every device exists in the cluster and is used once; each replica's
+stages cover layers [0, n_layers) contiguously with exactly one embedding and one LM head; the
+weights fit each device; the plan is either disaggregated (>= 1 PREFILL and >= 1 DECODER) or
+all COLOCATED; and the decoders can hold the KV of at least the smallest request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
+from e2llm.errors import InputError
+from e2llm.plan.types import Plan, Replica, Role
+from e2llm.sim.router import SCHEDULERS
+from e2llm.sim.state import KvSizer
+from e2llm.specs.workload import Request
+
+GB = 2**30
+
+
+def check_plan(plan: Plan, cost: CostModel, where: str = "plan") -> None:
+    if plan.scheduler not in SCHEDULERS:
+        raise InputError(f"{where}: scheduler", f"must be one of {', '.join(SCHEDULERS)}", plan.scheduler)
+    names = set(cost.cluster.names)
+    seen: set[str] = set()
+    n_layers = cost.model.n_layers
+    for r in plan.replicas:
+        rw = f"{where}: replica {r.id}"
+        layer = 0
+        for s in r.stages:
+            if s.device not in names:
+                raise InputError(f"{rw}", "device not in the plan's cluster", s.device)
+            if s.device in seen:
+                raise InputError(f"{rw}", "device used by more than one stage", s.device)
+            seen.add(s.device)
+            if s.start != layer:
+                raise InputError(f"{rw}: {s.device}.layers", f"must start at layer {layer}", [s.start, s.end])
+            layer = s.end
+            need = (
+                cost.weight_bytes(s.start, s.end, embedding=s.embedding, lm_head=s.lm_head)
+                + RUNTIME_OVERHEAD_BYTES
+            )
+            have = cost.cluster.device(s.device).memory_bytes
+            if need > have:
+                raise InputError(
+                    f"{rw}: {s.device}",
+                    f"weights need {need / GB:.2f} GB but the device has {have / GB:.2f} GB",
+                    [s.start, s.end],
+                )
+        if layer != n_layers:
+            raise InputError(f"{rw}", f"layers must cover [0, {n_layers}) of {cost.model.name}", [0, layer])
+        for flag in ("embedding", "lm_head"):
+            count = sum(1 for s in r.stages if getattr(s, flag))
+            if count != 1:
+                raise InputError(f"{rw}", f"needs exactly one stage with {flag}", count)
+    roles = {r.role for r in plan.replicas}
+    if Role.COLOCATED in roles and roles != {Role.COLOCATED}:
+        raise InputError(where, "mixes COLOCATED with PREFILL/DECODER replicas", sorted(roles))
+    if Role.COLOCATED not in roles and roles != {Role.PREFILL, Role.DECODER}:
+        raise InputError(where, "needs at least one PREFILL and one DECODER replica", sorted(roles))
+    if plan.scheduler == "splitwise" and Role.COLOCATED in roles:
+        raise InputError(f"{where}: scheduler", "splitwise needs PREFILL and DECODER replicas", "splitwise")
+
+
+def check_serves(plan: Plan, cost: CostModel, requests: Sequence[Request], where: str = "plan") -> None:
+    """The prefill replicas must hold the KV of the shortest prompt and the decoders that of the
+    smallest request, else nothing completes. (Single requests too large are failed, not refused.)"""
+    if not requests:
+        return
+    prompt = min(r.input_tokens for r in requests)
+    _must_hold([r for r in plan.replicas if r.does_prefill], cost, prompt, "prefill replica", where)
+    smallest = min(r.input_tokens + r.output_tokens for r in requests)
+    _must_hold([r for r in plan.replicas if r.does_decode], cost, smallest, "decoder", where)
+
+
+def _must_hold(replicas: Sequence[Replica], cost: CostModel, tokens: int, kind: str, where: str) -> None:
+    if any(KvSizer(cost, r).ever_fits(tokens) for r in replicas):
+        return
+    worst = replicas[0]
+    sizer = KvSizer(cost, worst)
+    raise InputError(
+        f"{where}: replica {worst.id}",
+        f"no {kind} can hold the KV of even one request ({tokens} tokens need "
+        f"{max(sizer.bytes(tokens)) / GB:.3f} GB per device; {min(sizer.capacity) / GB:.3f} GB left "
+        "after weights)",
+        [s.device for s in worst.stages],
+    )

@@ -1,0 +1,80 @@
+"""Plans the simulator refuses, and the KV sizes it uses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from simkit import TINY, cost_model, plan, replica
+
+from e2llm.cost.model import CostModel
+from e2llm.errors import InputError
+from e2llm.plan.types import Role, Stage
+from e2llm.sim.state import RangeKv
+from e2llm.sim.validate import check_plan, check_serves
+from e2llm.specs.workload import Request
+
+
+def _ok():
+    return plan(replica(0, Role.PREFILL, [("a", 0, 2), ("b", 2, 4)]), replica(1, Role.DECODER, [("c", 0, 4)]))
+
+
+def test_valid_plan_passes() -> None:
+    check_plan(_ok(), cost_model(["a", "b", "c"]))
+
+
+@pytest.mark.parametrize(
+    ("bad", "needle"),
+    [
+        (plan(replica(0, Role.PREFILL, [("a", 0, 4)]), replica(1, Role.DECODER, [("x", 0, 4)])), "not in"),
+        (
+            plan(replica(0, Role.PREFILL, [("a", 0, 4)]), replica(1, Role.DECODER, [("a", 0, 4)])),
+            "more than one",
+        ),
+        (
+            plan(
+                replica(0, Role.PREFILL, [("a", 0, 2), ("b", 3, 4)]), replica(1, Role.DECODER, [("c", 0, 4)])
+            ),
+            "start",
+        ),
+        (plan(replica(0, Role.PREFILL, [("a", 0, 3)]), replica(1, Role.DECODER, [("c", 0, 4)])), "cover"),
+        (plan(replica(0, Role.PREFILL, [("a", 0, 4)]), replica(1, Role.PREFILL, [("c", 0, 4)])), "DECODER"),
+        (plan(replica(0, Role.COLOCATED, [("a", 0, 4)]), replica(1, Role.DECODER, [("c", 0, 4)])), "mixes"),
+        (plan(replica(0, Role.COLOCATED, [("a", 0, 4)]), scheduler="splitwise"), "splitwise"),
+        (plan(replica(0, Role.COLOCATED, [("a", 0, 4)]), scheduler="random"), "scheduler"),
+    ],
+)
+def test_bad_plans(bad, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        check_plan(bad, cost_model(["a", "b", "c"]))
+
+
+def test_needs_one_embedding_and_head() -> None:
+    p = _ok()
+    r = p.replicas[1]
+    no_head = replace(r, stages=(Stage("c", 0, 4, embedding=True, lm_head=False),))
+    with pytest.raises(InputError, match="lm_head"):
+        check_plan(replace(p, replicas=(p.replicas[0], no_head)), cost_model(["a", "b", "c"]))
+
+
+def test_weights_must_fit() -> None:
+    with pytest.raises(InputError, match="weights need"):
+        check_plan(_ok(), cost_model(["a", "b", "c"], memory_gb=0.5))  # below the 0.75 GB overhead
+
+
+def test_decoders_must_hold_one_request() -> None:
+    cost = cost_model(["a", "b", "c"], model=replace(TINY, max_context=10**8))
+    check_serves(_ok(), cost, [Request(0, 0.0, 100, 10)])
+    with pytest.raises(InputError, match="no decoder can hold"):
+        check_serves(_ok(), cost, [Request(0, 0.0, 10**6, 10**6)])
+    with pytest.raises(InputError, match="no prefill replica can hold"):
+        check_serves(_ok(), cost, [Request(0, 0.0, 10**7, 10)])
+
+
+def test_range_kv_equals_cost_model_with_sliding_window() -> None:
+    model = replace(TINY, n_layers=6, sliding_window=128, sliding_layers=(0, 2, 4))
+    cost = CostModel(model, cost_model(["a"]).cluster, {})
+    for lo, hi in [(0, 6), (1, 4), (2, 3), (5, 6)]:
+        kv = RangeKv(model, lo, hi)
+        for ctx in (1, 100, 128, 129, 5000):
+            assert kv.bytes(ctx) == pytest.approx(cost.kv_bytes(lo, hi, ctx))
