@@ -2,7 +2,16 @@
 
 Every bad input (file, field, value) raises `InputError`; the CLI prints its message as a single
 line and exits with code 2. Anything else escaping is a bug in e2llm, not in the input.
+The offending value is shown through a bounded repr, so a hostile file cannot turn the one line
+into megabytes (or make building it walk a huge structure).
 """
+
+import reprlib
+
+_VALUE = reprlib.Repr()
+_VALUE.maxstring = _VALUE.maxother = _VALUE.maxlong = 160
+_VALUE.maxlist = _VALUE.maxtuple = _VALUE.maxdict = _VALUE.maxset = 20
+_VALUE.maxlevel = 4
 
 
 class InputError(ValueError):
@@ -11,5 +20,5 @@ class InputError(ValueError):
     def __init__(self, where: str, message: str, value: object = ...):
         text = f"{where}: {message}" if where else message
         if value is not ...:
-            text += f" (got {value!r})"
+            text += f" (got {_VALUE.repr(value)})"
         super().__init__(text.replace("\n", " "))

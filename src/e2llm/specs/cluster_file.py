@@ -32,6 +32,16 @@ from e2llm.specs.presets import get_preset
 _DEVICE_KEYS = ("name", "preset", "memory_gb", "host_memory_gb", "tflops", "mem_bandwidth_gbs", "profile")
 _NETWORK_KEYS = ("bandwidth_mbps", "latency_ms", "links")
 _LINK_KEYS = ("a", "b", "bandwidth_mbps", "latency_ms")
+# Plausible ranges, ~1000x beyond real hardware either way: outside them the cost model's
+# numbers overflow (memory_gb 1e300 -> inf bytes) or its times do (tflops 1e-300).
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "memory_gb": (0.0, 1e6),  # GiB; > 0
+    "host_memory_gb": (0.0, 1e6),  # GiB; >= 0
+    "tflops": (1e-6, 1e6),
+    "mem_bandwidth_gbs": (1e-6, 1e7),
+    "bandwidth_mbps": (1e-3, 1e9),
+    "latency_ms": (0.0, 1e6),  # >= 0
+}
 
 
 def load_cluster(path: str | Path) -> Cluster:
@@ -70,8 +80,8 @@ def cluster_from_dict(d: Mapping[str, Any], source: str, base_dir: Path | None =
     net = as_mapping(d["network"], net_where)
     check_keys(net, _NETWORK_KEYS, net_where)
     default = Link(
-        bandwidth_mbps=get_number(net, "bandwidth_mbps", net_where),
-        latency_ms=get_number(net, "latency_ms", net_where, strict=False),
+        bandwidth_mbps=_number(net, "bandwidth_mbps", net_where),
+        latency_ms=_number(net, "latency_ms", net_where),
     )
     links: dict[frozenset[str], Link] = {}
     links_where = field_where(net_where, "links")
@@ -102,17 +112,20 @@ def _device(d: Mapping[str, Any], where: str, base_dir: Path | None) -> Device:
         profile = str((base_dir / profile).resolve())  # absolute: plans embed it, then move
     return Device(
         name=name,
-        memory_gb=get_number(d, "memory_gb", where, default=base.get("memory_gb", REQUIRED)),
-        tflops=get_number(d, "tflops", where, default=base.get("tflops", REQUIRED)),
-        mem_bandwidth_gbs=get_number(
-            d, "mem_bandwidth_gbs", where, default=base.get("mem_bandwidth_gbs", REQUIRED)
-        ),
-        host_memory_gb=get_number(
-            d, "host_memory_gb", where, default=base.get("host_memory_gb", 0.0), strict=False
-        ),
+        memory_gb=_number(d, "memory_gb", where, base.get("memory_gb", REQUIRED)),
+        tflops=_number(d, "tflops", where, base.get("tflops", REQUIRED)),
+        mem_bandwidth_gbs=_number(d, "mem_bandwidth_gbs", where, base.get("mem_bandwidth_gbs", REQUIRED)),
+        host_memory_gb=_number(d, "host_memory_gb", where, base.get("host_memory_gb", 0.0)),
         preset=preset_name,
         profile=profile,
     )
+
+
+def _number(d: Mapping[str, Any], key: str, where: str, default: Any = REQUIRED) -> float:
+    """A field within its `_BOUNDS`; a lower bound of 0 is exclusive only for memory_gb."""
+    low, high = _BOUNDS[key]
+    strict = key == "memory_gb"
+    return get_number(d, key, where, default=default, minimum=low, strict=strict, maximum=high)
 
 
 def _link(d: Mapping[str, Any], where: str, names: set[str], default: Link) -> tuple[frozenset[str], Link]:
@@ -126,8 +139,8 @@ def _link(d: Mapping[str, Any], where: str, names: set[str], default: Link) -> t
     if ends[0] == ends[1]:
         raise InputError(field_where(where, "b"), "a link needs two different devices", ends[1])
     link = Link(
-        bandwidth_mbps=get_number(d, "bandwidth_mbps", where, default=default.bandwidth_mbps),
-        latency_ms=get_number(d, "latency_ms", where, default=default.latency_ms, strict=False),
+        bandwidth_mbps=_number(d, "bandwidth_mbps", where, default.bandwidth_mbps),
+        latency_ms=_number(d, "latency_ms", where, default.latency_ms),
     )
     return frozenset(ends), link
 

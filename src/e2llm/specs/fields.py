@@ -8,33 +8,23 @@ raises an `InputError` naming `where.key` and the offending value, so messages l
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from e2llm.errors import InputError
+from e2llm.specs.input_file import parse_yaml, read_input_text
 
 REQUIRED: Any = object()  # `default=REQUIRED`: the field must be present
+INT64_MAX = 2**63 - 1  # integers go into numpy arrays
 
 
 def read_yaml_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """Parse a YAML file whose top level must be a mapping (`what` names it in errors)."""
+    """Parse a YAML file whose top level must be a mapping (`what` names it in errors); size,
+    encoding, aliases and nesting are bounded by `input_file`."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(str(p), f"{what} file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(str(p), f"cannot read {what} file: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise InputError(f"{p}{line}", f"malformed YAML: {problem}") from None
+    data = parse_yaml(read_input_text(p, what), str(p))
     if not isinstance(data, dict):
         raise InputError(str(p), f"{what} file must be a YAML mapping", type(data).__name__)
     return data
@@ -80,23 +70,42 @@ def get_number(
     default: Any = REQUIRED,
     minimum: float = 0.0,
     strict: bool = True,
+    maximum: float = math.inf,
 ) -> float:
-    """A finite number `> minimum` (`strict`) or `>= minimum`; missing -> `default` or error."""
+    """A finite number `> minimum` (`strict`) or `>= minimum`, and `<= maximum`; missing ->
+    `default` or error. Integers too large for a float are rejected, not overflowed."""
     w = field_where(where, key)
     if key not in d or d[key] is None:
         if default is REQUIRED:
             raise InputError(w, "missing required field")
         return float(default)
     value = d[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InputError(w, "must be a number", value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value):
+        raise InputError(w, "must be a finite number", value)
     if value < minimum or (strict and value == minimum):
         raise InputError(w, f"must be {'>' if strict else '>='} {minimum:g}", value)
+    if value > maximum:
+        raise InputError(w, f"must be <= {maximum:g}", value)
     return float(value)
 
 
-def get_int(d: Mapping[str, Any], key: str, where: str, *, default: Any = REQUIRED, minimum: int = 1) -> int:
-    """An integer `>= minimum`; missing -> `default` or error."""
+def _finite(value: int | float) -> bool:
+    if isinstance(value, int):
+        return abs(value) <= sys.float_info.max  # exact int/float comparison, no overflow
+    return math.isfinite(value)
+
+
+def get_int(
+    d: Mapping[str, Any],
+    key: str,
+    where: str,
+    *,
+    default: Any = REQUIRED,
+    minimum: int = 1,
+    maximum: int = INT64_MAX,
+) -> int:
+    """An integer in `[minimum, maximum]` (by default it must fit numpy's int64); a float with
+    an integral value counts; missing -> `default` or error."""
     w = field_where(where, key)
     if key not in d or d[key] is None:
         if default is REQUIRED:
@@ -110,6 +119,8 @@ def get_int(d: Mapping[str, Any], key: str, where: str, *, default: Any = REQUIR
             raise InputError(w, "must be an integer", value)
     if value < minimum:
         raise InputError(w, f"must be >= {minimum}", value)
+    if value > maximum:
+        raise InputError(w, f"must be <= {maximum}", value)
     return value
 
 

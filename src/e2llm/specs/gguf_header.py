@@ -98,4 +98,6 @@ def _parse(cur: _Cursor, where: str) -> GGUFHeader:
         names.append(cur.string())
         (n_dims,) = cur.unpack("I")
         cur.pos += 8 * int(n_dims) + 4 + 8  # dims, type, offset
+    if cur.pos > len(cur.buf):  # the skips above do not read, so check they stayed inside
+        raise InputError(where, "truncated GGUF header", f"{len(cur.buf)} bytes")
     return GGUFHeader(metadata=metadata, array_lengths=arrays, tensor_names=frozenset(names))

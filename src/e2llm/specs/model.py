@@ -16,6 +16,11 @@ BYTES_PER_PARAM: dict[str, float] = {
     "mxfp4": 0.53125,
 }
 
+# Bounds for model files (config.json, GGUF, a plan's model_spec), far above any real model:
+# past them the cost model's arithmetic overflows or a per-layer tuple eats the memory.
+MAX_LAYERS = 100_000
+MAX_DIM = 2**24  # widths, heads, experts, vocabulary, context length
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:

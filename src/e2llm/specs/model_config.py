@@ -10,14 +10,14 @@ over- rather than under-estimates KV memory).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from e2llm.errors import InputError
 from e2llm.specs.gguf_header import read_gguf_header
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.input_file import parse_json, read_input_text
+from e2llm.specs.model import MAX_DIM, MAX_LAYERS, ModelSpec
 
 _HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
@@ -25,12 +25,7 @@ _HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 def spec_from_hf_config(path: Path) -> ModelSpec:
     """Read an HF `config.json` (multimodal configs: their `text_config`)."""
     where = str(path)
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}:{e.lineno}", f"malformed JSON: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(where, f"cannot read model config: {e}") from None
+    cfg = parse_json(read_input_text(path, "model config"), where)
     if not isinstance(cfg, dict):
         raise InputError(where, "model config must be a JSON object", type(cfg).__name__)
     if isinstance(cfg.get("text_config"), dict):
@@ -40,15 +35,16 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
         for key in keys:
             value = cfg.get(key)
             if value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                    raise InputError(f"{where}: {key}", "must be a positive integer", value)
-                return value
+                _check_dim(value, f"{where}: {key}", keys[0])
+                return int(value)
         raise InputError(f"{where}: {keys[0]}", "missing required key in model config")
 
     n_layers = need("num_hidden_layers", "n_layer")
     hidden = need("hidden_size", "n_embd")
     n_heads = need("num_attention_heads", "n_head")
     n_kv = need("num_key_value_heads", "num_attention_heads", "n_head")
+    if not cfg.get("head_dim") and n_heads > hidden:
+        raise InputError(f"{where}: num_attention_heads", f"exceeds hidden_size ({hidden})", n_heads)
     head_dim = need("head_dim") if cfg.get("head_dim") else hidden // n_heads
     n_experts = (
         need("num_local_experts", "num_experts", "n_routed_experts")
@@ -80,6 +76,13 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
         expert_precision=experts,
         kv_bytes_per_value=4.0 if weights == "fp32" else 2.0,
     )
+
+
+def _check_dim(value: object, where: str, key: str) -> None:
+    """A positive integer within `MAX_LAYERS` (layer counts) or `MAX_DIM` (everything else)."""
+    limit = MAX_LAYERS if key in ("num_hidden_layers", "n_layer", "block_count") else MAX_DIM
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise InputError(where, f"must be an integer in [1, {limit}]", value)
 
 
 def _has_any(cfg: Mapping[str, Any], *keys: str) -> bool:
@@ -126,7 +129,7 @@ def _gguf_precision(file_type: object) -> tuple[str, str]:
 
     try:
         name = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_")  # type: ignore[call-overload]
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return "bf16", "bf16"
     if name == "ALL_F32":
         return "fp32", "fp32"
@@ -154,17 +157,20 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         value = meta.get(f"{arch}.{key}", default)
         if value is None:
             raise InputError(f"{where}: {arch}.{key}", "missing required key in GGUF header")
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise InputError(f"{where}: {arch}.{key}", "must be a positive integer", value)
-        return value
+        _check_dim(value, f"{where}: {arch}.{key}", key)
+        return int(value)
 
     n_layers = need("block_count")
     hidden = need("embedding_length")
     n_heads = need("attention.head_count")
+    if n_heads > hidden and f"{arch}.attention.key_length" not in meta:
+        raise InputError(
+            f"{where}: {arch}.attention.head_count", f"exceeds embedding_length ({hidden})", n_heads
+        )
     n_experts = need("expert_count", 0) if meta.get(f"{arch}.expert_count") else 0
     vocab = meta.get(f"{arch}.vocab_size") or header.array_lengths.get("tokenizer.ggml.tokens")
-    if not isinstance(vocab, int) or vocab <= 0:
-        raise InputError(f"{where}: tokenizer.ggml.tokens", "GGUF header has no vocabulary size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or not 0 < vocab <= MAX_DIM:
+        raise InputError(f"{where}: tokenizer.ggml.tokens", "GGUF header has no valid vocabulary size", vocab)
     window = need("attention.sliding_window", 0) if meta.get(f"{arch}.attention.sliding_window") else 0
     sliding = tuple(range(0, n_layers, 2)) if window and arch == "gpt-oss" else ()
     weights, experts = _gguf_precision(meta.get("general.file_type", -1))

@@ -18,7 +18,7 @@ from typing import Any
 
 from e2llm.errors import InputError
 from e2llm.specs.fields import REQUIRED, as_mapping, check_keys, field_where, get_int, get_number, get_str
-from e2llm.specs.model import BYTES_PER_PARAM, ModelSpec
+from e2llm.specs.model import BYTES_PER_PARAM, MAX_DIM, MAX_LAYERS, ModelSpec
 from e2llm.specs.model_config import spec_from_gguf, spec_from_hf_config
 
 PRECISIONS = tuple(BYTES_PER_PARAM)
@@ -183,9 +183,10 @@ def model_from_dict(d: Mapping[str, Any], source: str) -> ModelSpec:
     check_keys(d, names, source)
     kw: dict[str, Any] = {"name": get_str(d, "name", source)}
     for key in _INT_FIELDS:
-        kw[key] = get_int(d, key, source, default=8192 if key == "max_context" else REQUIRED)
+        top = MAX_LAYERS if key == "n_layers" else MAX_DIM
+        kw[key] = get_int(d, key, source, default=8192 if key == "max_context" else REQUIRED, maximum=top)
     for key in ("n_experts", "experts_per_token", "sliding_window"):
-        kw[key] = get_int(d, key, source, default=0, minimum=0)
+        kw[key] = get_int(d, key, source, default=0, minimum=0, maximum=MAX_DIM)
     for key in ("weight_precision", "expert_precision"):
         kw[key] = get_str(d, key, source, default="bf16")
         if kw[key] not in BYTES_PER_PARAM:

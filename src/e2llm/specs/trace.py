@@ -17,8 +17,11 @@ import numpy as np
 import numpy.typing as npt
 
 from e2llm.errors import InputError
+from e2llm.specs.input_file import read_input_text
 
 COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+MAX_TRACE_BYTES = 256 * 2**20  # ~7 million rows; the Azure 2023 traces are under 1 MiB
+MAX_TOKENS = 10_000_000  # per prompt or answer: beyond any model's context (workloads share it)
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,11 +57,7 @@ def load_trace(path: str | Path) -> Trace:
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(path: str, mtime_ns: int, size: int) -> Trace:
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"cannot read trace file: {e}") from None
+    lines = read_input_text(path, "trace", MAX_TRACE_BYTES).splitlines()
     if not lines:
         raise InputError(f"{path}:1", "empty trace file")
     header = [c.strip() for c in lines[0].split(",")]
@@ -88,8 +87,10 @@ def _load_cached(path: str, mtime_ns: int, size: int) -> Trace:
             ) from None
         for col, name, out in ((cols[1], "ContextTokens", ins), (cols[2], "GeneratedTokens", outs)):
             text = parts[col].strip()
-            if not text.isdigit():
-                raise InputError(f"{path}:{lineno}", f"{name} must be a non-negative integer", text)
+            # ASCII only: str.isdigit() is also true for "²", which int() rejects; the length
+            # check keeps int() away from its 4300-digit limit
+            if not (text.isascii() and text.isdigit()) or len(text) > 18 or int(text) > MAX_TOKENS:
+                raise InputError(f"{path}:{lineno}", f"{name} must be an integer in [0, {MAX_TOKENS}]", text)
             out.append(int(text))
     if not times:
         raise InputError(path, "trace has no rows")

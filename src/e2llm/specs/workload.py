@@ -33,6 +33,11 @@ ARRIVAL_PROCESSES = ("fixed", "poisson", "gamma", "replay")
 LENGTH_DISTS = ("fixed", "lognormal", "uniform", "trace")
 DEFAULT_MAX_FACTOR = 10.0
 DEFAULT_MIN_DECODE_TOK_S = 15.0
+# Bounds on what a workload may ask for, so that a typo cannot make generation allocate terabytes
+# or overflow int64: 10 million requests (500x the Azure conv trace), `trace.MAX_TOKENS` per prompt
+# or answer, and a coefficient of variation of at most 100.
+MAX_REQUESTS = 10_000_000
+MAX_CV = 100.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +161,10 @@ def with_load(
             "--interval/--rate", "give at most one of interval and rate", (interval_s, rate_per_s)
         )
     for name, value in (("--interval", interval_s), ("--rate", rate_per_s)):
-        if value is not None and (not math.isfinite(value) or value <= 0):
-            raise InputError(name, "must be > 0", value)
-    if requests is not None and requests < 1:
-        raise InputError("--requests", "must be >= 1", requests)
+        if value is not None and (not math.isfinite(value) or value <= 0 or not math.isfinite(1 / value)):
+            raise InputError(name, "must be > 0 (and its inverse finite)", value)
+    if requests is not None and not 1 <= requests <= MAX_REQUESTS:
+        raise InputError("--requests", f"must be in [1, {MAX_REQUESTS}]", requests)
     w = dataclasses.replace(workload, requests=requests) if requests is not None else workload
     target = interval_s if interval_s is not None else (1.0 / rate_per_s if rate_per_s is not None else None)
     if target is None:

@@ -12,6 +12,7 @@ An Azure-format `.csv` given directly is replayed whole.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,14 @@ from e2llm.specs.fields import (
     get_str,
     read_yaml_mapping,
 )
-from e2llm.specs.trace import Trace, load_trace
+from e2llm.specs.trace import MAX_TOKENS, Trace, load_trace
 from e2llm.specs.workload import (
     ARRIVAL_PROCESSES,
     DEFAULT_MAX_FACTOR,
     DEFAULT_MIN_DECODE_TOK_S,
     LENGTH_DISTS,
+    MAX_CV,
+    MAX_REQUESTS,
     Arrival,
     LengthDist,
     Workload,
@@ -49,6 +52,7 @@ _TOP_KEYS = (
     "rate_per_s",
     "description",
 )
+MIN_GAMMA_CV = 1e-6
 _LENGTH_KEYS = {
     "fixed": ("dist", "value", "mean", "min", "max"),
     "lognormal": ("dist", "mean", "cv", "min", "max"),
@@ -76,7 +80,7 @@ def read_workload(path: Path) -> Workload:
         if key not in d:
             raise InputError(field_where(where, key), "missing required field")
     return Workload(
-        requests=get_int(d, "requests", where),
+        requests=get_int(d, "requests", where, maximum=MAX_REQUESTS),
         seed=seed,
         arrival=_arrival(d["arrival"], field_where(where, "arrival")),
         input_tokens=_length(d["input_tokens"], field_where(where, "input_tokens"), path, "input"),
@@ -96,7 +100,7 @@ def _trace_workload(d: dict[str, Any], path: Path, seed: int, min_tok_s: float) 
             raise InputError(
                 field_where(where, key), "not allowed with `trace` (lengths come from the trace)"
             )
-    requests = get_int(d, "requests", where, default=trace.rows)
+    requests = get_int(d, "requests", where, default=trace.rows, maximum=MAX_REQUESTS)
     if "arrival" in d:
         for key in ("time_scale", "rate_per_s"):
             if key in d:
@@ -106,7 +110,7 @@ def _trace_workload(d: dict[str, Any], path: Path, seed: int, min_tok_s: float) 
     if "time_scale" in d and "rate_per_s" in d:
         raise InputError(field_where(where, "rate_per_s"), "give time_scale or rate_per_s, not both")
     w = _replay(trace, requests, seed, min_tok_s, get_number(d, "time_scale", where, default=1.0), where)
-    return with_load(w, rate_per_s=get_number(d, "rate_per_s", where)) if "rate_per_s" in d else w
+    return with_load(w, rate_per_s=_rate(d, where)) if "rate_per_s" in d else w
 
 
 def _replay(trace: Trace, requests: int, seed: int, min_tok_s: float, scale: float, source: str) -> Workload:
@@ -138,16 +142,21 @@ def _arrival(raw: Any, where: str) -> Arrival:
         )
     if ("interval_s" in d) == ("rate_per_s" in d):
         raise InputError(where, "give exactly one of interval_s and rate_per_s", dict(d))
-    if "interval_s" in d:
-        interval = get_number(d, "interval_s", where)
-    else:
-        interval = 1.0 / get_number(d, "rate_per_s", where)
+    interval = get_number(d, "interval_s", where) if "interval_s" in d else 1.0 / _rate(d, where)
     cv = 0.0
-    if process == "gamma":
-        cv = get_number(d, "cv", where)
+    if process == "gamma":  # cv**2 must neither underflow to 0 nor overflow
+        cv = get_number(d, "cv", where, minimum=MIN_GAMMA_CV, strict=False, maximum=MAX_CV)
     elif "cv" in d:
         raise InputError(field_where(where, "cv"), f"only for the gamma process (not {process})", d["cv"])
     return Arrival(process, interval, cv=cv)
+
+
+def _rate(d: Any, where: str) -> float:
+    """`rate_per_s`, > 0 with a finite mean gap (a denormal rate's inverse is inf)."""
+    rate = get_number(d, "rate_per_s", where)
+    if not math.isfinite(1.0 / rate):
+        raise InputError(field_where(where, "rate_per_s"), "is too small (its mean gap is infinite)", rate)
+    return rate
 
 
 def _length(raw: Any, where: str, yaml_path: Path, column: str) -> LengthDist:
@@ -160,8 +169,8 @@ def _length(raw: Any, where: str, yaml_path: Path, column: str) -> LengthDist:
             dist,
         )
     check_keys(d, _LENGTH_KEYS[dist], where)
-    low = get_int(d, "min", where, default=1)
-    high: int | None = get_int(d, "max", where) if d.get("max") is not None else None
+    low = get_int(d, "min", where, default=1, maximum=MAX_TOKENS)
+    high: int | None = get_int(d, "max", where, maximum=MAX_TOKENS) if d.get("max") is not None else None
     if high is not None and high < low:
         raise InputError(field_where(where, "max"), f"must be >= min ({low})", high)
     if dist == "uniform":
@@ -175,11 +184,17 @@ def _length(raw: Any, where: str, yaml_path: Path, column: str) -> LengthDist:
     if dist == "fixed":
         if ("value" in d) == ("mean" in d):
             raise InputError(where, "give exactly one of value and mean", dict(d))
-        value = get_number(d, "value" if "value" in d else "mean", where)
+        value = get_number(d, "value" if "value" in d else "mean", where, maximum=MAX_TOKENS)
         return LengthDist(dist, value, low=low, high=high)
-    mean = get_number(d, "mean", where)
-    cv = get_number(d, "cv", where, strict=False)
-    return LengthDist(dist, mean, cv=cv, low=low, high=high if high is not None else _default_max(mean))
+    mean = get_number(d, "mean", where, maximum=MAX_TOKENS)
+    cv = get_number(d, "cv", where, strict=False, maximum=MAX_CV)
+    if high is None:
+        high = _default_max(mean)
+        if high < low:
+            raise InputError(
+                field_where(where, "min"), f"is above the default max ({high} = 10 x mean); give max", low
+            )
+    return LengthDist(dist, mean, cv=cv, low=low, high=high)
 
 
 def _default_max(mean: float) -> int:
