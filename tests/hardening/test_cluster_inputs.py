@@ -172,12 +172,6 @@ def test_random_edits_never_crash(tmp_path: Path, rnd: random.Random, edits: int
     _load_outcome(Mutant("random", content, None), write_unique(tmp_path, content, ".yaml"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(RecursionError, ValueError),
-    reason="cost/profile.py load_profile: json.loads errors other than JSONDecodeError escape "
-    "(fix: read through specs.input_file.read_input_text + parse_json); owner: cost",
-)
 @pytest.mark.parametrize("body", ["[" * 100_000 + "]" * 100_000, "9" * 5000], ids=["deep", "long-int"])
 def test_broken_profile_named_by_a_cluster(folder: Path, body: str) -> None:
     profile = write_unique(folder, body.encode(), ".json")

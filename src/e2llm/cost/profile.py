@@ -44,6 +44,7 @@ from e2llm.cost.profile_data import (
 from e2llm.cost.profile_times import ProfileTimes
 from e2llm.errors import InputError
 from e2llm.specs.fields import as_list, as_mapping, field_where, get_int, get_number, get_str
+from e2llm.specs.input_file import parse_json, read_input_text
 from e2llm.specs.model import BYTES_PER_PARAM, ModelSpec
 
 __all__ = [
@@ -119,17 +120,7 @@ def save_profile(p: Profile, path: str | Path) -> None:
 def load_profile(path: str | Path) -> Profile:
     """Read and validate a profile JSON; every problem is an InputError naming file and field."""
     where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(where, "profile file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(where, f"cannot read profile file: {e}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}:{e.lineno}", f"malformed JSON: {e.msg}") from None
-    return profile_from_dict(data, where)
+    return profile_from_dict(parse_json(read_input_text(path, "profile"), where), where)
 
 
 def profile_from_dict(data: object, where: str = "<profile>") -> Profile:
