@@ -2,7 +2,8 @@
 
 A device whose cluster entry names a `profile` is timed from that measured profile (scaled to
 the model, see cost/profile_times.py); every other device from the roofline of its spec sheet
-(cost/roofline.py) with the given engine efficiency.
+(cost/roofline.py) with the given engine efficiency, by default the llama.cpp efficiency of the
+device's vendor class (cost/edge.py: Apple Metal, CUDA GeForce, Jetson; others the pooled fit).
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from e2llm.cost.edge import edge_efficiency
 from e2llm.cost.model import CostModel, DeviceTimes
 from e2llm.cost.profile import Profile, load_profile
 from e2llm.cost.profile_times import ProfileTimes
-from e2llm.cost.roofline import DEFAULT, Efficiency, RooflineTimes
+from e2llm.cost.roofline import Efficiency, RooflineTimes
 from e2llm.specs.device import Cluster
 from e2llm.specs.model import ModelSpec
 
@@ -35,19 +37,21 @@ def build_cost_model(
     cluster: Cluster,
     *,
     profiles: Mapping[str, Profile] | None = None,
-    efficiency: Efficiency = DEFAULT,
+    efficiency: Efficiency | None = None,
 ) -> CostModel:
     """The cost model of `model` on `cluster`.
 
     `profiles` holds already-loaded profiles keyed by the `Device.profile` string; profiles not in
     it are read from disk, once per file even when several devices share one. Raises InputError
     for an unreadable or malformed profile, or one that cannot be scaled to `model`.
+    `efficiency` None: each roofline device gets `edge_efficiency(device)`; an Efficiency: every
+    roofline device gets that one.
     """
     loaded: dict[str, Profile] = dict(profiles or {})
     times: dict[str, DeviceTimes] = {}
     for d in cluster.devices:
         if d.profile is None:
-            times[d.name] = RooflineTimes(d, model, efficiency)
+            times[d.name] = RooflineTimes(d, model, efficiency or edge_efficiency(d))
             continue
         if d.profile not in loaded:
             loaded[d.profile] = load_profile(resolve_profile_path(d.profile, cluster))

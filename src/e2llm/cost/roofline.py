@@ -4,6 +4,7 @@ Every call (one decoder layer, the LM head, the embedding) costs
 
     t = call overhead + max(FLOPs / (tflops * compute), bytes / (bandwidth * memory))
 
+A prompt may run as several such calls (micro-batches, `Efficiency.prefill_ubatch`).
 The `max` is the classic roofline: a kernel is limited by either arithmetic or memory traffic.
 We also tried the sum of the two terms: fitted to the H200 measurements
 (`benchmarks/cost_vs_measured.py`), the max gives a mean |log error| of 0.074 against 0.086 for
@@ -47,6 +48,11 @@ class Efficiency:
     more). `attn_score_bytes` is the memory traffic per attention score when the engine
     materialises the score matrix (0 for flash attention): such an engine computes the whole
     n_heads x queries x keys matrix, masked entries included (T² per head for a T-token prefill).
+    `prefill_ubatch` > 0 runs a longer prompt as micro-batches of that many tokens (llama.cpp's
+    n_ubatch), each a full layer call that re-reads the weights it touches and attends to the KV
+    of the chunks before it. `prefill_expert_call_s` is paid per expert a prompt call touches but
+    not by decode steps: llama.cpp's MoE prompt kernels run each hit expert's token group as its
+    own (padded) matmul tile set, while decode runs one fused mat-vec kernel over the experts.
     """
 
     compute: float
@@ -55,8 +61,10 @@ class Efficiency:
     head_call_s: float
     moe_call_s: float = 0.0  # extra per MoE layer call: routing, top-k, token dispatch
     expert_call_s: float = 0.0  # extra per distinct expert touched in an MoE layer call
+    prefill_expert_call_s: float = 0.0  # extra per expert touched in a prompt (not decode) call
     kv_traffic: float = 1.0
     attn_score_bytes: float = 0.0
+    prefill_ubatch: int = 0  # prompt tokens per layer call (llama.cpp n_ubatch); 0: whole prompt
 
     def __post_init__(self) -> None:
         if not (0 < self.compute <= 1 and 0 < self.memory <= 1):
@@ -66,22 +74,32 @@ class Efficiency:
             self.head_call_s,
             self.moe_call_s,
             self.expert_call_s,
+            self.prefill_expert_call_s,
             self.attn_score_bytes,
         )
-        if min(fixed) < 0 or self.kv_traffic < 1:
+        if min(fixed) < 0 or self.kv_traffic < 1 or self.prefill_ubatch < 0:
             raise ValueError(f"negative call cost or kv_traffic < 1 in {self}")
 
 
-# llama.cpp-class engines on edge GPUs / Apple silicon / Jetson (the method's testbed engine).
-# Not fitted here (no edge measurements in the repository): set from published llama.cpp Metal
-# results of Llama-3.1-8B Q4_K_M (4.9 GB): M1 Max (400 GB/s, 10.4 TFLOPS) tg128 46 tok/s = 57%
-# of bandwidth, pp512 500 tok/s = 77% of FP32 peak; M4 (120 GB/s, 4.3 TFLOPS) tg128 21 tok/s =
-# 85%, pp512 225 tok/s = 84% (github.com/brand-o/normiebench issues 40 and 3), and llama.cpp's
-# Apple-silicon table (ggml-org/llama.cpp discussion 4167: M2 Max 7B Q4_0 ≈ 60-65% of 400 GB/s).
-# CUDA peaks in the presets count tensor cores, which llama.cpp's quantised kernels use less
-# fully, hence the lower compute fraction. Per layer call ~30 µs (one graph node per op, no
-# Python; a 32-layer decode step pays ~1 ms).
-LLAMA_CPP = Efficiency(compute=0.6, memory=0.65, layer_call_s=30e-6, head_call_s=30e-6)
+# llama.cpp-class engines on edge hardware (the method's testbed engine), pooled over vendors:
+# fitted (`benchmarks/calibrate_edge.py --fit`, mean |log error|) to 17 published llama.cpp
+# prompt-processing / generation speeds on Apple silicon, GeForce and Jetson AGX Orin
+# (cost/edge_evidence.py has each number and its URL; benchmarks/RESULTS.md "Edge calibration"
+# the table): quantised matmuls at ~63% of the FP16 peak of the presets (tensor cores on NVIDIA,
+# the ALUs on Apple), weights streamed at ~54% of peak bandwidth, 20 µs per layer call, prompts
+# in llama.cpp's default 512-token micro-batches, and 37 µs per expert a prompt micro-batch
+# touches (MoE prompt processing runs each hit expert's tile through its own grouped matmul;
+# decode uses fused mat-vec kernels and pays nothing per expert). Median |error| over the 17
+# points: 15% (Metal 11%, CUDA 2%, Jetson 49%). It is the fallback for devices of unknown
+# vendor; devices of a known vendor class get the per-class fit (cost/edge.py), which is closer.
+LLAMA_CPP = Efficiency(
+    compute=0.63,
+    memory=0.54,
+    layer_call_s=20e-6,
+    head_call_s=20e-6,
+    prefill_expert_call_s=37e-6,
+    prefill_ubatch=512,
+)
 
 # Eager PyTorch + transformers on a data-centre GPU, fitted to the H200 bf16 per-layer
 # measurements in ../shared/reference/measured/ (`benchmarks/cost_vs_measured.py --fit`, results
@@ -101,8 +119,9 @@ EAGER_TORCH = Efficiency(
 )
 
 # The default for a device without a profile: edge devices running a llama.cpp-class engine, as
-# in the method's testbed. Devices that run e2llm's own PyTorch runtime should be profiled
-# (`e2llm profile`); EAGER_TORCH is the roofline stand-in for a GPU fog server running it.
+# in the method's testbed (`build_cost_model` refines it by vendor class, cost/edge.py). Devices
+# that run e2llm's own PyTorch runtime should be profiled (`e2llm profile`); EAGER_TORCH is the
+# roofline stand-in for a GPU fog server running it.
 DEFAULT = LLAMA_CPP
 
 
@@ -138,17 +157,34 @@ class RooflineTimes:
     def layer_prefill_s(self, tokens: int) -> float:
         if tokens <= 0:
             return 0.0
+        u = self.eff.prefill_ubatch
+        if not u or tokens <= u:
+            return self._prefill_chunk_s(0, tokens)
+        # llama.cpp runs a long prompt as micro-batches of `u` tokens, each a full pass over the
+        # layer: every chunk pays the call overheads and re-reads the weights it touches, and
+        # attends to the KV of the chunks before it.
+        full, rest = divmod(tokens, u)
+        s = sum(self._prefill_chunk_s(i * u, u) for i in range(full))
+        return s + (self._prefill_chunk_s(full * u, rest) if rest else 0.0)
+
+    def _prefill_chunk_s(self, done: int, tokens: int) -> float:
+        """One layer call over prompt tokens done+1 .. done+tokens, the first `done` already in
+        the cache (their KV is read once by the chunk's fused attention)."""
         s, eff = self._shape, self.eff
-        ctx = s.prefill_context(tokens)
+        keys = s.prefill_context(done + tokens) * (done + tokens)
+        if done:
+            keys -= s.prefill_context(done) * done
         touched = s.experts_touched(tokens)
-        flops = 2.0 * s.active_params * tokens + 4.0 * tokens * ctx * s.attn_width
+        flops = 2.0 * s.active_params * tokens + 4.0 * keys * s.attn_width
         n_bytes = (
             s.dense_bytes
             + touched * s.expert_bytes
             + tokens * (self._act_bytes_per_token + s.kv_bytes_per_token)
-            + eff.attn_score_bytes * s.n_heads * tokens * tokens
+            + (s.kv_tokens(done) * s.kv_bytes_per_token if done else 0.0)
+            + eff.attn_score_bytes * s.n_heads * tokens * (tokens + done)
         )
-        return self._layer_call + eff.expert_call_s * touched + self._roof(flops, n_bytes)
+        per_expert = eff.expert_call_s + eff.prefill_expert_call_s
+        return self._layer_call + per_expert * touched + self._roof(flops, n_bytes)
 
     def layer_decode_s(self, batch: int, context: int) -> float:
         if batch <= 0:
