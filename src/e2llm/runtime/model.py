@@ -1,0 +1,224 @@
+"""A Llama-family decoder stage in plain PyTorch, after gpt-fast's model.py.
+
+A `StageModel` holds the global layers [start, end) of one model, plus the token embedding (first
+stage) and the final norm + LM head (last stage). It is built on the meta device and its weights
+are assigned from a state dict, so a stage never allocates layers it does not own. One `forward`
+with explicit positions serves prefill (T tokens of one sequence, possibly continuing a cached
+prefix) and batched decode (one token each of B sequences at different positions); the causal
+mask is built from the positions, so rows of different lengths share one pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from e2llm.errors import InputError
+from e2llm.runtime.config import ModelConfig
+from e2llm.runtime.kv import KVCache, SlotBatch
+from e2llm.runtime.layers import Block, RMSNorm, fuse_checkpoint, rope_inv_freq, rope_tables
+
+Visibility = Literal["all", "causal", "positions"]
+
+
+class StageModel(nn.Module):
+    """Layers [start, end) of a Llama-family model, with its own KV cache for many sequences.
+
+    `prefill` and `decode` are the two phase entry points; inputs are token ids on the stage that
+    holds the embedding, otherwise hidden states from the previous stage. Outputs are hidden states,
+    or fp32 logits on the stage that holds the LM head. Not thread-safe: one caller at a time (as
+    a Ray actor runs its methods by default).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        start: int,
+        end: int,
+        embedding: bool,
+        lm_head: bool,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        weights: Mapping[str, Tensor] | None = None,
+    ):
+        super().__init__()
+        if not 0 <= start < end <= config.n_layers:
+            raise InputError("stage", f"layer range must lie within [0, {config.n_layers})", (start, end))
+        self.config, self.start, self.end = config, start, end
+        self.device, self.dtype = torch.device(device), dtype
+        with torch.device("meta"):  # shapes only; storage comes from load_weights
+            self.embed_tokens = nn.Embedding(config.vocab, config.hidden) if embedding else None
+            self.layers = nn.ModuleDict({str(i): Block(config, i) for i in range(start, end)})
+            self.norm = RMSNorm(config.hidden, config.rms_eps) if lm_head else None
+            self.lm_head = nn.Linear(config.hidden, config.vocab, bias=False) if lm_head else None
+        self.inv_freq = rope_inv_freq(config).to(self.device)
+        self.cache = KVCache(range(start, end), config.n_kv_heads, config.head_dim, dtype, self.device)
+        if weights is not None:
+            self.load_weights(weights)
+
+    @property
+    def has_embedding(self) -> bool:
+        return self.embed_tokens is not None
+
+    @property
+    def has_lm_head(self) -> bool:
+        return self.lm_head is not None
+
+    def load_weights(self, weights: Mapping[str, Tensor]) -> None:
+        """Assign a checkpoint slice (keys as `load_stage_weights` returns them) to this stage."""
+        state = fuse_checkpoint(weights, self.config)
+        share_head = self.config.tied_embeddings and self.has_embedding and self.has_lm_head
+        if share_head:
+            state.pop("lm_head.weight", None)
+        state = {k: v.to(device=self.device, dtype=self.dtype) for k, v in state.items()}
+        missing, unexpected = self.load_state_dict(state, strict=False, assign=True)
+        missing = [k for k in missing if not (share_head and k == "lm_head.weight")]
+        if missing or unexpected:
+            raise InputError(
+                "weights",
+                f"stage [{self.start}, {self.end}) missing {missing[:3]}, unexpected {unexpected[:3]}",
+            )
+        if share_head:
+            assert self.lm_head is not None and self.embed_tokens is not None
+            self.lm_head.weight = self.embed_tokens.weight
+
+    # -- the one forward ---------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        cache: KVCache,
+        slots: SlotBatch,
+        last_only: bool = False,
+        visibility: Visibility = "positions",
+    ) -> Tensor:
+        """x: ids [B, T] or hidden [B, T, hidden]; positions [B, T] (absolute, per row).
+
+        Returns hidden [B, T, hidden], or fp32 logits [B, T, vocab] ([B, 1, vocab] if `last_only`)
+        on the LM-head stage. Writes the new K/V at `positions` of each row's slot. `visibility`
+        is what the caller knows without a device sync: "all" (every query sees all
+        `slots.length` keys: one-token steps of equal-length rows), "causal" (one row whose
+        queries are exactly positions 0..length-1: a fresh prefill) or "positions" (mask built
+        from `positions`: chunked prefill, mixed-length decode).
+        """
+        h = self.embed_tokens(x) if self.embed_tokens is not None else x.to(self.dtype)
+        cos, sin = rope_tables(positions, self.inv_freq, self.dtype)
+        if self.config.sliding_window and slots.length > self.config.sliding_window:
+            visibility = "positions"
+        mask = self._mask(positions, slots.length) if visibility == "positions" else None
+        causal = visibility == "causal"
+        for block in self.layers.values():
+            h = block(h, cos, sin, positions, cache, slots, mask, causal)
+        if self.lm_head is None:
+            return h
+        assert self.norm is not None
+        if last_only:
+            h = h[:, -1:]
+        return self.lm_head(self.norm(h)).float()
+
+    def _mask(self, positions: Tensor, length: int) -> Tensor:
+        """Boolean [B, 1, T, length]: key j is visible to the query at position p iff j <= p
+        (and p - j < sliding_window when set)."""
+        keys = torch.arange(length, device=positions.device)
+        mask = keys[None, None, :] <= positions[:, :, None]
+        if self.config.sliding_window:
+            mask &= keys[None, None, :] > positions[:, :, None] - self.config.sliding_window
+        return mask[:, None]
+
+    # -- phases --------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, seq_id: str, inputs: Tensor | np.ndarray) -> Tensor:
+        """Run T tokens of one sequence from its current cached length (0 for a new sequence;
+        more for a chunked prefill or re-prefill). Inputs: ids [T] or hidden [T, hidden].
+        Returns hidden [T, hidden], or logits [vocab] of the last position on the LM-head stage."""
+        x = self._input(inputs)
+        start, t = self.cache.length(seq_id), x.shape[0]
+        if t == 0:
+            raise InputError("prompt", "is empty")
+        if start + t > self.config.max_position:
+            raise InputError(
+                "prompt", f"{start + t} tokens exceed the model context {self.config.max_position}"
+            )
+        if seq_id not in self.cache:
+            self.cache.allocate(seq_id)
+        self._check_complete([seq_id])
+        positions = torch.arange(start, start + t, device=self.device)[None]
+        visibility: Visibility = "all" if t == 1 else "causal" if start == 0 else "positions"
+        slots = self.cache.batch([seq_id], start + t, start)
+        out = self.forward(x[None], positions, self.cache, slots, last_only=True, visibility=visibility)
+        self.cache.advance(seq_id, t)
+        return out[0, -1] if self.has_lm_head else out[0]
+
+    @torch.inference_mode()
+    def decode(self, seq_ids: Sequence[str], inputs: Tensor | np.ndarray) -> Tensor:
+        """One new token for each of B cached sequences (any mix of lengths).
+        Inputs: ids [B] or hidden [B, hidden]. Returns hidden [B, hidden] or logits [B, vocab]."""
+        if not seq_ids or len(set(seq_ids)) != len(seq_ids):
+            raise ValueError(f"decode needs distinct sequences, got {list(seq_ids)}")
+        x = self._input(inputs)
+        if x.shape[0] != len(seq_ids):
+            raise ValueError(f"decode got {x.shape[0]} inputs for {len(seq_ids)} sequences")
+        self._check_complete(seq_ids)
+        lengths = [self.cache.length(s) for s in seq_ids]
+        if max(lengths) + 1 > self.config.max_position:
+            raise InputError("decode", f"context exceeds the model context {self.config.max_position}")
+        positions = torch.tensor(lengths, device=self.device)[:, None]
+        same = len(set(lengths)) == 1
+        slots = self.cache.batch(seq_ids, max(lengths) + 1, lengths[0] if same else None)
+        out = self.forward(
+            x[:, None],
+            positions,
+            self.cache,
+            slots,
+            visibility="all" if same else "positions",
+        )
+        for s in seq_ids:
+            self.cache.advance(s, 1)
+        return out[:, 0]
+
+    def _input(self, inputs: Tensor | np.ndarray) -> Tensor:
+        if isinstance(inputs, np.ndarray):
+            inputs = torch.from_numpy(np.array(inputs))  # arrays from Ray are read-only: copy
+        return inputs.to(self.device)
+
+    def _check_complete(self, seq_ids: Sequence[str]) -> None:
+        for s in seq_ids:
+            if s not in self.cache:
+                raise KeyError(f"sequence {s!r} has no KV on stage [{self.start}, {self.end})")
+            if missing := self.cache.missing_layers(s):
+                raise ValueError(f"sequence {s!r} lacks KV of layers {missing} on this stage")
+
+    # -- KV management ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def export_kv(self, seq_id: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Global layer -> (k, v) copies, each [kv_heads, T, head_dim]."""
+        return self.cache.export(seq_id)
+
+    @torch.inference_mode()
+    def import_kv(
+        self, seq_id: str, kv: Mapping[int, tuple[np.ndarray, np.ndarray]], length: int
+    ) -> list[int]:
+        """Take the owned layers of `kv` (a subset or superset of this stage's layers) for a
+        sequence of `length` tokens; returns the layers taken. Decode needs every owned layer."""
+        return self.cache.import_(seq_id, kv, length)
+
+    def missing_layers(self, seq_id: str) -> list[int]:
+        return self.cache.missing_layers(seq_id)
+
+    def free(self, seq_id: str) -> None:
+        self.cache.free(seq_id)
+
+    def seq_len(self, seq_id: str) -> int:
+        return self.cache.length(seq_id)
+
+    def kv_bytes(self) -> int:
+        """Bytes of K/V held for live sequences (reserved pool memory may be larger)."""
+        return self.cache.used_bytes()
+
+    def kv_reserved_bytes(self) -> int:
+        """Bytes of the KV pool (grown by doubling; kept for reuse after sequences end)."""
+        return self.cache.reserved_bytes()
