@@ -1,0 +1,162 @@
+"""`e2llm serve [CLUSTER|PLAN.json]`: serve a model the way a plan says, over an OpenAI API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from e2llm.errors import InputError
+from e2llm.plan.types import Plan
+
+DEFAULT_CLUSTER = Path("examples/clusters/local-cpu.yaml")
+DEFAULT_MODEL = "smollm2-135m"
+API_KEY_ENV = "E2LLM_API_KEY"
+# A local cluster of 4 emulated CPU devices, used when examples/clusters/local-cpu.yaml is absent.
+_BUILTIN_CLUSTER = {
+    "devices": [
+        {"name": f"cpu{i}", "memory_gb": 2.0, "tflops": 0.2, "mem_bandwidth_gbs": 10.0} for i in range(4)
+    ],
+    "network": {"bandwidth_mbps": 10000, "latency_ms": 0.1},
+}
+
+EXAMPLES = """examples:
+  e2llm serve                                   # built-in SmolLM2-135M on a local emulated cluster
+  e2llm serve examples/clusters/local-cpu.yaml --port 8001
+  e2llm serve plan.json --ray-address 192.168.1.10:6379   # devices run `ray start` (docs/deploy.md)
+  E2LLM_API_KEY=secret e2llm serve --host 0.0.0.0
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model over an OpenAI-compatible API on Ray",
+        description="Plan (or load a plan) and serve the model on Ray: one stage actor per (replica, "
+        "device), PREFILL -> DECODER KV hand-off, continuous batching, OpenAI-compatible HTTP API.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", nargs="?", help="cluster YAML (planned at start) or plan JSON (served as is)")
+    p.add_argument("--model", help=f"catalog name ({DEFAULT_MODEL}), HF model folder or .gguf file")
+    p.add_argument("--system", default="e2llm", help="planner used for a cluster YAML (default e2llm)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--ray-address", help="join this Ray cluster (HEAD:6379) instead of starting one")
+    p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="torch device")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--threads", type=int, help="torch threads per stage actor (default: cores // actors)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from e2llm.runtime.plans import describe_plan, plan_devices, runnable_plan
+    from e2llm.runtime.weights import ModelSource, default_model_source, prepare_model
+
+    if not 0 < args.port < 65536:
+        raise InputError("--port", "must be in 1..65535", args.port)
+    if args.threads is not None and args.threads < 1:
+        raise InputError("--threads", "must be >= 1", args.threads)
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    target = Path(args.target) if args.target else None
+    if target is not None and not target.is_file():
+        raise InputError(str(target), "file not found")
+    plan_from_file = None
+    if target is not None and target.suffix == ".json":
+        from e2llm.plan.plan_json import load_plan
+
+        plan_from_file = load_plan(target)
+    model_name = args.model or (plan_from_file.model if plan_from_file else DEFAULT_MODEL)
+    if model_name != DEFAULT_MODEL and not args.model and not Path(model_name).exists():
+        raise InputError(
+            "--model",
+            f"the plan's model {model_name!r} has no local weights here; pass --model PATH "
+            "(an HF model folder or a .gguf file)",
+        )
+    source = default_model_source() if model_name == DEFAULT_MODEL else ModelSource.from_path(model_name)
+    print(f"e2llm serve: preparing model {source.name} ({source.path})", flush=True)
+    prepared = prepare_model(source)
+    plan = plan_from_file or _plan_cluster(target, model_name, args.system)
+    plan = runnable_plan(plan, prepared.config.n_layers, str(target or "plan"))
+    print(describe_plan(plan), flush=True)
+    return _serve(args, plan, prepared, plan_devices(plan), api_key)
+
+
+def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
+    """Plan with the e2llm planner on `cluster_path` (or the local default cluster)."""
+    from e2llm.cost.build import build_cost_model
+    from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
+    from e2llm.specs.cluster_file import cluster_from_dict, load_cluster
+    from e2llm.specs.models import load_model
+
+    if cluster_path is None and DEFAULT_CLUSTER.is_file():
+        cluster_path = DEFAULT_CLUSTER
+    cluster = (
+        load_cluster(cluster_path)
+        if cluster_path
+        else cluster_from_dict(_BUILTIN_CLUSTER, "built-in cluster")
+    )
+    spec = load_model(model)
+    try:
+        planner = get_system(system)
+    except ImportError as e:  # a planner module failed to import: serve a plain PD split
+        from e2llm.runtime.plans import hand_plan
+
+        print(f"e2llm serve: planner unavailable ({e}); using an even PREFILL/DECODER split", flush=True)
+        return hand_plan(cluster.names, spec.n_layers, model)
+    cost = build_cost_model(spec, cluster)
+    # Interactive chat on a small local cluster: short prompts and answers, a request a second.
+    shape = WorkloadShape(mean_input_tokens=256, mean_output_tokens=128, interval_s=1.0)
+    return planner(PlanRequest(cost=cost, workload=shape))
+
+
+def _serve(
+    args: argparse.Namespace, plan: Plan, prepared: object, devices: list[str], api_key: str | None
+) -> int:
+    import uvicorn
+
+    from e2llm.runtime.cluster import start_ray, stop_ray
+    from e2llm.runtime.server import ServedModel, create_app
+    from e2llm.runtime.service import Deployment, LaunchOptions
+    from e2llm.runtime.text import encode_chat
+    from e2llm.runtime.weights import PreparedModel
+
+    assert isinstance(prepared, PreparedModel)
+    n_actors = sum(len(r.stages) for r in plan.replicas)
+    if args.device in ("cuda", "mps") and not args.ray_address:
+        import torch
+
+        available = torch.cuda.is_available() if args.device == "cuda" else torch.backends.mps.is_available()
+        if not available:
+            raise InputError("--device", "not available on this machine", args.device)
+    options = LaunchOptions(
+        torch_device=args.device,
+        dtype=args.dtype,
+        threads=args.threads,
+        enforce_device_memory=args.ray_address is not None,
+    )
+    start_ray(devices, args.ray_address)
+    deployment = None
+    try:
+        print(f"e2llm serve: starting {n_actors} stage actors on {len(devices)} devices", flush=True)
+        deployment = Deployment.launch(plan, str(prepared.path), options)
+        cfg = prepared.config
+        served = ServedModel(
+            name=plan.model if not args.model else prepared.name,
+            tokenizer=prepared.tokenizer(),
+            context_len=cfg.max_position,
+            eos_ids=frozenset(cfg.eos_token_ids),
+            encode_chat=encode_chat,
+        )
+        app = create_app(deployment, served, api_key)
+        auth = "API key required" if api_key else "no API key"
+        print(f"e2llm serve: {served.name} on http://{args.host}:{args.port}/v1 ({auth})", flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        if deployment is not None:
+            deployment.kill_actors()
+        stop_ray()
+        sys.stdout.flush()
+    return 0

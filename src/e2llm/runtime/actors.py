@@ -1,0 +1,209 @@
+"""The stage worker: one Ray actor per (replica, device), running that device's layers.
+
+A worker wraps a `StageModel` (layers `[start, end)`, plus the embedding and/or the final norm and
+LM head where the plan puts them) and speaks numpy at its boundary, because Ray moves numpy
+arrays zero-copy and pickles torch tensors (runtime-notes). Inputs are token ids on a stage with
+the embedding, hidden states otherwise. The stage with the LM head samples the next token itself,
+so only token ids — never `[batch, vocab]` logits — travel back to the serving loop.
+
+Each worker keeps the KV cache of the sequences it serves, keyed by sequence id, and can export
+a layer range of it (PD hand-off: a prefill stage -> the decoder stage owning those layers) or
+import one. It also counts its compute time and bytes moved for `/metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e2llm.runtime.cluster import ACTOR_RESOURCE_SHARE, device_resource
+
+# (temperature, top_p, seed, step, ban_eos) for one sequence; see `Generation.sampling`.
+SamplingTuple = tuple[float, float, int | None, int, bool]
+KVParts = dict[int, tuple[np.ndarray, np.ndarray]]  # absolute layer index -> (K, V)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """What a worker builds: layers `[start, end)` of the prepared model at `model_path`."""
+
+    model_path: str
+    start: int
+    end: int
+    embedding: bool
+    lm_head: bool
+    torch_device: str = "cpu"  # "cpu", "cuda", "mps" or "auto" (resolved on the worker's node)
+    dtype: str = "float32"
+    threads: int = 1
+
+
+def torch_dtype_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
+def resolve_torch_device(name: str) -> str:
+    import torch
+
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_tokens(logits: Any, sampling: Sequence[SamplingTuple], eos_ids: Sequence[int]) -> np.ndarray:
+    """Next token per row of `logits` ([batch, vocab]): greedy at temperature 0, else temperature
+    + top-p. A seeded row draws from a generator seeded by (seed, step), so a request gives the
+    same tokens on any stage and in any batch mix (the prefill replica samples the first token,
+    a decoder the rest). Rows whose `ban_eos` is set cannot end (`min_tokens`, `ignore_eos`)."""
+    from e2llm.runtime.sampling import SamplingParams, new_generator, sample
+
+    params = [SamplingParams(temperature=t, top_p=p) for t, p, _, _, _ in sampling]
+    generators = [
+        None if t == 0 else new_generator(None if seed is None else (seed * 1_000_003 + step) % 2**63)
+        for t, _, seed, step, _ in sampling
+    ]
+    banned = [list(eos_ids) if ban else [] for *_, ban in sampling]
+    # Sample on the CPU: the generators are CPU generators, and [batch, vocab] is small.
+    return np.asarray(sample(logits.float().cpu(), params, generators, banned), dtype=np.int64)
+
+
+class StageWorker:
+    """Runs on its device's node; see the module docstring. Methods are called by the serving
+    loop in the driver, in order per caller (a Ray actor runs one call at a time)."""
+
+    def __init__(self, config: StageConfig):
+        import torch
+
+        from e2llm.runtime.model import StageModel
+        from e2llm.runtime.weights import PreparedModel, load_stage_weights, read_config
+
+        torch.set_num_threads(config.threads)
+        self.config = config
+        self.device = resolve_torch_device(config.torch_device)
+        path = Path(config.model_path)
+        prepared = PreparedModel(path=path, config=read_config(path), name=path.name)
+        self.eos_ids = prepared.config.eos_token_ids
+        self.model = StageModel(
+            prepared.config,
+            config.start,
+            config.end,
+            config.embedding,
+            config.lm_head,
+            self.device,
+            getattr(torch, config.dtype),
+            weights=load_stage_weights(prepared, config.start, config.end, config.embedding, config.lm_head),
+        )
+        self.compute_s = {"prefill": 0.0, "decode": 0.0}
+        self.calls = {"prefill": 0, "decode": 0}
+        self.kv_bytes_in = 0
+        self.kv_bytes_out = 0
+        self.sequences: set[str] = set()  # ids with KV here
+
+    def info(self) -> dict[str, Any]:
+        """Answered once the weights are loaded: the serving loop waits on it before serving."""
+        cfg = self.model.config
+        elem = torch_dtype_bytes(self.config.dtype)
+        return {
+            "device": self.device,
+            "threads": self.config.threads,
+            "weight_bytes": sum(p.numel() * p.element_size() for p in self.model.parameters()),
+            "kv_bytes_per_token": cfg.kv_bytes_per_token_layer(elem) * (self.config.end - self.config.start),
+        }
+
+    def prefill(self, seq_id: str, inputs: np.ndarray, sampling: SamplingTuple | None = None) -> Any:
+        """Run the prompt (ids `[T]` or hidden `[T, H]`) into an empty cache for `seq_id`.
+        Returns hidden states `[T, H]`, or on the LM-head stage the first token (an int)."""
+        t0 = time.perf_counter()
+        self.sequences.add(seq_id)
+        out = self.model.prefill(seq_id, inputs)
+        result = self._finish(out, [sampling] if sampling is not None else None)
+        self.compute_s["prefill"] += time.perf_counter() - t0
+        self.calls["prefill"] += 1
+        return int(result[0]) if self.config.lm_head else result
+
+    def decode(
+        self, seq_ids: list[str], inputs: np.ndarray, sampling: list[SamplingTuple] | None = None
+    ) -> np.ndarray:
+        """One decode step for a batch: ids `[B]` or hidden `[B, H]` at each sequence's next
+        position. Returns hidden `[B, H]`, or next token ids `[B]` on the LM-head stage."""
+        t0 = time.perf_counter()
+        out = self.model.decode(seq_ids, inputs)
+        result = self._finish(out, sampling)
+        self.compute_s["decode"] += time.perf_counter() - t0
+        self.calls["decode"] += 1
+        return result
+
+    def export_kv(self, seq_id: str, start: int, end: int) -> KVParts:
+        """This stage's K and V of `seq_id` for the layers it holds within `[start, end)`."""
+        parts = {
+            layer: (np.ascontiguousarray(k), np.ascontiguousarray(v))
+            for layer, (k, v) in self.model.export_kv(seq_id).items()
+            if start <= layer < end
+        }
+        self.kv_bytes_out += sum(k.nbytes + v.nbytes for k, v in parts.values())
+        return parts
+
+    def import_kv(self, seq_id: str, length: int, *parts: KVParts) -> int:
+        """Install the KV of `seq_id` (context `length` tokens) gathered from prefill stages;
+        the parts together must cover exactly this stage's layers. Returns bytes received."""
+        merged: KVParts = {}
+        for part in parts:
+            merged.update(part)
+        expected = set(range(self.config.start, self.config.end))
+        if set(merged) != expected:
+            raise ValueError(
+                f"KV hand-off for {seq_id} covers layers {sorted(merged)}, need {sorted(expected)}"
+            )
+        self.sequences.add(seq_id)
+        self.model.import_kv(seq_id, merged, length)
+        received = sum(k.nbytes + v.nbytes for k, v in merged.values())
+        self.kv_bytes_in += received
+        return received
+
+    def free(self, seq_ids: list[str]) -> None:
+        for seq_id in seq_ids:
+            self.model.free(seq_id)
+            self.sequences.discard(seq_id)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "compute_s": dict(self.compute_s),
+            "calls": dict(self.calls),
+            "kv_bytes": self.model.kv_bytes(),
+            "sequences": len(self.sequences),
+            "kv_bytes_in": self.kv_bytes_in,
+            "kv_bytes_out": self.kv_bytes_out,
+        }
+
+    def _finish(self, out: Any, sampling: Sequence[SamplingTuple] | None) -> np.ndarray:
+        if not self.config.lm_head:
+            return out.detach().to("cpu").float().numpy()
+        logits = out if out.dim() == 2 else out.unsqueeze(0)
+        return pick_tokens(logits, sampling or [(0.0, 1.0, None, 0, False)] * logits.shape[0], self.eos_ids)
+
+
+def spawn_stage_actor(config: StageConfig, device_name: str) -> Any:
+    """Start a `StageWorker` pinned to the node advertising `device:<device_name>`.
+
+    It asks Ray for no CPU or GPU: the device resource alone places it, and Ray leaves
+    `CUDA_VISIBLE_DEVICES` alone for actors that request no GPU, so the stage sees its node's
+    accelerator (emulated devices on one GPU machine share that GPU)."""
+    import ray
+
+    return (
+        ray.remote(StageWorker)
+        .options(
+            resources={device_resource(device_name): ACTOR_RESOURCE_SHARE},
+            num_cpus=0,
+            max_concurrency=1,
+        )
+        .remote(config)
+    )

@@ -1,0 +1,141 @@
+"""One request's life in the serving layer: token ids in, text deltas and a finish reason out.
+
+`TextStream` turns generated token ids into text that is safe to send (no half UTF-8
+character, nothing that may still become a stop string). `Generation` adds the request's limits
+(EOS, `max_tokens`, `min_tokens`), its timestamps and the queue its HTTP handler reads. Both are
+plain Python, free of Ray and torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from e2llm.runtime.text import IncrementalDetokenizer, StopStrings
+
+_ids = itertools.count()
+
+
+class TextStream:
+    """Generated token ids -> text safe to send: incremental detokenising, then stop strings
+    (OpenAI semantics: the text ends before the stop string, which is not sent)."""
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str] = ()):
+        self._detok = IncrementalDetokenizer(tokenizer)
+        self._stops = StopStrings(stop)
+
+    def push(self, token_id: int) -> tuple[str, bool]:
+        """Add one token; return (text now safe to send, whether a stop string was hit)."""
+        return self._stops.push(self._detok.push(token_id))
+
+    def flush(self) -> str:
+        """The held-back tail at the end of a generation that hit no stop string."""
+        return self._stops.flush()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """What the HTTP handler receives: a text delta, and the finish reason on the last event."""
+
+    text: str
+    token_id: int | None = None
+    finish_reason: str | None = None  # "stop" | "length" | "error"
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class Generation:
+    """A request in flight. Owned by the serving loop; the HTTP handler only reads `events`
+    and may call `cancel()` (client gone): the loop then drops it and frees its KV."""
+
+    prompt_ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    eos_ids: frozenset[int]
+    text: TextStream
+    min_tokens: int = 0  # EOS cannot be sampled before this many tokens (benchmarks)
+    ignore_eos: bool = False
+    seq_id: str = field(default_factory=lambda: f"seq-{next(_ids)}")
+    events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+    generated: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    cancelled: bool = False
+    arrival_s: float = field(default_factory=time.monotonic)
+    prefill_start_s: float | None = None
+    first_token_s: float | None = None
+    queued_for_decode_s: float | None = None
+    decode_start_s: float | None = None
+    finished_s: float | None = None
+    handoff_s: float | None = None  # PREFILL -> DECODER KV transfer time (None: co-located)
+    handoff_bytes: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None or self.cancelled
+
+    @property
+    def context_len(self) -> int:
+        """Tokens whose KV the sequence holds once its last generated token has been fed back."""
+        return len(self.prompt_ids) + len(self.generated)
+
+    @property
+    def max_context_len(self) -> int:
+        return len(self.prompt_ids) + self.max_tokens
+
+    @property
+    def waiting_s(self) -> float:
+        """Queued and not served: arrival -> prefill start, plus decode queue -> admission."""
+        wait = (self.prefill_start_s or self.arrival_s) - self.arrival_s
+        if self.queued_for_decode_s is not None and self.decode_start_s is not None:
+            wait += self.decode_start_s - self.queued_for_decode_s
+        return wait
+
+    def sampling(self) -> tuple[float, float, int | None, int, bool]:
+        """What the last stage needs to pick this sequence's next token: (temperature, top_p,
+        seed, step, ban_eos). The step makes a seeded draw reproducible wherever it is taken."""
+        step = len(self.generated)
+        return (self.temperature, self.top_p, self.seed, step, self.ignore_eos or step < self.min_tokens)
+
+    def add_token(self, token_id: int) -> None:
+        """Record one generated token and publish its text; sets `finish_reason` at the end."""
+        if self.done:
+            return
+        now = time.monotonic()
+        if self.first_token_s is None:
+            self.first_token_s = now
+        self.generated.append(token_id)
+        if token_id in self.eos_ids and not self.ignore_eos:
+            self._finish("stop", self.text.flush(), now)
+            return
+        delta, stopped = self.text.push(token_id)
+        if stopped:
+            self._finish("stop", delta, now, token_id)
+        elif len(self.generated) >= self.max_tokens:
+            self._finish("length", delta + self.text.flush(), now, token_id)
+        else:
+            self.events.put_nowait(TokenEvent(delta, token_id))
+
+    def fail(self, message: str) -> None:
+        if not self.done:
+            self.finish_reason = "error"
+            self.finished_s = time.monotonic()
+            self.events.put_nowait(TokenEvent("", None, "error", message))
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def _finish(self, reason: str, text: str, now: float, token_id: int | None = None) -> None:
+        self.finish_reason = reason
+        self.finished_s = now
+        self.events.put_nowait(TokenEvent(text, token_id, reason))
+
+    def timings(self) -> dict[str, Any]:
+        """Per-request figures (seconds) for logs and response headers."""
+        ttft = None if self.first_token_s is None else self.first_token_s - self.arrival_s
+        return {"waiting_s": self.waiting_s, "ttft_s": ttft, "output_tokens": len(self.generated)}

@@ -1,0 +1,277 @@
+"""Fast checks of the serving layer's pure parts (no Ray, no model) and of `e2llm serve` bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from e2llm.cli import main
+from e2llm.errors import InputError
+from e2llm.plan.types import Plan, Replica, Role, Stage
+from e2llm.runtime.cluster import device_resource, torch_threads_per_actor
+from e2llm.runtime.generation import Generation, TextStream
+from e2llm.runtime.metrics import ServingMetrics
+from e2llm.runtime.openai_protocol import ApiError
+from e2llm.runtime.plans import describe_plan, hand_plan, runnable_plan, split_layers
+from e2llm.runtime.replica import ReplicaRunner, kv_routes
+from e2llm.runtime.router import Router
+from e2llm.runtime.server import _max_tokens
+
+
+class CharTokenizer:
+    """One token per character (id = code point): enough to exercise text streaming."""
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i) for i in ids if i != 0)
+
+
+def _gen(max_tokens: int = 10, stop: Sequence[str] = (), **kw: object) -> Generation:
+    return Generation(
+        [1, 2, 3], max_tokens, 0.0, 1.0, None, frozenset({0}), TextStream(CharTokenizer(), stop), **kw
+    )  # type: ignore[arg-type]
+
+
+def _drain(gen: Generation) -> tuple[str, str | None]:
+    text, finish = "", None
+    while not gen.events.empty():
+        e = gen.events.get_nowait()
+        text += e.text
+        finish = e.finish_reason or finish
+    return text, finish
+
+
+# ---- KV hand-off routes -------------------------------------------------------------------------
+def _stages(*bounds: int) -> tuple[Stage, ...]:
+    return tuple(Stage(f"d{i}", a, b) for i, (a, b) in enumerate(itertools.pairwise(bounds)))
+
+
+def test_kv_routes_intersect_layer_ranges() -> None:
+    routes = kv_routes(_stages(0, 10, 30), _stages(0, 20, 30))
+    assert routes == [[(0, 0, 10), (1, 10, 20)], [(1, 20, 30)]]
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"), [((0, 30), (0, 7, 19, 30)), ((0, 3, 5, 30), (0, 30)), ((0, 15, 30), (0, 15, 30))]
+)
+def test_kv_routes_cover_every_destination_layer_once(src: tuple[int, ...], dst: tuple[int, ...]) -> None:
+    d = _stages(*dst)
+    for stage, pieces in zip(d, kv_routes(_stages(*src), d), strict=True):
+        layers = [layer for _, a, b in pieces for layer in range(a, b)]
+        assert layers == list(range(stage.start, stage.end))
+
+
+# ---- routing ------------------------------------------------------------------------------------
+def _runner(rid: int, role: Role, concurrency: int = 4, prefill_tok_s: float | None = None) -> ReplicaRunner:
+    replica = Replica(rid, role, _stages(0, 30), concurrency=concurrency, prefill_tok_s=prefill_tok_s)
+    return ReplicaRunner(replica, [], ServingMetrics())
+
+
+def test_jsq_prefill_weighs_outstanding_tokens_by_speed() -> None:
+    fast, slow = _runner(0, Role.PREFILL, prefill_tok_s=300.0), _runner(1, Role.PREFILL, prefill_tok_s=100.0)
+    router = Router([fast, slow, _runner(2, Role.DECODER)])
+    assert router.pick_prefill(100) is fast
+    fast.prefill_tokens_outstanding = 400  # (400 + 100) / 300 > 100 / 100
+    assert router.pick_prefill(100) is slow
+
+
+def test_jsq_decoder_by_load_over_concurrency_and_colocated_stays() -> None:
+    p, d1, d2 = _runner(0, Role.PREFILL), _runner(1, Role.DECODER, 2), _runner(2, Role.DECODER, 2)
+    router = Router([p, d1, d2])
+    assert router.pick_decoder(p) is d1  # tie on load: lower id
+    d1._admitted.append(_gen())
+    assert router.pick_decoder(p) is d2
+    d2._admitted.append(_gen())
+    big = _runner(3, Role.DECODER, 8)
+    big._admitted.extend([_gen(), _gen()])  # 2 / 8 beats 1 / 2
+    assert Router([p, d1, d2, big]).pick_decoder(p) is big
+    c = _runner(3, Role.COLOCATED)
+    assert Router([c]).pick_decoder(c) is c
+
+
+def test_router_needs_both_phases() -> None:
+    with pytest.raises(ValueError, match="prefills and one that decodes"):
+        Router([_runner(0, Role.PREFILL)])
+
+
+def test_decoder_admission_respects_concurrency_and_kv_budget() -> None:
+    async def run() -> None:
+        d = ReplicaRunner(Replica(0, Role.DECODER, _stages(0, 30), concurrency=2), [], ServingMetrics(), 25)
+        gens = [_gen(max_tokens=10) for _ in range(3)]  # each reserves 3 + 10 tokens of KV
+        joins = [asyncio.create_task(d.join(g, None)) for g in gens]
+        await asyncio.sleep(0)
+        d._admit()
+        assert len(d._admitted) == 1  # a second would need 26 > 25 tokens
+        gens[2].cancel()
+        d._admit()
+        assert await joins[2] is False and len(d._waiting) == 1
+        for j in joins[:2]:
+            j.cancel()
+
+    asyncio.run(run())
+
+
+# ---- generation: EOS, max_tokens, stop strings -------------------------------------------------
+def test_generation_finishes_on_length_eos_and_stop() -> None:
+    g = _gen(max_tokens=3)
+    for ch in "abc":
+        g.add_token(ord(ch))
+    assert _drain(g) == ("abc", "length")
+
+    g = _gen()
+    g.add_token(ord("h"))
+    g.add_token(0)  # EOS
+    assert _drain(g) == ("h", "stop") and g.done
+
+    g = _gen(stop=["lo w"])
+    for ch in "hello world":
+        g.add_token(ord(ch))
+        if g.done:
+            break
+    assert _drain(g) == ("hel", "stop")
+
+
+def test_generation_sampling_bans_eos_until_min_tokens() -> None:
+    g = _gen(min_tokens=2)
+    assert g.sampling()[-1] is True
+    g.add_token(ord("a"))
+    g.add_token(ord("b"))
+    assert g.sampling() == (0.0, 1.0, None, 2, False)
+
+
+# ---- plans ----------------------------------------------------------------------------------------
+def _plan(*replicas: Replica) -> Plan:
+    return Plan("t", "m", 0.0, "bottleneck_s", replicas)
+
+
+def test_runnable_plan_moves_embedding_and_head_to_the_ends_and_skips_empty_stages() -> None:
+    stages = (Stage("a", 0, 0, embedding=True), Stage("b", 0, 12), Stage("c", 12, 30, embedding=True))
+    plan = runnable_plan(_plan(Replica(0, Role.COLOCATED, stages)), 30)
+    (b, c) = plan.replicas[0].stages
+    assert (b.device, b.embedding, b.lm_head, c.embedding, c.lm_head) == ("b", True, False, False, True)
+
+
+@pytest.mark.parametrize("bounds", [(0, 10, 29), (0, 12, 12, 31), (1, 30), (0, 20, 10, 30)])
+def test_runnable_plan_rejects_ranges_that_do_not_tile_the_model(bounds: tuple[int, ...]) -> None:
+    stages = tuple(Stage(f"d{i}", a, b) for i, (a, b) in enumerate(itertools.pairwise(bounds)))
+    with pytest.raises(InputError, match="replicas\\[0\\]"):
+        runnable_plan(_plan(Replica(0, Role.PREFILL, stages)), 30)
+
+
+def test_hand_plan_is_prefill_plus_decoder_and_described() -> None:
+    plan = hand_plan(["c0", "c1", "c2", "c3"], 30, "smollm2-135m")
+    assert [r.role for r in plan.replicas] == [Role.PREFILL, Role.DECODER]
+    assert runnable_plan(plan, 30) == plan
+    assert "c2[0,15)+emb -> c3[15,30)+head" in describe_plan(plan)
+    assert split_layers(30, 4) == [(0, 8), (8, 16), (16, 23), (23, 30)]
+
+
+def test_cluster_helpers() -> None:
+    assert device_resource("jetson-1") == "device:jetson-1"
+    assert torch_threads_per_actor(4, cores=2) == 1
+    assert torch_threads_per_actor(2, cores=16) == 8
+
+
+def test_max_tokens_limits() -> None:
+    assert _max_tokens(None, 100, 8192) == 8092
+    assert _max_tokens(50, 8180, 8192) == 12
+    for bad, prompt in ((0, 10), (-1, 10), (5, 8192)):
+        with pytest.raises(ApiError) as err:
+            _max_tokens(bad, prompt, 8192)
+        assert err.value.status == 400
+
+
+# ---- `e2llm serve` bad input: exit 2, one line --------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "expect"),
+    [
+        (["missing-plan.json"], "file not found"),
+        (["{plan}", "--port", "0"], "--port"),
+        (["{plan}", "--threads", "0"], "--threads"),
+        (["{bad}"], "malformed JSON"),
+        (["{empty}"], "at least one replica"),
+        (["{other}"], "has no local weights"),
+        (["{plan}", "--model", "/nonexistent/model.gguf"], "--model"),
+    ],
+)
+def test_serve_bad_input_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], expect: str
+) -> None:
+    plan = tmp_path / "plan.json"
+    replica = {"id": 0, "role": "COLOCATED", "devices": [{"name": "cpu0", "layers": [0, 30]}]}
+    plan.write_text(
+        json.dumps({"system": "t", "model": "smollm2-135m", "objective": 0, "replicas": [replica]})
+    )
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"system": "t", "model": "smollm2-135m", "objective": 0, "replicas": []}))
+    other = tmp_path / "other.json"
+    other.write_text(plan.read_text().replace("smollm2-135m", "llama-3.1-8b"))
+    argv = ["serve", *[a.format(plan=plan, bad=bad, empty=empty, other=other) for a in args]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err and "Traceback" not in err
+
+
+# ---- sampling on the LM-head stage -----------------------------------------------------------
+def test_pick_tokens_greedy_banned_eos_and_seeded_rows_independent_of_batch() -> None:
+    import torch
+
+    from e2llm.runtime.actors import pick_tokens
+
+    logits = torch.tensor([[0.0, 5.0, 1.0, 0.5], [3.0, 0.0, 1.0, 0.5]])
+    assert pick_tokens(logits, [(0.0, 1.0, None, 0, False)] * 2, eos_ids=[1]).tolist() == [1, 0]
+    assert pick_tokens(logits[:1], [(0.0, 1.0, None, 0, True)], eos_ids=[1]).tolist() == [2]  # EOS banned
+    flat = torch.zeros(1, 1000)
+    alone = pick_tokens(flat, [(1.0, 1.0, 42, 3, False)], eos_ids=[])
+    batched = pick_tokens(
+        flat.repeat(3, 1),
+        [(1.0, 1.0, 7, 0, False), (1.0, 1.0, 42, 3, False), (0.5, 0.9, 1, 1, False)],
+        eos_ids=[],
+    )
+    assert batched[1] == alone[0]  # same (seed, step): same draw, wherever the row sits
+    steps = {int(pick_tokens(flat, [(1.0, 1.0, 42, s, False)], eos_ids=[])[0]) for s in range(8)}
+    assert len(steps) > 1  # the step advances the stream
+
+
+def test_split_batch_into_at_most_one_micro_batch_per_stage() -> None:
+    from e2llm.runtime.replica import split_batch
+
+    gens = [_gen() for _ in range(5)]
+    assert [len(g) for g in split_batch(gens, 2)] == [3, 2]
+    assert [len(g) for g in split_batch(gens[:1], 4)] == [1]
+    assert [g for group in split_batch(gens, 3) for g in group] == gens  # order kept, nobody lost
+
+
+def test_default_serve_plan_has_a_prefill_and_a_decoder_replica() -> None:
+    from e2llm.cli.serve_cmd import _plan_cluster
+
+    plan = runnable_plan(_plan_cluster(None, "smollm2-135m", "e2llm"), 30)
+    roles = {r.role for r in plan.replicas}
+    assert {Role.PREFILL, Role.DECODER} <= roles
+
+
+def test_prefill_replica_holds_a_bounded_number_of_prefilled_sequences() -> None:
+    from e2llm.runtime.replica import HELD_KV_PER_STAGE
+
+    async def run() -> None:
+        p = _runner(0, Role.PREFILL)  # one stage, no actors: nothing may reach the prefill call
+        assert p._kv_held is not None
+        for _ in range(HELD_KV_PER_STAGE):
+            await p._kv_held.acquire()  # as many prefilled sequences as it may hold
+        gen = _gen()
+        waiting = asyncio.create_task(p.prefill(gen))
+        await asyncio.sleep(0.05)
+        assert p.prefill_waiting == 1 and not waiting.done()  # back-pressure: queued, not run
+        gen.cancel()
+        p.release_kv()
+        assert await waiting is None  # left while queued: released its hold again
+        assert p.prefill_waiting == 0 and p.prefill_tokens_outstanding == 0
+        assert _runner(1, Role.COLOCATED)._kv_held is None
+
+    asyncio.run(run())
