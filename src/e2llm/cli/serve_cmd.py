@@ -99,13 +99,7 @@ def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
         else cluster_from_dict(_BUILTIN_CLUSTER, "built-in cluster")
     )
     spec = load_model(model)
-    try:
-        planner = get_system(system)
-    except ImportError as e:  # a planner module failed to import: serve a plain PD split
-        from e2llm.runtime.plans import hand_plan
-
-        print(f"e2llm serve: planner unavailable ({e}); using an even PREFILL/DECODER split", flush=True)
-        return hand_plan(cluster.names, spec.n_layers, model)
+    planner = get_system(system)
     cost = build_cost_model(spec, cluster)
     # Interactive chat on a small local cluster: short prompts and answers, a request a second.
     shape = WorkloadShape(mean_input_tokens=256, mean_output_tokens=128, interval_s=1.0)

@@ -63,4 +63,4 @@ def system_names() -> list[str]:
 
 def _load_all() -> None:
     """Import the modules that register systems (kept lazy to avoid import cycles)."""
-    from e2llm.plan import baselines, e2llm_planner  # noqa: F401
+    from e2llm.plan import baselines, e2llm_planner, memory_proportional  # noqa: F401

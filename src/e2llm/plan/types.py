@@ -42,9 +42,13 @@ class Replica:
     role: Role
     stages: tuple[Stage, ...]
     concurrency: int = 1  # decode batch size (DECODER / COLOCATED); 1 for PREFILL
-    prefill_tok_s: float | None = None
+    prefill_tok_s: float | None = None  # one prompt's speed: input tokens / its prefill time
     decode_tok_s_per_request: float | None = None
     bottleneck_device: str = ""
+    # What the whole replica sustains in its role (pipelined prompts / all `concurrency`
+    # sequences), tokens per second; the planner's objective is built from these.
+    prefill_capacity_tok_s: float | None = None
+    decode_capacity_tok_s: float | None = None
 
     @property
     def devices(self) -> tuple[str, ...]:

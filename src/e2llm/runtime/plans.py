@@ -52,7 +52,7 @@ def split_layers(n_layers: int, n_parts: int) -> list[tuple[int, int]]:
 
 def hand_plan(devices: Sequence[str], n_layers: int, model: str) -> Plan:
     """A PD plan without the planner: the first half of the devices prefill, the rest decode,
-    each replica splitting the layers evenly (used when no planner is available, and by tests)."""
+    each replica splitting the layers evenly: a fixed plan for tests of the runtime."""
     if len(devices) < 2:
         raise InputError("cluster", "a PREFILL + DECODER plan needs at least 2 devices", list(devices))
     half = len(devices) // 2
