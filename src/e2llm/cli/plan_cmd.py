@@ -1,0 +1,203 @@
+"""`e2llm plan CLUSTER --model M --workload W`: plan a deployment and print it (or its JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from e2llm.cost.build import build_cost_model
+from e2llm.errors import InputError
+from e2llm.plan.plan_json import plan_to_dict, save_plan
+from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
+from e2llm.plan.types import Plan, Replica
+from e2llm.specs.cluster_file import load_cluster
+from e2llm.specs.models import load_model
+from e2llm.specs.workload import load_workload
+
+EXAMPLES = """examples:
+  e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
+      --workload examples/workloads/longreason-extended.yaml
+  e2llm plan examples/clusters/wifi-edge-fog.yaml --model llama-3.1-8b --precision q4 \\
+      --workload examples/workloads/longreason-custom.yaml --interval 1.0 --out plan.json
+  e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
+      --workload examples/workloads/longreason-extended.yaml --objective max_rate --json
+  e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
+      --workload examples/workloads/longreason-extended.yaml --exhaustive   # <= 7 devices
+
+Objectives: "bottleneck" (the method's: seconds by which the slower phase's time per request
+exceeds the arrival interval; 0 = keeps up, then lower predicted latency wins) or "max_rate"
+(highest sustainable request rate, reported negated). Lower is better for both."""
+
+SLOW_RUN_S = 2.0  # show a progress bar when not on a terminal only after this long
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "plan",
+        help="plan a deployment: device groups, layer split, PREFILL/DECODER roles",
+        description="Plan how to serve MODEL on the devices of CLUSTER for WORKLOAD.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("cluster", metavar="CLUSTER", help="cluster YAML (devices, network)")
+    p.add_argument("--model", required=True, metavar="M", help="catalog name, HF config/model dir, or GGUF")
+    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    p.add_argument(
+        "--system",
+        default="e2llm",
+        metavar="S",
+        help="planner: e2llm (default), memory-proportional, or a baseline (splitwise, pipeline, colocated)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="GA seed (default 1)")
+    p.add_argument("--objective", choices=("bottleneck", "max_rate"), default="bottleneck")
+    p.add_argument(
+        "--exhaustive", action="store_true", help="exhaustive search instead of the GA (<= 7 devices)"
+    )
+    p.add_argument("--precision", metavar="P", help="weight precision override: bf16, fp16, int8, q4, mxfp4")
+    load = p.add_mutually_exclusive_group()
+    load.add_argument(
+        "--interval", type=float, metavar="S", help="mean seconds between arrivals (overrides W)"
+    )
+    load.add_argument("--rate", type=float, metavar="R", help="arrivals per second (overrides W)")
+    p.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
+    p.add_argument("--out", metavar="PLAN.json", help="also write the plan JSON to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    planner = get_system(args.system)
+    cluster = load_cluster(args.cluster)
+    model = load_model(args.model, args.precision)
+    workload = load_workload(args.workload, interval_s=args.interval, rate_per_s=args.rate)
+    shape = WorkloadShape(
+        mean_input_tokens=workload.mean_input_tokens,
+        mean_output_tokens=workload.mean_output_tokens,
+        interval_s=workload.mean_interval_s,
+        min_decode_tok_s=workload.min_decode_tok_s,
+    )
+    cost = build_cost_model(model, cluster)
+    progress, close = _progress_bar()
+    try:
+        plan = planner(
+            PlanRequest(
+                cost,
+                shape,
+                seed=args.seed,
+                objective=args.objective,
+                exhaustive=args.exhaustive,
+                progress=progress,
+            )
+        )
+    finally:
+        close()
+    if args.out:
+        try:
+            save_plan(plan, args.out)
+        except OSError as e:
+            raise InputError(str(args.out), f"cannot write the plan: {e.strerror}") from None
+    if args.json:
+        print(json.dumps(plan_to_dict(plan), indent=2))
+    else:
+        print(format_plan(plan, shape))
+        if args.out:
+            print(f"wrote {Path(args.out)}")
+    return 0
+
+
+def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A tqdm bar on stderr: at once on a terminal, otherwise only once the run is slow."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    state: dict[str, Any] = {"bar": None}
+
+    def update(done: int, total: int) -> None:
+        bar = state["bar"]
+        if bar is None:
+            if not (sys.stderr.isatty() or time.perf_counter() - start > SLOW_RUN_S):
+                return
+            bar = state["bar"] = tqdm(
+                total=total, desc="planning (GA generations)", unit="gen", file=sys.stderr
+            )
+        bar.update(done - bar.n)
+
+    def close() -> None:
+        bar = state["bar"]
+        if bar is not None:
+            bar.total = bar.n  # the GA stopped early: the run is complete, not at n / max
+            bar.refresh()
+            bar.close()
+
+    return update, close
+
+
+def format_plan(plan: Plan, shape: WorkloadShape) -> str:
+    """The readable table: one block per replica, one row per device."""
+    memory = {d["name"]: d.get("memory_gb") for d in plan.cluster.get("devices", [])}
+    lines = [
+        f"system {plan.system}, model {plan.model}: {len(plan.replicas)} replicas "
+        f"({len(plan.prefill_replicas)} PREFILL, {len(plan.decode_replicas)} DECODER)",
+        f"workload: {shape.mean_input_tokens:g} input / {shape.mean_output_tokens:g} output tokens "
+        "on average, "
+        f"one request every {shape.interval_s:g} s, >= {shape.min_decode_tok_s:g} tok/s per request",
+        "",
+    ]
+    header = (
+        f"{'replica':<8}{'role':<9}{'conc':>5}  {'device':<14}{'layers':<10}{'memory GB':>16}  {'speed':<40}"
+    )
+    lines.append(header)
+    lines.append("-" * len(header))
+    for r in plan.replicas:
+        speed = _speed(r)
+        for k, s in enumerate(r.stages):
+            extras = ("E" if s.embedding else "") + ("H" if s.lm_head else "")
+            avail = memory.get(s.device)
+            mem = f"{s.memory_gb:.1f}/{avail:g}" if avail is not None else f"{s.memory_gb:.1f}"
+            bottleneck = " *" if s.device == r.bottleneck_device else ""
+            first = k == 0
+            lines.append(
+                f"{(str(r.id) if first else ''):<8}{(r.role.value if first else ''):<9}"
+                f"{(str(r.concurrency) if first else ''):>5}  {s.device + bottleneck:<14}"
+                f"{f'[{s.start},{s.end}){extras}':<10}{mem:>16}  {speed if first else ''}"
+            )
+    lines.append("")
+    lines.append("* bottleneck stage; E/H: holds the embedding / LM head; memory: planned use/available")
+    if plan.unused_devices:
+        lines.append(f"unused devices: {', '.join(plan.unused_devices)}")
+    pre_caps = [r.prefill_capacity_tok_s for r in plan.prefill_replicas]
+    dec_caps = [r.decode_capacity_tok_s for r in plan.decode_replicas]
+    if all(c is not None for c in pre_caps + dec_caps):
+        prefill = sum(c or 0.0 for c in pre_caps) / shape.mean_input_tokens
+        decode = sum(c or 0.0 for c in dec_caps) / shape.mean_output_tokens
+        lines.append(
+            f"capacity: prefill {prefill:.2f} req/s, decode {decode:.2f} req/s "
+            f"(arrivals {1 / shape.interval_s:.2f}/s)"
+        )
+    if plan.objective_kind == "neg_max_rate":
+        lines.append(f"objective (max_rate): {-plan.objective:.3f} req/s sustainable")
+    else:
+        lines.append(
+            f"objective (bottleneck): {plan.objective:.3f} s by which the slower phase exceeds the interval"
+        )
+    st = plan.planner
+    lines.append(
+        f"planner: {st.evaluations} evaluations, {st.generations} generations, {st.seconds:.2f} s, "
+        f"seed {st.seed}"
+    )
+    return "\n".join(lines)
+
+
+def _speed(r: Replica) -> str:
+    parts = []
+    if r.prefill_tok_s is not None:
+        cap = f" ({r.prefill_capacity_tok_s:.0f} pipelined)" if r.prefill_capacity_tok_s else ""
+        parts.append(f"prefill {r.prefill_tok_s:.0f} tok/s{cap}")
+    if r.decode_tok_s_per_request is not None:
+        cap = f" ({r.decode_capacity_tok_s:.0f} total)" if r.decode_capacity_tok_s else ""
+        parts.append(f"decode {r.decode_tok_s_per_request:.1f} tok/s/request{cap}")
+    return ", ".join(parts)

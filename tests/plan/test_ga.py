@@ -1,0 +1,82 @@
+"""GA mechanics on synthetic fitness functions: validity, determinism, early stop, polish."""
+
+from __future__ import annotations
+
+import random
+
+from e2llm.plan.ga import GAParams, Individual, _crossover, _mutate, evolve, polish
+from e2llm.plan.sizer import MemorySizer
+
+FREE = (4.0, 1.0, 2.0, 3.0, 1.0, 2.0, 5.0, 1.0, 2.0)  # device "memory", need 4 per replica
+SIZER = MemorySizer(FREE, 4.0)
+
+
+def valid(ind: Individual, n: int) -> bool:
+    return sorted(ind.perm) == list(range(n)) and sum(ind.sizes) <= n and all(s >= 1 for s in ind.sizes)
+
+
+def fitness(ind: Individual) -> tuple[float, float]:
+    """Synthetic: many replicas, little memory wasted; devices 1, 4, 7 are 'bad' in replicas."""
+    if not ind.groups:
+        return (float("inf"), float("inf"))
+    waste = sum(sum(FREE[d] for d in g) - 4.0 for g in ind.groups)
+    bad = sum(d in (1, 4, 7) for g in ind.groups for d in g)
+    return (-float(len(ind.groups)), waste + 10 * bad)
+
+
+def test_operators_keep_individuals_valid_and_replicas_big_enough() -> None:
+    rng = random.Random(0)
+    n = len(FREE)
+    pop = [Individual(tuple(rng.sample(range(n), n)), ()) for _ in range(10)]
+    pop = [Individual(p.perm, SIZER.sample(p.perm, rng)) for p in pop]
+    for _ in range(500):
+        a, b = rng.sample(pop, 2)
+        child = _crossover(a, b, SIZER, rng)
+        if rng.random() < 0.5:
+            child = _mutate(child, SIZER, rng)
+        assert valid(child, n)
+        assert all(sum(FREE[d] for d in g) >= 4.0 for g in child.groups)
+        pop[rng.randrange(len(pop))] = child
+
+
+def test_sizer_repair_grows_short_replicas_and_leaves_the_tail_unused() -> None:
+    devices = list(range(len(FREE)))
+    sizes = SIZER.repair(devices, (1, 1, 1, 1, 1, 1, 1, 1, 1))
+    groups, pos = [], 0
+    for s in sizes:
+        groups.append(devices[pos : pos + s])
+        pos += s
+    assert groups == [[0], [1, 2, 3], [4, 5, 6]]  # the tail [7, 8] holds only 3 < 4: unused
+    assert SIZER.minimal(devices) == sizes
+
+
+def test_evolve_is_deterministic_and_reports_progress() -> None:
+    seen: list[tuple[int, int]] = []
+    params = GAParams(population=12, generations=25, patience=25)
+    a = evolve(len(FREE), fitness, SIZER, random.Random(3), params, progress=lambda d, t: seen.append((d, t)))
+    b = evolve(len(FREE), fitness, SIZER, random.Random(3), params)
+    assert a == b
+    assert seen == [(g, 25) for g in range(1, a.generations + 1)]
+    assert all(x >= y for x, y in zip(a.history, a.history[1:], strict=False))  # elitism: never worse
+    assert fitness(a.best) == a.key
+
+
+def test_early_stop_after_patience() -> None:
+    flat = evolve(
+        len(FREE), lambda ind: (0.0, 0.0), SIZER, random.Random(1), GAParams(population=8, patience=5)
+    )
+    assert flat.generations == 5
+
+
+def test_ga_finds_the_synthetic_optimum() -> None:
+    result = evolve(len(FREE), fitness, SIZER, random.Random(7), GAParams(population=20, generations=60))
+    # at most floor(21 / 4) = 5 replicas fit in the devices' 21 units; the GA gets all five
+    assert result.key[0] == -5.0
+
+
+def test_polish_reaches_a_local_optimum() -> None:
+    start = Individual(tuple(range(len(FREE))), SIZER.minimal(list(range(len(FREE)))))
+    best, key = polish(start, fitness(start), fitness, max_evals=10_000)
+    assert key <= fitness(start) and fitness(best) == key
+    again, key2 = polish(best, key, fitness, max_evals=10_000)
+    assert (again, key2) == (best, key)  # nothing in the neighbourhood improves

@@ -1,0 +1,150 @@
+"""Grouping search: GA vs the exhaustive oracle, determinism, the plan it builds, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from e2llm.cost.build import build_cost_model
+from e2llm.cost.model import CostModel
+from e2llm.errors import InputError
+from e2llm.plan.exhaustive import groupings
+from e2llm.plan.plan_json import plan_from_dict, plan_to_dict
+from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
+from e2llm.plan.types import Plan, Role
+from e2llm.specs.device import Cluster, Device, Link
+from e2llm.specs.model import ModelSpec
+
+# A small dense model (8 layers, ~1.6 GiB in bf16) so tiny clusters have nontrivial groupings.
+TINY = ModelSpec(
+    name="tiny-8l",
+    n_layers=8,
+    hidden=2048,
+    n_heads=16,
+    n_kv_heads=4,
+    head_dim=128,
+    intermediate=8192,
+    vocab=32000,
+    max_context=4096,
+)
+SHAPE = WorkloadShape(mean_input_tokens=512, mean_output_tokens=256, interval_s=0.05, min_decode_tok_s=15)
+
+
+def random_cluster(n: int, rng: random.Random) -> Cluster:
+    devices = tuple(
+        Device(
+            f"d{i}",
+            memory_gb=rng.choice((1.2, 1.6, 2.0, 3.0)),
+            tflops=rng.choice((2.0, 8.0, 20.0)),
+            mem_bandwidth_gbs=rng.choice((60.0, 200.0, 400.0)),
+        )
+        for i in range(n)
+    )
+    slow = Link(100.0, 5.0)
+    links = {frozenset(("d0", f"d{i}")): slow for i in range(1, n) if rng.random() < 0.5}
+    return Cluster(devices, Link(1000.0, 0.3), links)
+
+
+def plan_for(
+    cost: CostModel, *, exhaustive: bool = False, objective: str = "bottleneck", seed: int = 1
+) -> Plan:
+    req = PlanRequest(cost, SHAPE, seed=seed, objective=objective, exhaustive=exhaustive)
+    return get_system("e2llm")(req)
+
+
+def test_groupings_enumerates_every_arrangement_once() -> None:
+    # ordered groups + unused set of 3 devices: sum over used subsets of "sets of lists" counts
+    found = list(groupings(3, lambda g: True))
+    assert len(found) == len(set(found))
+    # 1 + 3*1 + 3*3 + 13 = 26 arrangements (subsets of size 0 are not a grouping)
+    assert len(found) == 3 * 1 + 3 * 3 + 13
+    assert len(list(groupings(3, lambda g: len(g) >= 2))) == 3 * 2 + 6
+
+
+@pytest.mark.parametrize("objective", ["bottleneck", "max_rate"])
+def test_ga_reaches_the_exhaustive_optimum_on_small_clusters(objective: str) -> None:
+    rng = random.Random(5)
+    compared = 0
+    for _ in range(4):
+        cost = build_cost_model(TINY, random_cluster(rng.randint(4, 5), rng))
+        try:
+            best = plan_for(cost, exhaustive=True, objective=objective)
+        except InputError:
+            continue
+        ga = plan_for(cost, objective=objective)
+        assert ga.objective == pytest.approx(best.objective, rel=1e-6, abs=1e-9)
+        assert ga.planner.generations > 0 and best.planner.generations == 0
+        compared += 1
+    assert compared >= 3
+
+
+def test_plan_is_complete_and_deterministic() -> None:
+    cost = build_cost_model(TINY, random_cluster(6, random.Random(2)))
+    plan = plan_for(cost, seed=3)
+    again = plan_for(cost, seed=3)
+    assert again.replicas == plan.replicas and again.objective == plan.objective  # all but wall time
+    assert {r.role for r in plan.replicas} == {Role.PREFILL, Role.DECODER}
+    used = [s.device for r in plan.replicas for s in r.stages]
+    assert sorted(used + list(plan.unused_devices)) == sorted(cost.cluster.names)  # each device once
+    for r in plan.replicas:
+        assert r.stages[0].start == 0 and r.stages[-1].end == TINY.n_layers
+        assert all(a.end == b.start for a, b in itertools.pairwise(r.stages))
+        assert all(s.n_layers >= 1 for s in r.stages)
+        assert r.stages[0].embedding and r.stages[-1].lm_head
+        assert r.bottleneck_device in r.devices
+        for s in r.stages:
+            assert s.memory_gb <= cost.cluster.device(s.device).memory_gb + 1e-9
+        if r.role is Role.DECODER:
+            assert (
+                r.decode_tok_s_per_request is not None
+                and r.decode_tok_s_per_request >= SHAPE.min_decode_tok_s
+            )
+            assert 1 <= r.concurrency <= 16
+        else:
+            assert r.prefill_tok_s is not None and r.concurrency == 1
+    assert plan.planner.evaluations > 0 and plan.planner.seed == 3
+    assert plan.objective_kind == "bottleneck_s"
+    assert plan_from_dict(plan_to_dict(plan)) is not None
+    assert plan.cluster["devices"] and plan.model_spec["name"] == "tiny-8l"
+
+
+def test_memory_proportional_splits_by_memory() -> None:
+    devices = (
+        Device("big", 2.4, 8.0, 200.0),
+        Device("small", 1.2, 20.0, 400.0),
+        Device("a", 3.0, 8.0, 200.0),
+        Device("b", 3.0, 8.0, 200.0),
+    )
+    cost = build_cost_model(TINY, Cluster(devices, Link(1000.0, 0.3)))
+    plan = get_system("memory-proportional")(PlanRequest(cost, SHAPE, seed=1))
+    assert plan.system == "memory-proportional"
+    for r in plan.replicas:
+        mem = [cost.cluster.device(d).memory_gb for d in r.devices]
+        counts = [s.n_layers for s in r.stages]
+        spare = TINY.n_layers - len(counts)
+        for m, n in zip(mem, counts, strict=True):  # one layer each, the rest by memory share (+-1 rounding)
+            assert abs(n - 1 - spare * m / sum(mem)) < 1.0
+
+
+def test_model_that_fits_nowhere_is_an_input_error() -> None:
+    devices = (Device("p1", 1.0, 1.0, 10.0), Device("p2", 1.5, 1.0, 10.0))
+    cost = build_cost_model(TINY, Cluster(devices, Link(1000.0, 0.3)))
+    with pytest.raises(
+        InputError, match=r"fits in no grouping of the devices: needs .* GB, the devices hold"
+    ):
+        plan_for(cost)
+
+
+def test_one_replica_only_is_an_input_error() -> None:
+    cost = build_cost_model(TINY, Cluster((Device("only", 8.0, 10.0, 100.0),), Link(1000.0, 0.3)))
+    with pytest.raises(InputError, match="PREFILL and a DECODER"):
+        plan_for(cost)
+
+
+def test_exhaustive_refuses_large_clusters() -> None:
+    devices = tuple(Device(f"d{i}", 4.0, 10.0, 100.0) for i in range(8))
+    cost = build_cost_model(TINY, Cluster(devices, Link(1000.0, 0.3)))
+    with pytest.raises(InputError, match="refuses clusters above 7 devices"):
+        plan_for(cost, exhaustive=True)
