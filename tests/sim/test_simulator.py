@@ -78,7 +78,9 @@ def test_decoder_concurrency_makes_requests_wait() -> None:
     assert r1.prefill_start_s == pytest.approx(0.2)
     assert r1.prefill_end_s == pytest.approx(r0.prefill_end_s + 0.205)  # stage b is the bottleneck
     assert r1.decode_admit_s == pytest.approx(r0.last_token_s)
-    assert r1.waiting_s == pytest.approx(0.2 + (r0.last_token_s - r1.kv_end_s))
+    # r1 reaches stage b 0.2 s after r0 but b takes 0.205 s: 5 ms queued inside the pipeline
+    assert r1.prefill_queued_s == pytest.approx(0.005)
+    assert r1.waiting_s == pytest.approx(0.2 + 0.005 + (r0.last_token_s - r1.kv_end_s))
 
 
 def test_colocated_one_request() -> None:

@@ -74,12 +74,7 @@ def run(args: argparse.Namespace) -> int:
     cluster = load_cluster(args.cluster)
     model = load_model(args.model, args.precision)
     workload = load_workload(args.workload, interval_s=args.interval, rate_per_s=args.rate)
-    shape = WorkloadShape(
-        mean_input_tokens=workload.mean_input_tokens,
-        mean_output_tokens=workload.mean_output_tokens,
-        interval_s=workload.mean_interval_s,
-        min_decode_tok_s=workload.min_decode_tok_s,
-    )
+    shape = WorkloadShape.of(workload)
     cost = build_cost_model(model, cluster)
     progress, close = _progress_bar()
     try:

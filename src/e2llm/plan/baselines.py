@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from e2llm.errors import InputError
 from e2llm.plan.build import build_plan
 from e2llm.plan.evaluate import GroupEval, GroupEvaluator, PhaseEval
-from e2llm.plan.roles import RoleAssignment, objective_value, sort_key
+from e2llm.plan.roles import RoleAssignment, objective_value, predicted_latency, sort_key
 from e2llm.plan.search import Grouping
 from e2llm.plan.systems import PlanRequest, get_system, system
 from e2llm.plan.types import Plan, Replica, Role
@@ -101,8 +101,13 @@ def _best_pools(req: PlanRequest, evals: Sequence[GroupEval]) -> tuple[list[int]
             continue
         p = sum(rates[i].prefill_rps for i in prompt)
         d = sum(c.rate_rps for c in decode)
-        lat = sum(rates[i].prefill_rps * rates[i].prefill_latency_s for i in prompt) / p
-        lat += sum(c.rate_rps * c.latency_s for c in decode) / d
+        lat = predicted_latency(
+            p,
+            sum(rates[i].prefill_rps * rates[i].prefill_latency_s for i in prompt),
+            d,
+            sum(c.rate_rps * c.latency_s for c in decode),
+            req.workload.interval_s,
+        )
         a = RoleAssignment(
             prefill=tuple(i in prompt for i in order),
             concurrency=tuple(1 if i in prompt else conc[i] for i in order),

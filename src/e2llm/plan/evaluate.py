@@ -77,7 +77,8 @@ class GroupEval:
 
 def planned_context(cost: CostModel, shape: WorkloadShape) -> int:
     """Tokens of KV each sequence is planned to hold (memory check)."""
-    return min(cost.model.max_context, math.ceil(shape.mean_input_tokens + shape.mean_output_tokens))
+    tokens = shape.kv_context_tokens or shape.mean_input_tokens + shape.mean_output_tokens
+    return min(cost.model.max_context, math.ceil(tokens))
 
 
 class GroupEvaluator:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from e2llm.plan.roles import sort_key
+from e2llm.plan.roles import predicted_latency, sort_key
 
 MAX_DEVICES = 7
 _CHUNK = 4096  # arrangements scored per vectorised batch
@@ -97,7 +97,7 @@ def _best_roles_many(
             obj = np.maximum(0.0, np.maximum(1.0 / psum, 1.0 / dsum) - interval_s)
         else:
             obj = -np.minimum(psum, dsum)
-        lat = ((p * lp) @ pm.T) / psum + ((d * ld) @ dm.T) / dsum
+        lat = predicted_latency(psum, (p * lp) @ pm.T, dsum, (d * ld) @ dm.T, interval_s)
     obj = np.where(ok, np.round(obj, 9), np.inf)
     lat = np.where(ok, lat, np.inf)
     out: list[tuple[tuple[bool, ...], Key] | None] = []

@@ -10,8 +10,11 @@ the inverse. Objectives (lower is better, ties broken by lower predicted latency
 - "max_rate": the highest sustainable request rate, `min(P, D)`, reported negated.
 
 Predicted latency (the tie-break) is the mean per-request service time if requests spread over a
-phase's replicas in proportion to their rates: sum(p_i * prefill_latency_i) / P +
-sum(d_i * decode_latency_i) / D (queueing and KV transfer left out).
+phase's replicas in proportion to their rates, sum(p_i * prefill_latency_i) / P +
+sum(d_i * decode_latency_i) / D, plus each phase's queueing delay at the arrival rate
+(`predicted_latency`). Without the queueing term, every plan that just keeps up scores 0 on the
+bottleneck objective and the tie-break would pick the one with the fastest replicas and no
+headroom, whose queues then grow with every burst; with it, headroom is worth its waiting time.
 
 Concurrency: a decoder's summed capacity only ever helps both objectives, so each decoder runs
 the concurrency with the highest rate among those keeping each request at the speed floor
@@ -37,10 +40,12 @@ import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 OBJECTIVES = ("bottleneck", "max_rate")
+Num = TypeVar("Num", float, np.ndarray)
 # Local-search passes (each strictly improves). Small cases run to a local optimum; with many
 # replicas the split-point start is already within one replica of the fractional optimum and the
 # remaining passes mostly polish the latency tie-break, so they are capped to bound GA time.
@@ -111,8 +116,22 @@ def _objective_array(kind: str, p: np.ndarray, d: np.ndarray, interval_s: float)
     return -np.minimum(p, d)
 
 
-def _latency(p_sum: float, p_weighted: float, d_sum: float, d_weighted: float) -> float:
-    return p_weighted / p_sum + d_weighted / d_sum
+def predicted_latency(p_sum: Num, p_weighted: Num, d_sum: Num, d_weighted: Num, interval_s: float) -> Num:
+    """Mean per-request latency (s): rate-weighted service time of each phase (`*_weighted` is
+    sum(rate_i * latency_i)) plus each phase's queueing delay. The delay treats a phase as one
+    M/D/1 server of its summed rate X at arrival rate lam = 1/interval: rho / (2 X (1 - rho)),
+    rho = lam / X, infinite once rho >= 1. Works elementwise on numpy arrays."""
+    lam = 1.0 / interval_s
+    with np.errstate(divide="ignore", invalid="ignore"):
+        service = p_weighted / p_sum + d_weighted / d_sum
+        wait = _md1_wait(p_sum, lam) + _md1_wait(d_sum, lam)
+    return service + wait
+
+
+def _md1_wait(rate: Num, lam: float) -> Num:
+    rho = lam / np.asarray(rate, dtype=float)
+    wait = np.where(rho < 1.0, rho / (2.0 * np.asarray(rate, dtype=float) * (1.0 - rho)), np.inf)
+    return float(wait) if np.ndim(wait) == 0 else wait  # type: ignore[return-value]
 
 
 def assign_roles(
@@ -144,7 +163,7 @@ def assign_roles(
     ps, ds = cum_p[:-1], cum_d[1:]
     with np.errstate(divide="ignore", invalid="ignore"):
         obj = np.where(ok, np.round(_objective_array(objective, ps, ds, interval_s), 9), np.inf)
-        lat = np.where(ok, cum_lp[:-1] / ps + cum_ld[1:] / ds, np.inf)
+        lat = np.where(ok, predicted_latency(ps, cum_lp[:-1], ds, cum_ld[1:], interval_s), np.inf)
     s_best = 1 + int(np.lexsort((lat, obj))[0])
     start = np.zeros(n, dtype=bool)
     start[order[:s_best]] = True
@@ -189,7 +208,8 @@ def _improve(
         psum, pwsum = float(p[is_p].sum()), float(pw[is_p].sum())
         dsum, dwsum = float(d[~is_p].sum()), float(dw[~is_p].sum())
         here = sort_key(
-            objective_value(objective, psum, dsum, interval_s), _latency(psum, pwsum, dsum, dwsum)
+            objective_value(objective, psum, dsum, interval_s),
+            predicted_latency(psum, pwsum, dsum, dwsum, interval_s),
         )
         sign = np.where(is_p, -1.0, 1.0)  # +1: the replica would join PREFILL
         if n <= _FLIP_K_MAX_R:
@@ -216,7 +236,9 @@ def _improve(
             break
         with np.errstate(divide="ignore", invalid="ignore"):
             obj = np.where(ok, np.round(_objective_array(objective, cand_p, cand_d, interval_s), 9), np.inf)
-            lat = np.where(ok, (pwsum + dpw) / cand_p + (dwsum + ddw) / cand_d, np.inf)
+            lat = np.where(
+                ok, predicted_latency(cand_p, pwsum + dpw, cand_d, dwsum + ddw, interval_s), np.inf
+            )
         pick = int(np.lexsort((lat, obj))[0])
         if (float(obj[pick]), float(lat[pick])) >= here:
             break
@@ -248,7 +270,7 @@ def _assignment(
     objective: str,
 ) -> RoleAssignment:
     psum, dsum = float(p[is_p].sum()), float(d[~is_p].sum())
-    lat = _latency(psum, float((p * lp)[is_p].sum()), dsum, float((d * ld)[~is_p].sum()))
+    lat = predicted_latency(psum, float((p * lp)[is_p].sum()), dsum, float((d * ld)[~is_p].sum()), interval_s)
     conc = tuple(1 if flag else (b.concurrency if b else 1) for flag, b in zip(is_p, best, strict=True))
     return RoleAssignment(
         prefill=tuple(bool(x) for x in is_p),
@@ -283,7 +305,7 @@ def assign_roles_exhaustive(
             dsum = sum(c.rate_rps for c in combo)
             dw = sum(c.rate_rps * c.latency_s for c in combo)
             obj = objective_value(objective, psum, dsum, interval_s)
-            lat = _latency(psum, pw, dsum, dw)
+            lat = predicted_latency(psum, pw, dsum, dw, interval_s)
             key = sort_key(obj, lat)
             if best_key is None or key < best_key:
                 best_key = key

@@ -52,15 +52,6 @@ class Run:
     metrics: dict[str, Any]
 
 
-def shape_of(workload: Workload) -> WorkloadShape:
-    return WorkloadShape(
-        mean_input_tokens=workload.mean_input_tokens,
-        mean_output_tokens=workload.mean_output_tokens,
-        interval_s=workload.mean_interval_s,
-        min_decode_tok_s=workload.min_decode_tok_s,
-    )
-
-
 def run_plan(
     plan: Plan, cost: CostModel, workload: Workload, load: Load, seed: int | None = None, where: str = "plan"
 ) -> Run:
@@ -85,7 +76,7 @@ def plan_system(
     """Plan with system `name` for `workload` at `load` (planner seed: `seed`, else the workload's)."""
     w = load.apply(workload)
     req = PlanRequest(
-        cost=cost, workload=shape_of(w), seed=w.seed if seed is None else seed, objective=objective
+        cost=cost, workload=WorkloadShape.of(w), seed=w.seed if seed is None else seed, objective=objective
     )
     return get_system(name)(req)
 

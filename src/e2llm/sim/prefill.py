@@ -32,7 +32,7 @@ class PrefillPipeline:
         self._busy = busy
         self._on_done = on_done
         n = len(replica.stages)
-        self._queues: list[deque[Job]] = [deque() for _ in range(n)]
+        self._queues: list[deque[tuple[float, Job]]] = [deque() for _ in range(n)]  # (queued at, job)
         self._idle = [True] * n
         self.pending_tokens = 0  # prompt tokens routed here and not yet prefilled
         self.backlog_s = 0.0  # estimated bottleneck-stage work routed here and not yet done
@@ -53,16 +53,18 @@ class PrefillPipeline:
         job.prefill_replica = self.replica.id
         self.pending_tokens += job.input_tokens
         self.backlog_s += self.estimate(job.input_tokens)[0]
-        self._queues[0].append(job)
+        self._queues[0].append((now, job))
         return self._try_start(now, 0)
 
     def _try_start(self, now: float, k: int) -> list[Event]:
         if not self._idle[k] or not self._queues[k]:
             return []
-        job = self._queues[k].popleft()
+        queued_at, job = self._queues[k].popleft()
         self._idle[k] = False
         if k == 0:
             job.prefill_start_s = now
+        else:
+            job.prefill_queued_s += now - queued_at
         stage = self.replica.stages[k]
         end = now + prefill_stage_s(self._cost, stage, job.input_tokens)
         self._busy.add(stage.device, now, end)
@@ -76,7 +78,7 @@ class PrefillPipeline:
             n_bytes = self._cost.activation_bytes(job.input_tokens)
 
             def arrived(t: float) -> list[Event]:
-                self._queues[k + 1].append(job)
+                self._queues[k + 1].append((t, job))
                 return self._try_start(t, k + 1)
 
             out += self._net.send(now, stages[k].device, stages[k + 1].device, n_bytes, arrived)

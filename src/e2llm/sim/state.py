@@ -28,6 +28,7 @@ class Job:
         "last_token_s",
         "output_tokens",
         "prefill_end_s",
+        "prefill_queued_s",
         "prefill_replica",
         "prefill_start_s",
     )
@@ -41,6 +42,7 @@ class Job:
         self.decode_replica: int | None = None
         self.prefill_start_s: float | None = None
         self.prefill_end_s: float | None = None
+        self.prefill_queued_s = 0.0  # queued before pipeline stages after the first
         self.kv_start_s: float | None = None
         self.kv_end_s: float | None = None
         self.kv_parts_left = 0
@@ -63,6 +65,7 @@ class Job:
             decode_replica=self.decode_replica,
             prefill_start_s=self.prefill_start_s,
             prefill_end_s=self.prefill_end_s,
+            prefill_queued_s=self.prefill_queued_s,
             kv_start_s=self.kv_start_s,
             kv_end_s=self.kv_end_s,
             decode_admit_s=self.decode_admit_s,
