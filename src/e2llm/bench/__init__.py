@@ -1,0 +1,1 @@
+"""Load generation against a live OpenAI-compatible server (`e2llm bench`)."""
