@@ -178,6 +178,9 @@ def test_models_health_metrics_and_api_key(server: str, client: openai.OpenAI) -
         ({"model": MODEL}, None, 400, "messages"),
         ({"model": MODEL, "messages": QUESTION, "temperature": "hot"}, None, 400, "temperature"),
         ([1, 2, 3], None, 400, None),
+        (None, b"[" * 5000 + b"]" * 5000, 400, None),
+        (None, b'{"model": "smollm2-135m", "max_tokens": ' + b"7" * 5000 + b"}", 400, None),
+        (None, b'{"model": "smollm2-135m", "messages": ["' + b"x" * (1 << 20) + b'"]}', 413, None),
     ],
     ids=[
         "malformed-json",
@@ -188,6 +191,9 @@ def test_models_health_metrics_and_api_key(server: str, client: openai.OpenAI) -
         "no-messages",
         "bad-temperature",
         "not-an-object",
+        "deep-json",
+        "huge-integer",
+        "body-over-1-MiB",
     ],
 )
 def test_bad_requests_get_openai_errors(

@@ -18,8 +18,8 @@ from e2llm.runtime.generation import Generation, TextStream
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.openai_protocol import ApiError
 from e2llm.runtime.plans import describe_plan, hand_plan, runnable_plan, split_layers
-from e2llm.runtime.replica import ReplicaRunner, kv_routes
-from e2llm.runtime.router import Router
+from e2llm.runtime.replica import ReplicaLost, ReplicaRunner, kv_routes
+from e2llm.runtime.router import NoLiveReplica, Router
 from e2llm.runtime.server import _max_tokens
 
 
@@ -196,6 +196,10 @@ def test_max_tokens_limits() -> None:
         (["{empty}"], "at least one replica"),
         (["{other}"], "has no local weights"),
         (["{plan}", "--model", "/nonexistent/model.gguf"], "--model"),
+        (["{plan}", "--max-body-bytes", "0"], "--max-body-bytes"),
+        (["{plan}", "--max-inflight", "-1"], "--max-inflight"),
+        (["{plan}", "--header-timeout", "0"], "--header-timeout"),
+        (["{plan}", "--body-timeout", "nan"], "--body-timeout"),
     ],
 )
 def test_serve_bad_input_exits_2_with_one_line(
@@ -275,3 +279,51 @@ def test_prefill_replica_holds_a_bounded_number_of_prefilled_sequences() -> None
         assert _runner(1, Role.COLOCATED)._kv_held is None
 
     asyncio.run(run())
+
+
+# ---- replica loss -------------------------------------------------------------------------------
+def test_router_skips_lost_replicas_and_says_when_none_is_left() -> None:
+    p0, p1 = _runner(0, Role.PREFILL), _runner(1, Role.PREFILL)
+    d2, d3 = _runner(2, Role.DECODER), _runner(3, Role.DECODER)
+    router = Router([p0, p1, d2, d3])
+    p0.mark_lost("test")
+    d2.mark_lost("test")
+    assert router.pick_prefill(10) is p1 and router.pick_decoder(p1) is d3
+    assert router.unavailable_reason() is None
+    d3.mark_lost("test")
+    assert router.unavailable_reason() == "no live replica can decode"
+    with pytest.raises(NoLiveReplica, match="decode"):
+        router.pick_decoder(p1)
+    p1.mark_lost("test")
+    with pytest.raises(NoLiveReplica, match="prefill"):
+        router.pick_prefill(10)
+
+
+def test_lost_decoder_hands_back_every_sequence_it_held() -> None:
+    async def scenario() -> None:
+        decoder = _runner(1, Role.DECODER, concurrency=1)
+        first, queued = _gen(), _gen()
+        joins = [asyncio.create_task(decoder.join(g, None)) for g in (first, queued)]
+        await asyncio.sleep(0)
+        decoder._admit()  # `first` takes the only slot, `queued` waits for one
+        await asyncio.sleep(0)
+        decoder.mark_lost("actor died")
+        for join in joins:
+            with pytest.raises(ReplicaLost, match="replica 1 lost: actor died"):
+                await join
+        assert not decoder.alive and decoder.decode_sequences == 0
+        with pytest.raises(ReplicaLost):
+            await decoder.join(_gen(), None)  # no new work either
+
+    asyncio.run(scenario())
+
+
+def test_context_ids_resume_after_the_tokens_generated_so_far() -> None:
+    gen = _gen()
+    assert gen.context_ids == [1, 2, 3]
+    gen.add_token(ord("a"))
+    gen.add_token(ord("b"))
+    assert gen.context_ids == [1, 2, 3, ord("a"), ord("b")]
+    gen.fail("replica lost", 503)
+    event = [gen.events.get_nowait() for _ in range(gen.events.qsize())][-1]
+    assert (event.finish_reason, event.status, event.error) == ("error", 503, "replica lost")

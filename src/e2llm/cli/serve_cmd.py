@@ -9,10 +9,19 @@ from pathlib import Path
 
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan
+from e2llm.runtime.http_limits import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_HEADER_TIMEOUT_S,
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_INFLIGHT,
+    HttpLimits,
+)
 
 DEFAULT_CLUSTER = Path("examples/clusters/local-cpu.yaml")
 DEFAULT_MODEL = "smollm2-135m"
 API_KEY_ENV = "E2LLM_API_KEY"
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+CONNECTIONS_PER_INFLIGHT = 4
 # A local cluster of 4 emulated CPU devices, used when examples/clusters/local-cpu.yaml is absent.
 _BUILTIN_CLUSTER = {
     "devices": [
@@ -48,6 +57,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="torch device")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, help="torch threads per stage actor (default: cores // actors)")
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="larger bodies get 413 (default 1 MiB)",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=DEFAULT_MAX_INFLIGHT,
+        help="generation requests served at once; more get 429 + Retry-After (default %(default)s)",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT_S,
+        help="seconds a connection has to send a complete request head (default %(default)s)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT_S,
+        help="seconds to receive a request body; slower gets 408 (default %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -59,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--port", "must be in 1..65535", args.port)
     if args.threads is not None and args.threads < 1:
         raise InputError("--threads", "must be >= 1", args.threads)
+    limits = _limits(args)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     target = Path(args.target) if args.target else None
     if target is not None and not target.is_file():
@@ -81,7 +115,18 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_from_file or _plan_cluster(target, model_name, args.system)
     plan = runnable_plan(plan, prepared.config.n_layers, str(target or "plan"))
     print(describe_plan(plan), flush=True)
-    return _serve(args, plan, prepared, plan_devices(plan), api_key)
+    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits)
+
+
+def _limits(args: argparse.Namespace) -> HttpLimits:
+    """The HTTP limits from the flags; each must be positive (and finite)."""
+    for flag, value in (("--max-body-bytes", args.max_body_bytes), ("--max-inflight", args.max_inflight)):
+        if value < 1:
+            raise InputError(flag, "must be >= 1", value)
+    for flag, secs in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if not 0 < secs <= 86400:
+            raise InputError(flag, "must be in (0, 86400] seconds", secs)
+    return HttpLimits(args.max_body_bytes, args.max_inflight, args.header_timeout, args.body_timeout)
 
 
 def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
@@ -107,11 +152,17 @@ def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
 
 
 def _serve(
-    args: argparse.Namespace, plan: Plan, prepared: object, devices: list[str], api_key: str | None
+    args: argparse.Namespace,
+    plan: Plan,
+    prepared: object,
+    devices: list[str],
+    api_key: str | None,
+    limits: HttpLimits,
 ) -> int:
     import uvicorn
 
     from e2llm.runtime.cluster import start_ray, stop_ray
+    from e2llm.runtime.http_limits import hardened_h11
     from e2llm.runtime.server import ServedModel, create_app
     from e2llm.runtime.service import Deployment, LaunchOptions
     from e2llm.runtime.text import encode_chat
@@ -144,10 +195,19 @@ def _serve(
             eos_ids=frozenset(cfg.eos_token_ids),
             encode_chat=encode_chat,
         )
-        app = create_app(deployment, served, api_key)
+        app = create_app(deployment, served, api_key, limits)
         auth = "API key required" if api_key else "no API key"
         print(f"e2llm serve: {served.name} on http://{args.host}:{args.port}/v1 ({auth})", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            http=hardened_h11(limits.header_timeout_s),
+            timeout_keep_alive=KEEP_ALIVE_S,
+            # Open connections (idle ones included) beyond this get a plain 503 from uvicorn.
+            limit_concurrency=CONNECTIONS_PER_INFLIGHT * limits.max_inflight,
+        )
     finally:
         if deployment is not None:
             deployment.kill_actors()

@@ -13,6 +13,7 @@ import one. It also counts its compute time and bytes moved for `/metrics`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -181,6 +182,7 @@ class StageWorker:
             "sequences": len(self.sequences),
             "kv_bytes_in": self.kv_bytes_in,
             "kv_bytes_out": self.kv_bytes_out,
+            "pid": os.getpid(),
         }
 
     def _finish(self, out: Any, sampling: Sequence[SamplingTuple] | None) -> np.ndarray:

@@ -45,6 +45,7 @@ class TokenEvent:
     token_id: int | None = None
     finish_reason: str | None = None  # "stop" | "length" | "error"
     error: str | None = None
+    status: int = 500  # HTTP status of an error: 503 when no live replica could serve it
 
 
 @dataclass(eq=False)
@@ -74,6 +75,7 @@ class Generation:
     finished_s: float | None = None
     handoff_s: float | None = None  # PREFILL -> DECODER KV transfer time (None: co-located)
     handoff_bytes: int = 0
+    migrations: int = 0  # times re-prefilled elsewhere after losing its replica
 
     @property
     def done(self) -> bool:
@@ -83,6 +85,13 @@ class Generation:
     def context_len(self) -> int:
         """Tokens whose KV the sequence holds once its last generated token has been fed back."""
         return len(self.prompt_ids) + len(self.generated)
+
+    @property
+    def context_ids(self) -> list[int]:
+        """What a (re-)prefill runs: the prompt plus every token generated so far. On a fresh
+        request that is the prompt; after a replica loss it rebuilds the KV elsewhere, and the
+        token it yields is the next one, so the stream goes on without repeating a token."""
+        return self.prompt_ids + self.generated
 
     @property
     def max_context_len(self) -> int:
@@ -121,11 +130,11 @@ class Generation:
         else:
             self.events.put_nowait(TokenEvent(delta, token_id))
 
-    def fail(self, message: str) -> None:
+    def fail(self, message: str, status: int = 500) -> None:
         if not self.done:
             self.finish_reason = "error"
             self.finished_s = time.monotonic()
-            self.events.put_nowait(TokenEvent("", None, "error", message))
+            self.events.put_nowait(TokenEvent("", None, "error", message, status))
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -30,7 +30,7 @@ class _Common(BaseModel):
     max_tokens: int | None = None
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)  # torch seeds are 64-bit
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None

@@ -8,6 +8,10 @@ to the planned concurrency and the KV budget, runs one decode step for all activ
 idles a whole step), hands each its token, and drops the finished or cancelled ones (freeing
 their KV on every stage). Requests therefore join and leave between steps.
 
+A replica whose stage actor dies (`is_actor_loss`) is marked lost (`mark_lost`): it takes no more
+work, and every sequence it held gets `ReplicaLost` from its `join`, so that the deployment can
+migrate it (re-prefill elsewhere) or fail it explicitly.
+
 `kv_routes` and `hand_off` move a sequence's KV from a prefill replica to a decoder replica that
 may split the layers differently: each decoder stage receives the intersection of its layer range
 with every prefill stage's range, straight from those actors.
@@ -28,6 +32,27 @@ from e2llm.runtime.generation import Generation
 from e2llm.runtime.metrics import ServingMetrics
 
 HELD_KV_PER_STAGE = 4  # prefilled sequences a PREFILL replica may hold per stage, awaiting a decoder
+
+
+class ReplicaLost(Exception):
+    """A replica lost a stage actor (the process or its node died) and serves no more."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(f"replica {label} lost: {reason}")
+        self.label = label
+
+
+def is_actor_loss(error: BaseException) -> bool:
+    """Whether a Ray call failed because an actor is gone (dead, or its node unreachable)."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(error, RayActorError)
+
+
+def lost_actor_id(error: BaseException) -> str | None:
+    """The hex id of the actor whose loss `error` reports, where Ray names it."""
+    actor_id = getattr(error, "actor_id", None)
+    return actor_id if isinstance(actor_id, str) else None
 
 
 def kv_routes(src: Sequence[Stage], dst: Sequence[Stage]) -> list[list[tuple[int, int, int]]]:
@@ -72,8 +97,48 @@ class ReplicaRunner:
         self._admitted: list[Generation] = []  # holding a decode slot (KV arriving or active)
         self._ready: list[Generation] = []  # KV installed, joins the batch at the next step
         self._active: list[Generation] = []
+        self._finished: dict[str, asyncio.Future[bool]] = {}  # seq_id -> resolved when it leaves
+        self.lost: str | None = None  # why this replica serves no more (None: alive)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+
+    # ---- liveness --------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self.lost is None
+
+    def owns_actor(self, actor_id: str) -> bool:
+        return any(_actor_hex(a) == actor_id for a in self.actors)
+
+    def mark_lost(self, reason: str) -> None:
+        """Take this replica out of service: every sequence queued on or decoding here gets
+        `ReplicaLost` from its `join` (its KV here is gone with the actor), and the stage actors
+        that survive are stopped."""
+        if self.lost is not None:
+            return
+        self.lost = reason
+        error = ReplicaLost(self.label, reason)
+        for _, admitted in self._waiting:
+            if not admitted.done():
+                admitted.set_exception(error)
+        for future in self._finished.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiting, self._admitted, self._ready, self._active = [], [], [], []
+        self._finished.clear()
+        self._wake.set()
+        self._kill_survivors()
+
+    def _kill_survivors(self) -> None:
+        """Stop this replica's remaining stage actors: a replica missing a stage is useless, and
+        its other actors would keep the weights and KV in their devices' memory."""
+        if not self.actors:
+            return
+        import ray
+
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor)
 
     # ---- load, for the router ------------------------------------------------------------
     @property
@@ -102,7 +167,8 @@ class ReplicaRunner:
         """Run the prompt through the pipeline; returns the first token, or None if the client
         left while the request was queued. The KV stays on this replica's actors; on a PREFILL
         replica the caller must `release_kv()` once it has been handed off or freed."""
-        n = len(gen.prompt_ids)
+        context = gen.context_ids  # the prompt, plus the tokens so far when migrating
+        n = len(context)
         self.prefill_tokens_outstanding += n
         self._set_waiting(+1)
         queued, held = True, False
@@ -116,7 +182,7 @@ class ReplicaRunner:
                 if gen.cancelled:
                     return None
                 gen.prefill_start_s = time.monotonic()
-                ref: Any = np.asarray(gen.prompt_ids, dtype=np.int64)
+                ref: Any = np.asarray(context, dtype=np.int64)
                 last = len(self.actors) - 1
                 for i, actor in enumerate(self.actors):
                     ref = actor.prefill.remote(gen.seq_id, ref, gen.sampling() if i == last else None)
@@ -149,7 +215,11 @@ class ReplicaRunner:
     # ---- decode --------------------------------------------------------------------------
     async def join(self, gen: Generation, install: Callable[[], Awaitable[None]] | None) -> bool:
         """Queue `gen` for this decoder; once a slot is free, `install` its KV (None: it is
-        already here, co-located) and let it join the batch. False if the client left first."""
+        already here, co-located), let it join the batch, and return True once it has left the
+        batch (finished, failed or cancelled; this replica then recorded it). False if the
+        client left while queued. Raises `ReplicaLost` if this replica dies meanwhile."""
+        if self.lost is not None:
+            raise ReplicaLost(self.label, self.lost)
         gen.queued_for_decode_s = time.monotonic()
         admitted: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiting.append((gen, admitted))
@@ -161,12 +231,17 @@ class ReplicaRunner:
             if install is not None:
                 await install()
         except BaseException:
-            self._admitted.remove(gen)
+            if gen in self._admitted:
+                self._admitted.remove(gen)
             self._wake.set()
             raise
+        if self.lost is not None:
+            raise ReplicaLost(self.label, self.lost)
+        finished = asyncio.get_running_loop().create_future()
+        self._finished[gen.seq_id] = finished
         self._ready.append(gen)
         self._wake.set()
-        return True
+        return await finished
 
     def start(self) -> None:
         if self.replica.does_decode and self._task is None:
@@ -204,10 +279,13 @@ class ReplicaRunner:
             self._active.remove(gen)
             self._admitted.remove(gen)
             self.metrics.request_finished(gen)
+            finished = self._finished.pop(gen.seq_id, None)
+            if finished is not None and not finished.done():
+                finished.set_result(True)
         self.free([g.seq_id for g in done])
 
     async def _decode_loop(self) -> None:
-        while True:
+        while self.lost is None:
             self._admit()
             self._active.extend(self._ready)
             self._ready.clear()
@@ -227,11 +305,17 @@ class ReplicaRunner:
                 results = await asyncio.gather(*(self._step(group) for group in groups))
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a stage failed: fail this batch, keep serving others
+            except Exception as e:
+                if is_actor_loss(e):  # the sequences move elsewhere (see Deployment)
+                    self.mark_lost(f"stage actor died during decode: {type(e).__name__}")
+                    return
+                # a stage failed: fail this batch, keep serving others
                 for gen in batch:
                     gen.fail(f"decode failed on replica {self.label}: {e}")
                 continue
             self.metrics.decode_step(self.label, len(batch), time.monotonic() - t0)
+            if self.lost is not None:
+                return  # lost meanwhile (noticed elsewhere): these sequences have moved on
             for group, tokens in zip(groups, results, strict=True):
                 for gen, token in zip(group, tokens, strict=True):
                     gen.add_token(int(token))
@@ -244,6 +328,11 @@ class ReplicaRunner:
         for i, actor in enumerate(self.actors):
             ref = actor.decode.remote(ids, ref, [g.sampling() for g in group] if i == last else None)
         return ref
+
+
+def _actor_hex(actor: Any) -> str | None:
+    actor_id = getattr(actor, "_actor_id", None)
+    return actor_id.hex() if actor_id is not None else None
 
 
 def split_batch(batch: list[Generation], n_stages: int) -> list[list[Generation]]:
@@ -264,7 +353,7 @@ async def hand_off(gen: Generation, src: ReplicaRunner, dst: ReplicaRunner, metr
     """Move `gen`'s prompt KV from prefill replica `src` to decoder `dst`, then free it on
     `src`. Each decoder stage pulls its pieces straight from the prefill actors' results."""
     t0 = time.monotonic()
-    length = len(gen.prompt_ids)
+    length = gen.context_len - 1  # the last token (from the prefill) is not in the KV yet
     imports = []
     for j, pieces in enumerate(kv_routes(src.replica.stages, dst.replica.stages)):
         parts = [src.actors[i].export_kv.remote(gen.seq_id, start, end) for i, start, end in pieces]

@@ -4,6 +4,7 @@ Errors are OpenAI error objects (`{"error": {"message", "type", "param", "code"}
 the server down. A request's server-side waiting time is returned in the `x-e2llm-queue-s`
 header (for streams: the wait before the prefill started, since headers go out with the first
 token). With an API key set, every route except `/health` needs `Authorization: Bearer KEY`.
+Body size, body read time and requests in flight are bounded (`http_limits`): 413, 408, 429/503.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from e2llm.errors import InputError
 from e2llm.runtime import openai_protocol as oa
 from e2llm.runtime.generation import Generation, TextStream, TokenEvent
+from e2llm.runtime.http_limits import HttpLimits, InflightLimiter, read_json_body
 from e2llm.runtime.service import Deployment
 
 QUEUE_HEADER = "x-e2llm-queue-s"
@@ -47,15 +49,22 @@ class ServedModel:
     encode_chat: Callable[[Any, list[dict[str, str]]], list[int]]
 
 
-def create_app(deployment: Deployment, served: ServedModel, api_key: str | None = None) -> FastAPI:
+def create_app(
+    deployment: Deployment, served: ServedModel, api_key: str | None = None, limits: HttpLimits | None = None
+) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deployment.start()
         yield
         await deployment.stop()
 
+    limits = limits or HttpLimits()
     app = FastAPI(title="e2llm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     started = time.time()
+    # Added before the key check, so it runs inside it: unauthenticated requests take no slot.
+    app.add_middleware(
+        InflightLimiter, max_inflight=limits.max_inflight, unavailable=deployment.unavailable_reason
+    )
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -85,8 +94,11 @@ def create_app(deployment: Deployment, served: ServedModel, api_key: str | None 
     @app.get("/health")
     async def health() -> dict[str, Any]:
         stages = await deployment.stage_stats()
+        lost = deployment.lost_replicas()
         return {
-            "status": "ok",
+            "status": "degraded" if lost else "ok",
+            "lost_replicas": lost,  # out of service: a stage actor (process or node) died
+            "migrations": deployment.migrations,
             "model": served.name,
             "uptime_s": round(time.time() - started, 3),
             "queues": deployment.queue_lengths(),
@@ -94,6 +106,7 @@ def create_app(deployment: Deployment, served: ServedModel, api_key: str | None 
                 {
                     "replica": s["replica"],
                     "device": s["device"],
+                    "pid": s["pid"],
                     "kv_bytes": s["kv_bytes"],
                     "sequences": s["sequences"],
                 }
@@ -113,7 +126,7 @@ def create_app(deployment: Deployment, served: ServedModel, api_key: str | None 
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        req = _parse(oa.ChatRequest, await _body(request))
+        req = _parse(oa.ChatRequest, await read_json_body(request, limits))
         _check_model(req.model, served)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         try:
@@ -124,7 +137,7 @@ def create_app(deployment: Deployment, served: ServedModel, api_key: str | None 
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        req = _parse(oa.CompletionRequest, await _body(request))
+        req = _parse(oa.CompletionRequest, await read_json_body(request, limits))
         _check_model(req.model, served)
         prompt = req.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
@@ -158,7 +171,7 @@ def create_app(deployment: Deployment, served: ServedModel, api_key: str | None 
         if req.stream:
             first = await _next_event(gen, request)
             if first.finish_reason == "error":
-                raise oa.ApiError(500, first.error or "generation failed", "server_error")
+                raise oa.ApiError(first.status, first.error or "generation failed", "server_error")
             headers = {QUEUE_HEADER: f"{gen.waiting_s:.6f}"}
             stream = _sse(gen, first, rid, req, chat, len(prompt_ids))
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
@@ -169,7 +182,7 @@ def create_app(deployment: Deployment, served: ServedModel, api_key: str | None 
             if event.finish_reason is not None:
                 break
         if event.finish_reason == "error":
-            raise oa.ApiError(500, event.error or "generation failed", "server_error")
+            raise oa.ApiError(event.status, event.error or "generation failed", "server_error")
         use = oa.usage(len(prompt_ids), len(gen.generated))
         build = oa.chat_response if chat else oa.completion_response
         body = build(rid, served.name, "".join(parts), event.finish_reason, use)
@@ -189,7 +202,8 @@ def create_app(deployment: Deployment, served: ServedModel, api_key: str | None 
             event = first
             while True:
                 if event.finish_reason == "error":
-                    yield _data(oa.ApiError(500, event.error or "generation failed", "server_error").body)
+                    error = oa.ApiError(event.status, event.error or "generation failed", "server_error")
+                    yield _data(error.body)
                     break
                 if event.text:
                     if chat:
@@ -219,16 +233,6 @@ def create_app(deployment: Deployment, served: ServedModel, api_key: str | None 
 
 def _data(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
-
-
-async def _body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise oa.ApiError(
-            400, f"malformed JSON body: {e}", "invalid_request_error", None, "invalid_json"
-        ) from None
 
 
 def _parse(model: type[_M], body: Any) -> _M:

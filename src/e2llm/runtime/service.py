@@ -6,6 +6,15 @@ request: route to a prefill replica (JSQ), prefill (first token), route to a dec
 over (unless co-located), and let the decoder's loop generate. Tokens reach the caller through
 `Generation.events`; a caller that goes away calls `Generation.cancel()` and the KV is freed on
 every stage that holds it.
+
+Device loss: when a Ray call fails because a stage actor is gone (its process or node died), the
+replica that owned it is marked lost (the router skips it from then on) and the request is
+migrated: re-prefilled, prompt plus the tokens generated so far, on a live replica, at most
+`MAX_MIGRATIONS` times; the stream goes on from the next token, so nothing is repeated or skipped.
+A request that cannot be placed (no live replica of a needed role, or out of migrations) fails
+with an explicit error (HTTP 503 / an SSE error event); none is dropped silently. `/health`
+lists the lost replicas. The plan is not re-planned: the deployment serves on with the replicas
+that remain until it is restarted.
 """
 
 from __future__ import annotations
@@ -23,8 +32,10 @@ from e2llm.runtime.actors import StageConfig, spawn_stage_actor
 from e2llm.runtime.cluster import torch_threads_per_actor
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.metrics import ServingMetrics
-from e2llm.runtime.replica import ReplicaRunner, hand_off
-from e2llm.runtime.router import Router
+from e2llm.runtime.replica import ReplicaLost, ReplicaRunner, hand_off, is_actor_loss, lost_actor_id
+from e2llm.runtime.router import NoLiveReplica, Router
+
+MAX_MIGRATIONS = 2  # re-prefills of one request after replica losses, before it fails
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,8 @@ class Deployment:
         self.metrics = metrics
         self.router = Router(self.runners, plan.scheduler)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self.migrations = 0  # requests moved to another replica after a loss
 
     @classmethod
     def launch(cls, plan: Plan, model_path: str, options: LaunchOptions = LaunchOptions()) -> Deployment:
@@ -110,6 +123,7 @@ class Deployment:
             runner.start()
 
     async def stop(self) -> None:
+        self.closing = True
         for task in list(self._tasks):
             task.cancel()
         for runner in self.runners:
@@ -123,6 +137,12 @@ class Deployment:
                 with contextlib.suppress(Exception):
                     ray.kill(actor)
 
+    def unavailable_reason(self) -> str | None:
+        """Why new requests are refused right now (503), or None while serving."""
+        if self.closing:
+            return "shutting down"
+        return self.router.unavailable_reason()
+
     # ---- requests ------------------------------------------------------------------------
     def submit(self, gen: Generation) -> None:
         """Start serving `gen` in the background; results arrive on `gen.events`."""
@@ -131,17 +151,41 @@ class Deployment:
         task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, gen: Generation) -> None:
-        prefiller = self.router.pick_prefill(len(gen.prompt_ids))
+        recorded = False  # a decoder that saw the request to its end recorded it
+        try:
+            while True:
+                try:
+                    recorded = await self._serve_once(gen)
+                    return
+                except ReplicaLost as e:
+                    if gen.done:
+                        return
+                    if gen.migrations >= MAX_MIGRATIONS:
+                        gen.fail(f"generation failed: {e}; no migrations left", 503)
+                        return
+                    gen.migrations += 1
+                    self.migrations += 1
+        except NoLiveReplica as e:
+            gen.fail(f"generation failed: {e}", 503)
+        finally:
+            if not recorded:
+                self.metrics.request_finished(gen)
+
+    async def _serve_once(self, gen: Generation) -> bool:
+        """Serve `gen` (from its current context) on one prefill and one decode replica; True if
+        the decoder saw it to its end. A lost actor becomes `ReplicaLost`."""
+        prefiller = self.router.pick_prefill(len(gen.context_ids))
+        decoder = None
         joined = False
         try:
             first = await prefiller.prefill(gen)
             if first is None:  # client left while queued: nothing computed, nothing to free
-                return
+                return False
             try:
                 gen.add_token(first)
                 if gen.done:
                     prefiller.free([gen.seq_id])
-                    return
+                    return False
                 decoder = self.router.pick_decoder(prefiller)
                 install = (
                     None
@@ -151,6 +195,7 @@ class Deployment:
                 joined = await decoder.join(gen, install)
                 if not joined:
                     prefiller.free([gen.seq_id])
+                return joined
             except BaseException:
                 prefiller.free([gen.seq_id])
                 raise
@@ -159,22 +204,51 @@ class Deployment:
         except asyncio.CancelledError:  # shutting down, maybe mid-prefill
             prefiller.free([gen.seq_id])
             raise
-        except Exception as e:  # a stage failed: report it to this client, keep serving others
+        except (ReplicaLost, NoLiveReplica):
+            raise
+        except Exception as e:
+            if is_actor_loss(e):
+                raise self._lost(e, [r for r in (prefiller, decoder) if r is not None]) from e
+            # a stage failed: report it to this client, keep serving others
             prefiller.free([gen.seq_id])
             gen.fail(f"generation failed: {e}")
-        finally:
-            if not joined:  # the decoder records the requests it finishes
-                self.metrics.request_finished(gen)
+            return False
+
+    def _lost(self, error: BaseException, suspects: Sequence[ReplicaRunner]) -> ReplicaLost:
+        """Mark the replica owning the dead actor lost (the suspects if Ray does not name it)."""
+        actor_id = lost_actor_id(error)
+        owners = [r for r in self.runners if actor_id is not None and r.owns_actor(actor_id)]
+        reason = f"stage actor died: {type(error).__name__}"
+        for runner in owners or suspects:
+            if runner.alive:
+                runner.mark_lost(reason)
+        return ReplicaLost((owners or list(suspects))[0].label, reason)
 
     # ---- observability -------------------------------------------------------------------
     async def stage_stats(self) -> list[dict[str, Any]]:
         """Live figures from every stage actor, one row per (replica, device)."""
         rows = []
         for runner in self.runners:
-            stats = await asyncio.gather(*(a.stats.remote() for a in runner.actors))
+            if not runner.alive:
+                continue
+            try:
+                stats = await asyncio.gather(*(a.stats.remote() for a in runner.actors))
+            except Exception as e:
+                if not is_actor_loss(e):
+                    raise
+                self._lost(e, [runner])
+                continue
             for stage, s in zip(runner.replica.stages, stats, strict=True):
                 rows.append({"replica": runner.replica.id, "device": stage.device, **s})
         return rows
+
+    def lost_replicas(self) -> list[dict[str, Any]]:
+        """The replicas out of service, for `/health`."""
+        return [
+            {"replica": r.replica.id, "devices": [s.device for s in r.replica.stages], "reason": r.lost}
+            for r in self.runners
+            if not r.alive
+        ]
 
     def queue_lengths(self) -> dict[str, int]:
         return {
