@@ -9,17 +9,13 @@ from a 1-stage PREFILL replica to a 2-stage DECODER replica. One server serves t
 from __future__ import annotations
 
 import json
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
+from serve_process import serve
 
 pytestmark = pytest.mark.slow
 
@@ -42,52 +38,11 @@ PLAN = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start `e2llm serve` on a free port; yield its base URL; always stop it (SIGINT, then kill)."""
-    plan = tmp_path_factory.mktemp("serve") / "plan.json"
-    plan.write_text(json.dumps(PLAN))
-    port = _free_port()
-    log = plan.with_suffix(".log")
-    cmd = [
-        str(Path(sys.executable).parent / "e2llm"),
-        "serve",
-        str(plan),
-        "--port",
-        str(port),
-        "--api-key",
-        KEY,
-    ]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"e2llm serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"e2llm serve did not come up:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    """A live `e2llm serve` of PLAN with an API key, shared by the module."""
+    with serve(tmp_path_factory.mktemp("serve"), PLAN, ["--api-key", KEY]) as (url, _, log):
         yield url
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     assert "plan: system=test" in log.read_text()  # the plan in use was printed at start
 
 
