@@ -132,7 +132,8 @@ def _limits(args: argparse.Namespace) -> HttpLimits:
 def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
     """Plan with the e2llm planner on `cluster_path` (or the local default cluster)."""
     from e2llm.cost.build import build_cost_model
-    from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
+    from e2llm.plan.systems import PlanRequest, get_system
+    from e2llm.runtime.replan import SERVE_WORKLOAD
     from e2llm.specs.cluster_file import cluster_from_dict, load_cluster
     from e2llm.specs.models import load_model
 
@@ -146,9 +147,7 @@ def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
     spec = load_model(model)
     planner = get_system(system)
     cost = build_cost_model(spec, cluster)
-    # Interactive chat on a small local cluster: short prompts and answers, a request a second.
-    shape = WorkloadShape(mean_input_tokens=256, mean_output_tokens=128, interval_s=1.0)
-    return planner(PlanRequest(cost=cost, workload=shape))
+    return planner(PlanRequest(cost=cost, workload=SERVE_WORKLOAD))
 
 
 def _serve(

@@ -68,6 +68,14 @@ def start_ray(device_names: Sequence[str], address: str | None = None) -> None:
         )
 
 
+def advertised_devices() -> set[str]:
+    """The devices some live Ray node offers now (Ray must be initialised)."""
+    import ray
+
+    res = ray.cluster_resources()
+    return {k.removeprefix(RESOURCE_PREFIX) for k, v in res.items() if k.startswith(RESOURCE_PREFIX) and v}
+
+
 def stop_ray() -> None:
     import ray
 

@@ -95,10 +95,17 @@ def create_app(
     async def health() -> dict[str, Any]:
         stages = await deployment.stage_stats()
         lost = deployment.lost_replicas()
+        left_out = deployment.devices_left_out()
         return {
-            "status": "degraded" if lost else "ok",
+            "status": "degraded" if lost or left_out else "ok",
             "lost_replicas": lost,  # out of service: a stage actor (process or node) died
             "migrations": deployment.migrations,
+            "plan_generation": deployment.generation,  # + 1 at each switch to a re-made plan
+            "replanning": deployment.replanning,
+            "replan_error": deployment.replan_error,  # why the last re-plan failed, or cannot run
+            "last_switch_s": deployment.last_switch_s,  # loss -> new plan serving, last time
+            "devices": deployment.devices_in_use(),
+            "devices_left_out": left_out,
             "model": served.name,
             "uptime_s": round(time.time() - started, 3),
             "queues": deployment.queue_lengths(),
@@ -113,6 +120,16 @@ def create_app(
                 for s in stages
             ],
         }
+
+    @app.post("/admin/replan")
+    async def replan() -> JSONResponse:
+        """Re-plan now on every available device: takes back a device that came back."""
+        ok = await deployment.replan()
+        body = {"plan_generation": deployment.generation, "devices": deployment.devices_in_use()}
+        if not ok:
+            error = oa.ApiError(503, str(deployment.replan_error), "server_error")
+            return JSONResponse({**error.body, **body}, status_code=503)
+        return JSONResponse(body)
 
     @app.get("/metrics")
     async def metrics() -> Response:
