@@ -9,7 +9,6 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from e2llm.errors import InputError
@@ -75,14 +74,11 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _write_out(out: str, records: list[Any], doc: dict[str, Any]) -> None:
+    from e2llm.cli.sim_output import out_folder
     from e2llm.report.csv_out import write_requests_csv
     from e2llm.report.plots import plot_cdfs
 
-    d = Path(out)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError("--out", f"cannot create the folder: {e.strerror}", out) from None
+    d = out_folder(out)
     (d / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
     write_requests_csv(records, d / "requests.csv")
     plot_cdfs({"bench": records}, d / "cdf.png", "measured")

@@ -95,14 +95,20 @@ def print_table(runs: Sequence[Run], loads: Sequence[Load]) -> None:
         print(metrics_table(rows))
 
 
-def write_out(out: str, runs: Sequence[Run], loads: Sequence[Load], devices: Sequence[str], doc: Any) -> None:
-    """metrics.json, requests_<system>_<load>.csv, utilisation_<system>_<load>.png,
-    cdf_<load>.png and, for a sweep, sweep.png."""
+def out_folder(out: str) -> Path:
+    """The `--out` folder, created if missing; an InputError if it cannot be."""
     d = Path(out)
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InputError("--out", f"cannot create the folder: {e.strerror}", out) from None
+    return d
+
+
+def write_out(out: str, runs: Sequence[Run], loads: Sequence[Load], devices: Sequence[str], doc: Any) -> None:
+    """metrics.json, requests_<system>_<load>.csv, utilisation_<system>_<load>.png,
+    cdf_<load>.png and, for a sweep, sweep.png."""
+    d = out_folder(out)
     (d / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
     for load in loads:
         tag = _tag(load)
