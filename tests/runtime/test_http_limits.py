@@ -59,6 +59,19 @@ class SlowEcho:
             task.cancel()
 
     migrations = 0
+    generation = 0
+    replanning = False
+    replan_error = None
+    last_switch_s = None
+
+    def devices_in_use(self) -> list[str]:
+        return ["cpu0"]
+
+    def devices_left_out(self) -> list[str]:
+        return []
+
+    async def replan(self) -> bool:
+        return False
 
     def unavailable_reason(self) -> str | None:
         return None

@@ -314,6 +314,10 @@ class Deployment:
                 return False
             finally:
                 self.replanning = False
+            if self.closing:  # shut down while the new actors loaded: they serve nothing
+                for runner in runners:
+                    runner.mark_lost("shutting down")
+                return False
             for runner in runners:
                 runner.start()
             old = self.runners

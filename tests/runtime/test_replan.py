@@ -1,0 +1,110 @@
+"""Re-planning after a stage worker is killed for real, and taking the device back.
+
+The served plan is made by the e2llm planner on three emulated devices (two PREFILL replicas,
+one DECODER) and embeds its cluster and model spec. While greedy streams run, the process of
+PREFILL replica 1 (device cpu1) is killed. Every stream must end with its served-alone text or an
+explicit error; within a bound `/health` shows plan generation 1 without cpu1, and new requests
+are served by it. `POST /admin/replan` (behind the API key) then takes cpu1 back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serve_process import serve
+from test_device_loss import PROMPTS, _body, _pids, _stream
+
+from e2llm.cost.build import build_cost_model
+from e2llm.plan.plan_json import plan_to_dict
+from e2llm.plan.systems import PlanRequest, get_system
+from e2llm.runtime.replan import SERVE_WORKLOAD
+from e2llm.specs.cluster_file import cluster_from_dict
+from e2llm.specs.models import load_model
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+STREAMS = 6
+SWITCH_BOUND_S = 60.0
+CLUSTER = {
+    "devices": [
+        {"name": f"cpu{i}", "memory_gb": 2.0, "tflops": 0.1, "mem_bandwidth_gbs": 10} for i in range(3)
+    ],
+    "network": {"bandwidth_mbps": 10000, "latency_ms": 0.1},
+}
+
+
+def _planned() -> dict[str, Any]:
+    cost = build_cost_model(load_model("smollm2-135m"), cluster_from_dict(CLUSTER, "test cluster"))
+    plan = plan_to_dict(get_system("e2llm")(PlanRequest(cost=cost, workload=SERVE_WORKLOAD)))
+    roles = [(r["role"], [d["name"] for d in r["devices"]]) for r in plan["replicas"]]
+    assert roles == [("PREFILL", ["cpu0"]), ("PREFILL", ["cpu1"]), ("DECODER", ["cpu2"])], roles
+    return plan
+
+
+async def _kill_and_replan(url: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=url, timeout=120, headers=AUTH) as client:
+        reference = {}
+        for p in PROMPTS:
+            reference[p] = (await client.post("/v1/completions", json=_body(p, False))).json()["choices"][0][
+                "text"
+            ]
+        health = (await client.get("/health")).json()
+        assert health["plan_generation"] == 0 and health["devices"] == ["cpu0", "cpu1", "cpu2"], health
+        started: asyncio.Queue[None] = asyncio.Queue()
+        jobs = [
+            asyncio.create_task(_stream(client, PROMPTS[i % len(PROMPTS)], started)) for i in range(STREAMS)
+        ]
+        await asyncio.wait_for(started.get(), 60)  # serving; others still queued for prefill
+        for pid in _pids(health, 1):
+            os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        served_again = None
+        while True:  # requests keep being served while the new plan starts
+            r = await client.post("/v1/completions", json=_body(PROMPTS[0], False))
+            if r.status_code == 200 and served_again is None:
+                assert r.json()["choices"][0]["text"] == reference[PROMPTS[0]]
+                served_again = time.monotonic() - t0
+            health = (await client.get("/health")).json()
+            if health["plan_generation"] == 1 or time.monotonic() - t0 > SWITCH_BOUND_S:
+                break
+        live = time.monotonic() - t0
+        results = await asyncio.wait_for(asyncio.gather(*jobs), 120)
+        for i, (text, outcome) in enumerate(results):
+            ok = (outcome == "length" and text == reference[PROMPTS[i % len(PROMPTS)]]) or outcome.startswith(
+                "error: "
+            )
+            assert ok, (i, text, outcome)
+        assert health["plan_generation"] == 1, health
+        assert health["devices"] == ["cpu0", "cpu2"] and health["devices_left_out"] == ["cpu1"], health
+        assert health["status"] == "degraded" and health["lost_replicas"] == [], health
+        after = await client.post("/v1/completions", json=_body(PROMPTS[1], False))
+        assert after.status_code == 200 and after.json()["choices"][0]["text"] == reference[PROMPTS[1]]
+        stage_labels = {(s["replica"], s["device"]) for s in health["stages"]}
+        assert stage_labels == {(0, "cpu0"), (1, "cpu2")}, health  # served by the new plan's actors
+
+        switch_s = health["last_switch_s"]  # loss -> new plan serving, as the server measured it
+        refused = await client.post("/admin/replan", headers={"Authorization": "Bearer wrong"})
+        assert refused.status_code == 401
+        back = await client.post("/admin/replan")
+        assert back.status_code == 200 and back.json()["plan_generation"] == 2, back.text
+        health = (await client.get("/health")).json()
+        assert "cpu1" in health["devices"] and health["status"] == "ok", health
+        again = await client.post("/v1/completions", json=_body(PROMPTS[2], False))
+        assert again.status_code == 200 and again.json()["choices"][0]["text"] == reference[PROMPTS[2]]
+        done = sum(o == "length" for _, o in results)
+        return {"served_again_s": served_again, "seen_live_s": live, "switch_s": switch_s, "completed": done}
+
+
+def test_lost_device_is_replanned_without_restart_and_taken_back(tmp_path: Path) -> None:
+    with serve(tmp_path, _planned(), env={"E2LLM_API_KEY": KEY}) as (url, _, _):
+        figures = asyncio.run(_kill_and_replan(url))
+    print(f"replan figures: {figures}")
