@@ -16,10 +16,12 @@ from e2llm.specs.models import load_model, with_precision
 def _cluster(tmp_path: Path, profile: Path | None) -> Path:
     extra = f", profile: {profile}" if profile else ""
     path = tmp_path / "cluster.yaml"
+    # Spec numbers of a data-centre GPU: the roofline is then far faster than any CPU profile,
+    # so "the profile was used" cannot pass or fail by coincidence of the machine's speed.
     path.write_text(
         "devices:\n"
-        f"  - {{name: a, memory_gb: 4, tflops: 0.1, mem_bandwidth_gbs: 10{extra}}}\n"
-        "  - {name: b, memory_gb: 4, tflops: 0.1, mem_bandwidth_gbs: 10}\n"
+        f"  - {{name: a, memory_gb: 4, tflops: 1000, mem_bandwidth_gbs: 5000{extra}}}\n"
+        "  - {name: b, memory_gb: 4, tflops: 1000, mem_bandwidth_gbs: 5000}\n"
         "network: {bandwidth_mbps: 1000, latency_ms: 0.1}\n"
     )
     return path
