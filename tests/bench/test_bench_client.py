@@ -24,8 +24,9 @@ def test_times_come_from_the_stream_and_the_queue_header() -> None:
     with scripted_server(Script(first_delay_s=0.2, gap_s=0.03, queue_s=0.125)) as (url, seen):
         [rec] = _run(url, reqs)
     assert rec.completed and rec.output_tokens == 6
-    assert 0.2 <= rec.ttft_s < 0.4
-    assert 0.025 <= rec.tbt_s < 0.08
+    # lower bounds are the server's scripted delays; upper ones leave room for a busy machine
+    assert 0.2 <= rec.ttft_s < 1.0
+    assert 0.025 <= rec.tbt_s < 0.2
     assert rec.e2e_s == pytest.approx(rec.ttft_s + 5 * rec.tbt_s)
     assert rec.waiting_s == pytest.approx(0.125)
     body = seen[0]

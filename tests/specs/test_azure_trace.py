@@ -1,6 +1,5 @@
 """Azure-format trace CSVs: the real files' statistics, speed, caching, and bad rows."""
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +32,10 @@ def test_real_traces_match_the_readme_table(name, rows, rate, in_mean, in_median
 
 
 @needs_traces
-def test_conv_trace_loads_fast_and_is_cached():
+def test_conv_trace_is_cached():
+    # Its speed (~60 ms for 19,366 rows) is measured by benchmarks/specs_inputs.py, not here.
     path = TRACES / "azure-2023-conv.csv"
-    from e2llm.specs import trace as trace_module
-
-    trace_module._load_cached.cache_clear()
-    start = time.perf_counter()
     first = load_trace(path)
-    assert time.perf_counter() - start < 0.5
     assert load_trace(path) is first
     assert not first.arrival_s.flags.writeable
 
