@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from e2llm.cli.options import add_seed
 from e2llm.errors import InputError
 from e2llm.plan.plan_json import plan_to_dict
 from e2llm.report.csv_out import write_requests_csv
@@ -17,10 +18,8 @@ from e2llm.report.table import metrics_table
 from e2llm.sim.compare import Load, Run
 
 
-def add_load_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--seed", type=int, help="seed for the requests, and for compare's planners (default: the workload's)"
-    )
+def add_load_arguments(p: argparse.ArgumentParser, seeded: str = "the requests") -> None:
+    add_seed(p, seeded)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--interval", type=float, metavar="S", help="mean seconds between arrivals")
     g.add_argument("--rate", type=float, metavar="R", help="mean arrivals per second")

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from e2llm.plan.evaluate import planned_context
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.search import GB, Grouping
-from e2llm.plan.systems import PlanRequest
-from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Stage
-from e2llm.specs.cluster_file import cluster_to_dict
-from e2llm.specs.models import model_to_dict
-
-OBJECTIVE_KINDS = {"bottleneck": "bottleneck_s", "max_rate": "neg_max_rate"}
+from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Scheduler, Stage
 
 
 def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float) -> Plan:
@@ -44,13 +40,15 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
         system=system,
         model=cost.model.name,
         objective=a.objective,
-        objective_kind=OBJECTIVE_KINDS[req.objective],
+        objective_kind=req.params.objective.kind,
         replicas=tuple(replicas),
         unused_devices=grouping.unused,
         planner=PlannerStats(
-            evaluations=grouping.evaluations, seconds=seconds, seed=req.seed, generations=grouping.generations
+            evaluations=grouping.evaluations, seconds=seconds, generations=grouping.generations
         ),
-        scheduler="jsq",
-        cluster=cluster_to_dict(cost.cluster),
-        model_spec=model_to_dict(cost.model),
+        scheduler=Scheduler.JSQ,
+        cluster=cost.cluster,
+        model_spec=cost.model,
+        workload=shape,
+        params=req.params,
     )

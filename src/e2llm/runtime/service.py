@@ -39,14 +39,16 @@ from e2llm.runtime.cluster import advertised_devices, torch_threads_per_actor
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.plans import plan_devices
-from e2llm.runtime.replan import can_replan, replanned
+from e2llm.runtime.replan import replanned
 from e2llm.runtime.replica import ReplicaLost, ReplicaRunner, hand_off, is_actor_loss, lost_actor_id
 from e2llm.runtime.router import NoLiveReplica, Router
 
 MAX_MIGRATIONS = 2  # re-prefills of one request after replica losses, before it fails
 REPLAN_DEBOUNCE_S = 1.0  # re-plan this long after the last replica loss
 RETIRE_TIMEOUT_S = 120.0  # the old plan's replicas get this long to finish their requests
-NO_REPLAN = "the plan embeds no cluster and model spec: re-planning is not possible"
+NO_REPLAN = (
+    "the plan embeds no cluster, model spec, workload or planner parameters: re-planning is not possible"
+)
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,8 @@ def start_runners(
         for actor in everyone:
             ray.kill(actor)
         raise
-    devices = [d for d in plan.cluster.get("devices", []) if isinstance(d, dict)]
-    if not options.enforce_device_memory:
-        devices = []
-    memory_gb = {str(d.get("name")): d.get("memory_gb") for d in devices}
+    devices = plan.cluster.devices if plan.cluster is not None and options.enforce_device_memory else ()
+    memory_gb = {d.name: d.memory_gb for d in devices}
     runners = []
     for replica, actors in zip(plan.replicas, actors_by_replica, strict=True):
         mine, infos = infos[: len(actors)], infos[len(actors) :]
@@ -136,7 +136,7 @@ class Deployment:
         # one re-plan is taken back by the next one once it is available again.
         self.generation = 0
         self.replanning = False
-        self.replan_error: str | None = None if can_replan(plan) else NO_REPLAN
+        self.replan_error: str | None = None if plan.can_replan else NO_REPLAN
         self.last_switch_s: float | None = None  # loss (or request) -> new plan serving
         self._cluster = plan.cluster
         self._first_devices = plan_devices(plan)

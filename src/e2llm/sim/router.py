@@ -20,20 +20,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from e2llm.plan.types import Scheduler
 from e2llm.sim.decode import DecodeEngine
 from e2llm.sim.prefill import PrefillPipeline
 from e2llm.sim.state import Job
 
-SCHEDULERS = ("jsq", "splitwise")
 
-
-def pick_prefill(scheduler: str, pipes: Sequence[PrefillPipeline], job: Job) -> PrefillPipeline | None:
+def pick_prefill(scheduler: Scheduler, pipes: Sequence[PrefillPipeline], job: Job) -> PrefillPipeline | None:
     best: PrefillPipeline | None = None
     best_key = 0.0
     for p in pipes:
         if not p.kv.ever_fits(job.input_tokens):
             continue
-        if scheduler == "splitwise":
+        if scheduler is Scheduler.SPLITWISE:
             key = float(p.pending_tokens)
         else:
             key = p.backlog_s + p.estimate(job.input_tokens)[1]
@@ -42,7 +41,7 @@ def pick_prefill(scheduler: str, pipes: Sequence[PrefillPipeline], job: Job) -> 
     return best
 
 
-def pick_decoder(scheduler: str, engines: Sequence[DecodeEngine], job: Job) -> DecodeEngine | None:
+def pick_decoder(scheduler: Scheduler, engines: Sequence[DecodeEngine], job: Job) -> DecodeEngine | None:
     """A decoder for the token phase, or a COLOCATED replica for the whole request."""
     context = job.input_tokens + job.output_tokens // 2
     best: DecodeEngine | None = None
@@ -50,7 +49,7 @@ def pick_decoder(scheduler: str, engines: Sequence[DecodeEngine], job: Job) -> D
     for e in engines:
         if not e.kv.ever_fits(job.final_context):
             continue
-        if scheduler == "splitwise":
+        if scheduler is Scheduler.SPLITWISE:
             key = (e.reserved_kv / max(sum(e.kv.capacity), 1.0), 0.0)
         else:
             key = (e.assigned / e.replica.concurrency, -e.capacity_tok_s(context))

@@ -1,9 +1,12 @@
-"""Is a plan something the simulator can run on this cluster and model? One InputError if not.
+"""Is a plan something the simulator and the runtime can run on this cluster and model? One
+InputError if not: `e2llm simulate` and `e2llm serve` both call `check_plan`.
 
-Checked: scheduler known; every device exists in the cluster and is used once; each replica's
-stages cover layers [0, n_layers) contiguously with exactly one embedding and one LM head; the
-weights fit each device; the plan is either disaggregated (>= 1 PREFILL and >= 1 DECODER) or
-all COLOCATED; and the decoders can hold the KV of at least the smallest request.
+Checked: the plan is either disaggregated (>= 1 PREFILL and >= 1 DECODER) or all COLOCATED,
+and splitwise routing has its two pools (the scheduler itself is typed when the plan is read);
+given the cost model (the plan's cluster and model): every device exists in the cluster and is
+used once; each replica's stages cover layers [0, n_layers) contiguously with exactly one
+embedding and one LM head; the weights fit each device. `check_serves`: the decoders can hold
+the KV of at least the smallest request.
 """
 
 from __future__ import annotations
@@ -12,17 +15,33 @@ from collections.abc import Sequence
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.errors import InputError
-from e2llm.plan.types import Plan, Replica, Role
-from e2llm.sim.router import SCHEDULERS
+from e2llm.plan.types import Plan, Replica, Role, Scheduler
 from e2llm.sim.state import KvSizer
 from e2llm.specs.workload import Request
 
 GB = 2**30
 
 
-def check_plan(plan: Plan, cost: CostModel, where: str = "plan") -> None:
-    if plan.scheduler not in SCHEDULERS:
-        raise InputError(f"{where}: scheduler", f"must be one of {', '.join(SCHEDULERS)}", plan.scheduler)
+def check_plan(plan: Plan, cost: CostModel | None, where: str = "plan") -> None:
+    """`cost` None (a hand-written plan that embeds no cluster or model): the roles only."""
+    if cost is not None:
+        _check_stages(plan, cost, where)
+    _check_roles(plan, where)
+
+
+def _check_roles(plan: Plan, where: str) -> None:
+    roles = {r.role for r in plan.replicas}
+    if Role.MIXED in roles:
+        raise InputError(where, "MIXED replicas cannot be simulated or served yet", Role.MIXED.value)
+    if Role.COLOCATED in roles and roles != {Role.COLOCATED}:
+        raise InputError(where, "mixes COLOCATED with PREFILL/DECODER replicas", sorted(roles))
+    if Role.COLOCATED not in roles and roles != {Role.PREFILL, Role.DECODER}:
+        raise InputError(where, "needs at least one PREFILL and one DECODER replica", sorted(roles))
+    if plan.scheduler is Scheduler.SPLITWISE and Role.COLOCATED in roles:
+        raise InputError(f"{where}: scheduler", "splitwise needs PREFILL and DECODER replicas", "splitwise")
+
+
+def _check_stages(plan: Plan, cost: CostModel, where: str) -> None:
     names = set(cost.cluster.names)
     seen: set[str] = set()
     n_layers = cost.model.n_layers
@@ -55,13 +74,6 @@ def check_plan(plan: Plan, cost: CostModel, where: str = "plan") -> None:
             count = sum(1 for s in r.stages if getattr(s, flag))
             if count != 1:
                 raise InputError(f"{rw}", f"needs exactly one stage with {flag}", count)
-    roles = {r.role for r in plan.replicas}
-    if Role.COLOCATED in roles and roles != {Role.COLOCATED}:
-        raise InputError(where, "mixes COLOCATED with PREFILL/DECODER replicas", sorted(roles))
-    if Role.COLOCATED not in roles and roles != {Role.PREFILL, Role.DECODER}:
-        raise InputError(where, "needs at least one PREFILL and one DECODER replica", sorted(roles))
-    if plan.scheduler == "splitwise" and Role.COLOCATED in roles:
-        raise InputError(f"{where}: scheduler", "splitwise needs PREFILL and DECODER replicas", "splitwise")
 
 
 def check_serves(plan: Plan, cost: CostModel, requests: Sequence[Request], where: str = "plan") -> None:

@@ -117,7 +117,7 @@ def load_model(name_or_path: str | Path, precision: str | None = None) -> ModelS
     """
     if precision is not None and precision not in BYTES_PER_PARAM:
         raise InputError(
-            "--precision", f"unsupported precision; expected one of {', '.join(PRECISIONS)}", precision
+            "precision", f"unsupported precision; expected one of {', '.join(PRECISIONS)}", precision
         )
     key = str(name_or_path)
     path = Path(key)
