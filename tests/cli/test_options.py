@@ -47,29 +47,21 @@ def test_dtype_takes_both_spellings(given: str, ours: str) -> None:
     assert dtype_choice(given) == ours
 
 
+PLAN = [
+    "plan",
+    str(EXAMPLES / "clusters" / "paper-testbed.yaml"),
+    "--model",
+    "gpt-oss-20b",
+    "--workload",
+    str(SMOKE),
+]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
-        [
-            "plan",
-            str(EXAMPLES / "clusters" / "paper-testbed.yaml"),
-            "--model",
-            "gpt-oss-20b",
-            "--workload",
-            str(SMOKE),
-            "--system",
-            "vllm",
-        ],
-        [
-            "plan",
-            str(EXAMPLES / "clusters" / "paper-testbed.yaml"),
-            "--model",
-            "gpt-oss-20b",
-            "--workload",
-            str(SMOKE),
-            "--rate",
-            "0",
-        ],
+        [*PLAN, "--system", "vllm"],
+        [*PLAN, "--rate", "0"],
         ["serve", "--dtype", "int4"],
         ["serve", "--device", "tpu"],
         ["profile", "--dtype", "half"],

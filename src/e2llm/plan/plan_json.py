@@ -157,11 +157,14 @@ def _stage(s: Any, sw: str) -> Stage:
     )
 
 
-def _choice(d: dict[str, Any], key: str, where: str, kind: type[_E], default: _E) -> _E:
-    """An optional choice spelled as its JSON value; absent or null -> `default`."""
-    text = _opt(d, key, where, str, None)
-    if text is None:
-        return default
+def _choice(d: dict[str, Any], key: str, where: str, kind: type[_E], default: _E | None = None) -> _E:
+    """A choice spelled as its JSON value; absent or null -> `default` (None: required)."""
+    if default is None:
+        text = _get(d, key, where, str)
+    else:
+        text = _opt(d, key, where, str, None)
+        if text is None:
+            return default
     try:
         return kind(text)
     except ValueError:
@@ -169,8 +172,7 @@ def _choice(d: dict[str, Any], key: str, where: str, kind: type[_E], default: _E
 
 
 def _replica(r: Any, i: int, where: str) -> Replica:
-    _get(r, "role", where, str)
-    role = _choice(r, "role", where, Role, Role.PREFILL)
+    role = _choice(r, "role", where, Role)
     stages = tuple(_stage(s, f"{where}.devices[{j}]") for j, s in enumerate(_get(r, "devices", where, list)))
     if not stages:
         raise InputError(f"{where}.devices", "a replica needs at least one device", [])
