@@ -204,7 +204,7 @@ def _uniform_layers(costs: StageCosts) -> Partition | None:
         t = t_min
         counts = [most(a, x, e, cap, t) for a, x, e, cap in devs]
     while sum(counts) < n_layers:
-        t = min(time_of(n + 1, a, x, e) for n, (a, x, e, cap) in zip(counts, devs) if n < cap)
+        t = min(time_of(n + 1, a, x, e) for n, (a, x, e, cap) in zip(counts, devs, strict=True) if n < cap)
         counts = [most(a, x, e, cap, t) for a, x, e, cap in devs]
     limit = counts
     counts = [1] * len(devs)
@@ -282,7 +282,7 @@ def _dp_numpy(batch: Sequence[StageCosts]) -> list[Partition | None]:
             start = int(choices[k][b, end])
             counts_rev.append(end - start)
             end = start
-        out.append(costs.partition(reversed(counts_rev)))
+        out.append(costs.partition(counts_rev[::-1]))
     return out
 
 
