@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from e2llm.cli.logs import add_log_level
 from e2llm.cli.options import DTYPES, add_device, add_dtype, device_choice, dtype_choice
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, PlannerParams
@@ -97,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_BODY_TIMEOUT_S,
         help="seconds to receive a request body; slower gets 408 (default %(default)s)",
     )
+    add_log_level(p)
     p.set_defaults(func=run)
 
 
