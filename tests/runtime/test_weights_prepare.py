@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from e2llm.errors import InputError
 from e2llm.runtime import weights
-from e2llm.runtime.config import config_from_dict
+from e2llm.runtime.architectures import runtime_spec
 from e2llm.runtime.engine import LocalPipeline
 from e2llm.runtime.weights import ModelSource, load_stage_weights, prepare_model
 
@@ -95,7 +95,7 @@ def test_bad_model_paths(tmp_path: Path, make, message: str) -> None:
 def test_unsupported_configs_are_input_errors(change: dict, message: str) -> None:
     raw = {**LlamaConfig(**TINY).to_dict(), **change}
     with pytest.raises(InputError, match=message):
-        config_from_dict(raw)
+        runtime_spec(raw)
 
 
 def test_config_reads_rope_and_eos_variants() -> None:
@@ -106,7 +106,7 @@ def test_config_reads_rope_and_eos_variants() -> None:
         "rope_scaling": {"type": "linear", "factor": 2.0},
         "eos_token_id": [7, 8],
     }
-    cfg = config_from_dict(raw)
+    cfg = runtime_spec(raw)
     assert (cfg.rope_theta, cfg.rope_type, cfg.rope_factor) == (5e5, "linear", 2.0)
     assert cfg.eos_token_ids == (7, 8)
     assert cfg.head_dim == 8 and cfg.n_kv_heads == 2

@@ -42,6 +42,7 @@ from e2llm.runtime.plans import plan_devices
 from e2llm.runtime.replan import can_replan, replanned
 from e2llm.runtime.replica import ReplicaLost, ReplicaRunner, hand_off, is_actor_loss, lost_actor_id
 from e2llm.runtime.router import NoLiveReplica, Router
+from e2llm.specs.units import GIB
 
 MAX_MIGRATIONS = 2  # re-prefills of one request after replica losses, before it fails
 REPLAN_DEBOUNCE_S = 1.0  # re-plan this long after the last replica loss
@@ -70,7 +71,7 @@ def kv_budget_tokens(
         gb = memory_gb.get(stage.device)
         if not isinstance(gb, int | float) or gb <= 0:
             return None
-        free = gb * 2**30 - info["weight_bytes"] - RUNTIME_OVERHEAD_BYTES
+        free = gb * GIB - info["weight_bytes"] - RUNTIME_OVERHEAD_BYTES
         budgets.append(max(0, int(free // max(1, info["kv_bytes_per_token"]))))
     return min(budgets) if budgets else None
 

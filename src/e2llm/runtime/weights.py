@@ -26,9 +26,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from e2llm.errors import InputError
-from e2llm.runtime.config import SUPPORTED_MODEL_TYPES, ModelConfig, config_from_dict
+from e2llm.runtime.architectures import SUPPORTED_MODEL_TYPES, runtime_spec
 from e2llm.specs.gguf_header import read_gguf_header
-from e2llm.specs.models import smollm2_gguf_path
+from e2llm.specs.model_catalog import smollm2_gguf_path
+from e2llm.specs.model_spec import ModelSpec
 
 CACHE_ENV = "E2LLM_CACHE_DIR"
 # Bump when the layout of a prepared directory changes, so stale caches are not reused.
@@ -74,7 +75,7 @@ class PreparedModel:
     """A model directory in HF layout that stage workers load from."""
 
     path: Path
-    config: ModelConfig
+    config: ModelSpec
     name: str
 
     def tokenizer(self) -> Any:
@@ -92,7 +93,7 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "e2llm"
 
 
-def read_config(path: Path) -> ModelConfig:
+def read_config(path: Path) -> ModelSpec:
     where = str(path / "config.json")
     try:
         raw = json.loads((path / "config.json").read_text())
@@ -101,7 +102,7 @@ def read_config(path: Path) -> ModelConfig:
     gen = path / "generation_config.json"
     if gen.is_file() and "eos_token_id" in (gen_raw := json.loads(gen.read_text())):
         raw = {**raw, "eos_token_id": gen_raw["eos_token_id"]}
-    return config_from_dict(raw, where)
+    return runtime_spec(raw, where, path.name)
 
 
 def _cache_key(source: ModelSource) -> str:
