@@ -6,10 +6,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 import torch
+from ggufkit import write_gguf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from e2llm.errors import InputError
@@ -112,18 +111,6 @@ def test_config_reads_rope_and_eos_variants() -> None:
     assert cfg.head_dim == 8 and cfg.n_kv_heads == 2
 
 
-def write_gguf(path: Path, arch: str) -> Path:
-    """A minimal GGUF: header, architecture and one tensor (enough for the architecture check)."""
-    writer = gguf.GGUFWriter(str(path), arch=arch)
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 def test_concurrent_prepares_convert_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stage workers start together: one converts (under the lock, into a temp dir renamed into
     place), the others wait and reuse it. The slow transformers conversion is replaced by saving a
@@ -150,7 +137,7 @@ def test_failed_conversion_leaves_no_partial_cache(tmp_path: Path, monkeypatch: 
 
     def broken_convert(src: ModelSource, out: Path) -> None:
         (out / "config.json").write_text("{}")
-        raise RuntimeError("unsupported tensor type")
+        raise NotImplementedError("unsupported tensor type")  # as gguf's dequantize refuses one
 
     monkeypatch.setattr(weights, "_convert_gguf", broken_convert)
     with pytest.raises(InputError, match="unsupported tensor type"):
