@@ -33,10 +33,8 @@ def load_model(name_or_path: str | Path, precision: str | None = None) -> ModelS
     published precision of every weight; None keeps it (the catalog's, a GGUF's own quantisation,
     an HF config's dtype / quantization_config).
     """
-    if precision is not None and precision not in BYTES_PER_PARAM:
-        raise InputError(
-            "--precision", f"unsupported precision; expected one of {', '.join(PRECISIONS)}", precision
-        )
+    if precision is not None:
+        _check_precision(precision)  # before reading any file
     key = str(name_or_path)
     path = Path(key)
     if path.is_dir():
@@ -63,16 +61,20 @@ def _catalog_key(name: str) -> str:
 
 def with_precision(spec: ModelSpec, precision: str) -> ModelSpec:
     """`spec` with every weight (dense and experts) stored as `precision`."""
-    if precision not in BYTES_PER_PARAM:
-        raise InputError(
-            "precision", f"unsupported precision; expected one of {', '.join(PRECISIONS)}", precision
-        )
+    _check_precision(precision)
     return dataclasses.replace(
         spec,
         weight_precision=precision,
         expert_precision=precision,
         kv_bytes_per_value=4.0 if precision == "fp32" else 2.0,
     )
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in BYTES_PER_PARAM:
+        raise InputError(
+            "precision", f"unsupported precision; expected one of {', '.join(PRECISIONS)}", precision
+        )
 
 
 def smollm2_gguf_path() -> Path:
