@@ -27,7 +27,7 @@ from e2llm.plan.types import (
 )
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.model import BYTES_PER_PARAM, ModelSpec
+from e2llm.specs.model_spec import BYTES_PER_PARAM, ModelSpec
 
 REPO = Path(__file__).resolve().parents[2]
 NAMES = st.text("abcdefghij0123456789-_", min_size=1, max_size=8)
@@ -62,26 +62,41 @@ def clusters(draw: st.DrawFn) -> Cluster:
 
 
 precisions = st.sampled_from(sorted(BYTES_PER_PARAM))
-models = st.builds(
-    ModelSpec,
-    name=NAMES,
-    n_layers=st.integers(1, 200),
-    hidden=st.integers(1, 2**14),
-    n_heads=st.integers(1, 128),
-    n_kv_heads=st.integers(1, 128),
-    head_dim=st.integers(1, 256),
-    intermediate=st.integers(1, 2**16),
-    vocab=st.integers(1, 2**18),
-    max_context=st.integers(1, 2**20),
-    n_experts=st.integers(0, 64),
-    experts_per_token=st.integers(0, 8),
-    tied_embeddings=st.booleans(),
-    sliding_window=st.integers(0, 4096),
-    sliding_layers=st.lists(st.integers(0, 100), max_size=4).map(tuple),
-    weight_precision=precisions,
-    expert_precision=precisions,
-    kv_bytes_per_value=_number(0.5, 4.0),
-)
+token_ids = st.lists(st.integers(0, 2**18), max_size=3).map(tuple)
+
+
+@st.composite
+def models(draw: st.DrawFn) -> ModelSpec:
+    n_experts = draw(st.integers(0, 64))
+    return ModelSpec(
+        name=draw(NAMES),
+        n_layers=draw(st.integers(1, 200)),
+        hidden=draw(st.integers(1, 2**14)),
+        n_heads=draw(st.integers(1, 128)),
+        n_kv_heads=draw(st.integers(1, 128)),
+        head_dim=draw(st.integers(1, 256)),
+        intermediate=draw(st.integers(1, 2**16)),
+        vocab=draw(st.integers(1, 2**18)),
+        max_context=draw(st.integers(1, 2**20)),
+        n_experts=n_experts,
+        experts_per_token=draw(st.integers(1, n_experts)) if n_experts else 0,
+        tied_embeddings=draw(st.booleans()),
+        sliding_window=draw(st.integers(0, 4096)),
+        sliding_layers=draw(st.lists(st.integers(0, 100), max_size=4).map(tuple)),
+        weight_precision=draw(precisions),
+        expert_precision=draw(precisions),
+        kv_bytes_per_value=draw(_number(0.5, 4.0)),
+        model_type=draw(st.sampled_from(["llama", "qwen2", "gpt_oss"])),
+        rms_eps=draw(_number(1e-8, 1e-3)),
+        qkv_bias=draw(st.booleans()),
+        rope_theta=draw(_number(1.0, 1e7)),
+        rope_type=draw(st.sampled_from(["default", "llama3", "yarn"])),
+        rope_factor=draw(_number(0.1, 64.0)),
+        rope_original_max_position=draw(st.integers(1, 2**17)),
+        eos_token_ids=draw(token_ids),
+    )
+
+
 shapes = st.builds(
     WorkloadShape,
     mean_input_tokens=_number(1e-3, 1e6),
@@ -135,7 +150,7 @@ def plans(draw: st.DrawFn) -> Plan:
         ),
         scheduler=draw(st.sampled_from(Scheduler)),
         cluster=draw(st.none() | clusters()),
-        model_spec=draw(st.none() | models),
+        model_spec=draw(st.none() | models()),
         workload=draw(st.none() | shapes),
         params=params,
     )

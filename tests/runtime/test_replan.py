@@ -29,7 +29,7 @@ from e2llm.plan.request import PlanRequest
 from e2llm.plan.systems import get_system
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.cluster_file import cluster_from_dict
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from e2llm.plan.evaluate import planned_context
 from e2llm.plan.request import PlanRequest
-from e2llm.plan.search import GB, Grouping
+from e2llm.plan.search import Grouping
 from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Scheduler, Stage
+from e2llm.specs.units import GIB
 
 
 def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float) -> Plan:
@@ -22,7 +23,7 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
             mem = cost.stage_memory_bytes(
                 start, end, embedding=k == 0, lm_head=k == last, sequences=phase.concurrency, context=ctx
             )
-            stages.append(Stage(name, start, end, embedding=k == 0, lm_head=k == last, memory_gb=mem / GB))
+            stages.append(Stage(name, start, end, embedding=k == 0, lm_head=k == last, memory_gb=mem / GIB))
         replicas.append(
             Replica(
                 id=i,

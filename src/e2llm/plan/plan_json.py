@@ -31,8 +31,7 @@ from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.cluster_file import cluster_from_dict, cluster_to_dict
 from e2llm.specs.fields import field_where
 from e2llm.specs.input_file import parse_json, read_input_text
-from e2llm.specs.model import MAX_LAYERS
-from e2llm.specs.models import model_from_dict, model_to_dict
+from e2llm.specs.model_spec import MAX_LAYERS, model_from_dict, model_to_dict
 
 _T = TypeVar("_T")
 _E = TypeVar("_E", bound=StrEnum)

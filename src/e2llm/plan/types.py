@@ -16,7 +16,7 @@ from enum import StrEnum
 
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Cluster
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 
 class Role(StrEnum):
