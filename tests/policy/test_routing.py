@@ -25,9 +25,11 @@ def _decoder(rid: int, seqs: int, conc: int = 4, free: int = 5000, **kw) -> Repl
     )
 
 
-def test_prefill_backlog_is_queue_over_rate_plus_latency_plus_transfers() -> None:
-    r = _prefill(0, 2000, rate=500.0, latency_s=0.5, transfer_backlog_s=1.5)
-    assert r.prefill_backlog_s == 2000 / 500 + 0.5 + 1.5
+def test_kv_ready_is_a_tandem_of_prefill_queue_and_links() -> None:
+    r = _prefill(0, 2000, rate=500.0, latency_s=0.5, transfer_backlog_s=1.5, handoff_s=0.25)
+    assert r.kv_ready_s() == 2000 / 500 + 0.5 + 0.25  # the links clear while the queue drains
+    r = _prefill(0, 2000, rate=500.0, latency_s=0.5, transfer_backlog_s=9.0, handoff_s=0.25)
+    assert r.kv_ready_s() == 9.0 + 0.25  # the links are the longer queue
 
 
 def test_prefill_picks_smallest_normalised_backlog() -> None:
@@ -38,6 +40,9 @@ def test_prefill_picks_smallest_normalised_backlog() -> None:
 
 def test_transfer_backlog_steers_prompts_away_from_a_slow_link() -> None:
     loads = [_prefill(0, 0, transfer_backlog_s=30.0), _prefill(1, 5000)]
+    assert pick_prefill(loads, 100, 200).id == 1  # type: ignore[union-attr]
+    # idle links: the better connected of two equally busy replicas
+    loads = [_prefill(0, 1000, handoff_s=0.9), _prefill(1, 1000, handoff_s=0.1)]
     assert pick_prefill(loads, 100, 200).id == 1  # type: ignore[union-attr]
 
 

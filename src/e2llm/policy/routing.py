@@ -1,11 +1,11 @@
 """e2llm's request routing and decode admission (DESIGN "Serving policy").
 
 - `pick_prefill`: a prompt goes to the accepting PREFILL or MIXED replica with the smallest
-  normalised backlog (`ReplicaLoad.prefill_backlog_s`: queued prompt tokens over its prefill
-  rate, plus the prompt's own latency through it, plus the KV hand-offs still queued on its
-  links; a replica whose links are slow piles up transfers, and counting them keeps prompts away
-  from it). A MIXED replica decodes what it prefills, so it is preferred only while it has a free
-  decode slot and KV room for the whole request.
+  normalised backlog (`ReplicaLoad.kv_ready_s`: queued prompt tokens over its prefill rate plus
+  the prompt's own latency through it, or the KV hand-offs still on its links if they take
+  longer, plus its own hand-off: a replica whose links are slow piles up transfers, and counting
+  them keeps prompts away from it). A MIXED replica decodes what it prefills, so it is
+  preferred only while it has a free decode slot and KV room for the whole request.
 - `pick_decoder`: a prefilled sequence (or, in a COLOCATED plan, a whole request) goes to the
   accepting decode-capable replica with the fewest outstanding sequences per decode slot among
   those whose free KV holds its final context, ties to the one whose full batch generates the
@@ -40,7 +40,7 @@ def pick_prefill(loads: Sequence[ReplicaLoad], prompt_tokens: int, context: int)
         if r.kv_capacity_tokens < (context if mixed else prompt_tokens):
             continue
         full = mixed and (r.decode_sequences >= r.concurrency or r.kv_free_tokens < context)
-        key = (full, r.prefill_backlog_s)
+        key = (full, r.kv_ready_s())
         if best is None or key < best_key:
             best, best_key = r, key
     return best
