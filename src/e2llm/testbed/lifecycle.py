@@ -49,7 +49,7 @@ def folder_of(cluster_path: str | Path) -> Path:
 def require_host() -> None:
     reason = host.unsupported_reason()
     if reason:
-        raise InputError("e2llm testbed", reason)
+        raise InputError("", reason)
 
 
 def up(cluster_path: str | Path, options: TestbedOptions, progress: Progress = log.info) -> TestbedState:
