@@ -66,6 +66,10 @@ class ServingMetrics:
         self.batch_size = Gauge(
             "e2llm_decode_batch_size", "Sequences in the decode batch", ["replica"], registry=r
         )
+        self.batch_peak = Gauge(
+            "e2llm_decode_batch_peak", "Largest decode batch stepped so far", ["replica"], registry=r
+        )
+        self._peaks: dict[str, int] = {}
         self.queue = Gauge("e2llm_queue_length", "Requests waiting", ["replica", "phase"], registry=r)
         self.ttft = Histogram("e2llm_ttft_seconds", "Time to first token", registry=r)
         self.waiting = Histogram("e2llm_waiting_seconds", "Time queued and not served", registry=r)
@@ -84,6 +88,9 @@ class ServingMetrics:
     def decode_step(self, replica: str, batch: int, seconds: float) -> None:
         self.step_seconds.labels(replica).observe(seconds)
         self.batch_size.labels(replica).set(batch)
+        if batch > self._peaks.get(replica, 0):
+            self._peaks[replica] = batch
+            self.batch_peak.labels(replica).set(batch)
         self._count_tokens(batch)
 
     def kv_moved(self, src: str, dst: str, n_bytes: int, seconds: float) -> None:
