@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.cli.progress import progress_bar
 from e2llm.cli.sim_output import add_load_arguments, compare_json, loads_from_args, print_table, write_out
 from e2llm.cost.build import build_cost_model
@@ -29,7 +30,8 @@ EXAMPLES = """examples:
 
 Each system is planned for each load and simulated on identical requests. --json prints
 {"systems": {"<name>": {<metrics>, "plan": {...}}}} (a sweep: {"sweep": [{"interval_s": ...,
-"systems": {...}}, ...]})."""
+"systems": {...}}, ...]}). --adapt off keeps e2llm's roles fixed (the paper); Splitwise always
+runs its own mixed pool."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="what the planners optimise: the method's bottleneck (default) or the maximum request rate",
     )
     add_load_arguments(p, "the requests and the planners")
+    add_policy_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -69,7 +72,16 @@ def run(args: argparse.Namespace) -> int:
     workload = load_workload(args.workload, requests=args.requests)
     loads = loads_from_args(args)
     with progress_bar("planning and simulating", "run") as progress:
-        runs = compare(systems, cost, workload, loads, args.seed, progress, Objective(args.objective))
+        runs = compare(
+            systems,
+            cost,
+            workload,
+            loads,
+            args.seed,
+            progress,
+            Objective(args.objective),
+            policy_from_args(args),
+        )
     doc = compare_json(runs, loads)
     if args.out:
         write_out(args.out, runs, loads, cluster.names, doc)

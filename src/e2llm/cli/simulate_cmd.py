@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.cli.progress import progress_bar
 from e2llm.cli.sim_output import add_load_arguments, loads_from_args, print_table, simulate_json, write_out
 from e2llm.cost.build import build_cost_model
@@ -20,9 +21,12 @@ EXAMPLES = """examples:
   e2llm simulate plan.json --workload examples/workloads/azure-conv.yaml --rate 0.5 --json
   e2llm simulate plan.json --workload examples/workloads/longreason-extended.yaml \\
       --sweep 0.5,1,2,3 --out results/
+  e2llm simulate plan.json --workload examples/workloads/longreason-custom.yaml --adapt off
 
 The plan embeds its cluster and model, so no cluster file is needed. --json prints the metrics
-object of DESIGN "Metrics JSON" (a sweep: {"sweep": [{"interval_s": ..., <metrics>}, ...]})."""
+object of DESIGN "Metrics JSON" (a sweep: {"sweep": [{"interval_s": ..., <metrics>}, ...]}).
+--adapt off keeps the plan's roles fixed (the paper); by default replicas switch role at run time
+when one phase's normalised backlog crosses its threshold (tuned with --policy FILE)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +40,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("plan", metavar="PLAN.json", help="a plan written by `e2llm plan --out`")
     p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
     add_load_arguments(p)
+    add_policy_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -49,11 +54,12 @@ def run(args: argparse.Namespace) -> int:
     cost = build_cost_model(plan.model_spec, plan.cluster)
     workload = load_workload(args.workload, requests=args.requests)
     loads = loads_from_args(args)
+    settings = policy_from_args(args)
     runs: list[Run] = []
     with progress_bar("simulating", "load") as progress:
         for load in loads:
             progress(len(runs), len(loads), load.label)
-            runs.append(run_plan(plan, cost, workload, load, args.seed, where=source))
+            runs.append(run_plan(plan, cost, workload, load, args.seed, where=source, settings=settings))
         progress(len(runs), len(loads))
     doc = simulate_json(runs)
     if args.out:

@@ -22,8 +22,11 @@ from e2llm.specs.model_spec import ModelSpec
 class Role(StrEnum):
     PREFILL = "PREFILL"
     DECODER = "DECODER"
-    MIXED = "MIXED"  # both phases: decode batches with chunked prefill (planner or role controller)
-    COLOCATED = "COLOCATED"  # both phases, no chunking: the `colocated` baseline
+    # Both phases on one replica, decode batches carrying chunks of prompts under a token budget
+    # per iteration (Sarathi-style); chosen by the planner or the role controller. sim/mixed.py
+    # defines what it does at run time.
+    MIXED = "MIXED"
+    COLOCATED = "COLOCATED"  # both phases on one replica, whole prompts first (baselines)
 
 
 class Scheduler(StrEnum):
@@ -102,11 +105,11 @@ class Replica:
 
     @property
     def does_prefill(self) -> bool:
-        return self.role is not Role.DECODER
+        return self.role in (Role.PREFILL, Role.MIXED, Role.COLOCATED)
 
     @property
     def does_decode(self) -> bool:
-        return self.role is not Role.PREFILL
+        return self.role in (Role.DECODER, Role.MIXED, Role.COLOCATED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,12 +1,15 @@
 """Is a plan something the simulator and the runtime can run on this cluster and model? One
 InputError if not: `e2llm simulate` and `e2llm serve` both call `check_plan`.
 
-Checked: the plan is either disaggregated (>= 1 PREFILL and >= 1 DECODER) or all COLOCATED,
-and splitwise routing has its two pools (the scheduler itself is typed when the plan is read);
-given the cost model (the plan's cluster and model): every device exists in the cluster and is
-used once; each replica's stages cover layers [0, n_layers) contiguously with exactly one
-embedding and one LM head; the weights fit each device. `check_serves`: the decoders can hold
-the KV of at least the smallest request.
+Checked (the scheduler itself is typed when the plan is read): the plan is either all COLOCATED
+or has replicas for both phases (PREFILL or MIXED to prefill, DECODER or MIXED to decode); a
+splitwise plan has a prompt pool and a token pool (its mixed pool is formed at run time, by
+borrowing). Given the cost model (the plan's cluster and model; a hand-written plan served
+without one gets the role checks only): every device exists in the cluster and is used once;
+each replica's stages cover layers [0, n_layers) contiguously with exactly one embedding and one
+LM head; the weights fit each device; a MIXED replica holds the KV of one chunk
+(`PolicySettings.chunk_tokens`). `check_serves`: the replicas can hold the KV of at least the
+smallest request.
 """
 
 from __future__ import annotations
@@ -21,26 +24,13 @@ from e2llm.specs.units import GIB
 from e2llm.specs.workload import Request
 
 
-def check_plan(plan: Plan, cost: CostModel | None, where: str = "plan") -> None:
-    """`cost` None (a hand-written plan that embeds no cluster or model): the roles only."""
+def check_plan(plan: Plan, cost: CostModel | None, where: str = "plan", chunk_tokens: int = 512) -> None:
     if cost is not None:
-        _check_stages(plan, cost, where)
+        _check_stages(plan, cost, where, chunk_tokens)
     _check_roles(plan, where)
 
 
-def _check_roles(plan: Plan, where: str) -> None:
-    roles = {r.role for r in plan.replicas}
-    if Role.MIXED in roles:
-        raise InputError(where, "MIXED replicas cannot be simulated or served yet", Role.MIXED.value)
-    if Role.COLOCATED in roles and roles != {Role.COLOCATED}:
-        raise InputError(where, "mixes COLOCATED with PREFILL/DECODER replicas", sorted(roles))
-    if Role.COLOCATED not in roles and roles != {Role.PREFILL, Role.DECODER}:
-        raise InputError(where, "needs at least one PREFILL and one DECODER replica", sorted(roles))
-    if plan.scheduler is Scheduler.SPLITWISE and Role.COLOCATED in roles:
-        raise InputError(f"{where}: scheduler", "splitwise needs PREFILL and DECODER replicas", "splitwise")
-
-
-def _check_stages(plan: Plan, cost: CostModel, where: str) -> None:
+def _check_stages(plan: Plan, cost: CostModel, where: str, chunk_tokens: int) -> None:
     names = set(cost.cluster.names)
     seen: set[str] = set()
     n_layers = cost.model.n_layers
@@ -73,6 +63,30 @@ def _check_stages(plan: Plan, cost: CostModel, where: str) -> None:
             count = sum(1 for s in r.stages if getattr(s, flag))
             if count != 1:
                 raise InputError(f"{rw}", f"needs exactly one stage with {flag}", count)
+        if r.role is Role.MIXED and not KvSizer(cost, r).ever_fits(chunk_tokens):
+            raise InputError(
+                f"{rw}.role",
+                f"a MIXED replica must hold the KV of one {chunk_tokens}-token chunk",
+                r.role.value,
+            )
+
+
+def _check_roles(plan: Plan, where: str) -> None:
+    roles = {r.role for r in plan.replicas}
+    if Role.COLOCATED in roles and roles != {Role.COLOCATED}:
+        raise InputError(where, "mixes COLOCATED with PREFILL/DECODER/MIXED replicas", sorted(roles))
+    if Role.COLOCATED not in roles and not (
+        roles & {Role.PREFILL, Role.MIXED} and roles & {Role.DECODER, Role.MIXED}
+    ):
+        raise InputError(
+            where, "needs replicas for both phases (PREFILL or MIXED, DECODER or MIXED)", sorted(roles)
+        )
+    if plan.scheduler is Scheduler.SPLITWISE and roles != {Role.PREFILL, Role.DECODER}:
+        raise InputError(
+            f"{where}: scheduler",
+            "splitwise needs PREFILL and DECODER replicas only (its mixed pool forms at run time)",
+            "splitwise",
+        )
 
 
 def check_serves(plan: Plan, cost: CostModel, requests: Sequence[Request], where: str = "plan") -> None:
