@@ -192,7 +192,7 @@ def _structural(doc: dict[str, Any]) -> list[Mutant]:
         ("PREFILL", "PREFILL"),
         ("DECODER", "DECODER"),
         ("COLOCATED", "DECODER"),
-        ("PREFILL", "MIXED"),
+        ("MIXED", "COLOCATED"),
     ):
         edit(
             f"roles-{'-'.join(roles)}",

@@ -167,7 +167,8 @@ def _choice(d: dict[str, Any], key: str, where: str, kind: type[_E], default: _E
     try:
         return kind(text)
     except ValueError:
-        raise InputError(field_where(where, key), f"must be one of {', '.join(kind)}", text) from None
+        *others, last = kind
+        raise InputError(field_where(where, key), f"must be {', '.join(others)} or {last}", text) from None
 
 
 def _replica(r: Any, i: int, where: str) -> Replica:
