@@ -36,9 +36,10 @@ from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
 from e2llm.plan.types import Plan, Stage
 from e2llm.runtime.actors import StageConfig, spawn_stage_actor
 from e2llm.runtime.cluster import advertised_devices, torch_threads_per_actor
+from e2llm.runtime.events import EventKind
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.metrics import ServingMetrics
-from e2llm.runtime.plans import plan_devices
+from e2llm.runtime.plans import describe_replica, plan_devices
 from e2llm.runtime.replan import can_replan, replanned
 from e2llm.runtime.replica import ReplicaLost, ReplicaRunner, hand_off, is_actor_loss, lost_actor_id
 from e2llm.runtime.router import NoLiveReplica, Router
@@ -141,6 +142,7 @@ class Deployment:
         self._cluster = plan.cluster
         self._first_devices = plan_devices(plan)
         self._retiring: list[ReplicaRunner] = []  # old plan's replicas finishing their work
+        self._noted_lost: set[str] = set()  # labels of lost replicas already in the event log
         self._replan_lock = asyncio.Lock()
         self._replan_due = 0.0
         self._replan_task: asyncio.Task[None] | None = None
@@ -158,6 +160,7 @@ class Deployment:
         """Start the decode loops; call from inside the serving event loop."""
         for runner in self.runners:
             runner.start()
+        self.metrics.record_event(EventKind.PLAN_STARTED, self._plan_summary())
 
     async def stop(self) -> None:
         self.closing = True
@@ -197,8 +200,11 @@ class Deployment:
                     recorded = await self._serve_once(gen)
                     return
                 except ReplicaLost as e:
-                    if any(r.label == e.label and not r.alive for r in self.runners):
-                        self._schedule_replan()
+                    for runner in self.runners + self._retiring:
+                        if runner.label == e.label and not runner.alive:
+                            self._note_lost(runner)
+                            if runner in self.runners:
+                                self._schedule_replan()
                     if gen.done:
                         return
                     if gen.migrations >= MAX_MIGRATIONS:
@@ -206,6 +212,11 @@ class Deployment:
                         return
                     gen.migrations += 1
                     self.migrations += 1
+                    self.metrics.record_event(
+                        EventKind.MIGRATION,
+                        f"request {gen.seq_id} moves off replica {e.label} "
+                        f"(migration {gen.migrations} of at most {MAX_MIGRATIONS})",
+                    )
         except NoLiveReplica as e:
             gen.fail(f"generation failed: {e}", 503)
         finally:
@@ -264,9 +275,20 @@ class Deployment:
         for runner in owners or suspects:
             if runner.alive:
                 runner.mark_lost(reason)
+                self._note_lost(runner)
                 if runner in self.runners:
                     self._schedule_replan()
         return ReplicaLost((owners or list(suspects))[0].label, reason)
+
+    def _note_lost(self, runner: ReplicaRunner) -> None:
+        """Record a replica's loss once, however many requests or checks notice it."""
+        if runner.label in self._noted_lost:
+            return
+        self._noted_lost.add(runner.label)
+        devices = ", ".join(runner.replica.devices)
+        self.metrics.record_event(
+            EventKind.DEVICE_LOST, f"replica {runner.label} ({devices}) out of service: {runner.lost}"
+        )
 
     # ---- re-planning ---------------------------------------------------------------------
     def _schedule_replan(self) -> None:
@@ -311,6 +333,9 @@ class Deployment:
                 )
             except Exception as e:
                 self.replan_error = f"re-planning failed: {type(e).__name__}: {e}"
+                self.metrics.record_event(
+                    EventKind.REPLAN_FAILED, f"{self.replan_error}; serving goes on as is"
+                )
                 return False
             finally:
                 self.replanning = False
@@ -325,6 +350,9 @@ class Deployment:
             self.router = Router(runners, plan.scheduler)
             self.replan_error = None
             self.last_switch_s = loop.time() - since
+            self.metrics.record_event(
+                EventKind.REPLAN, f"{self._plan_summary()}, live {self.last_switch_s:.1f} s after the trigger"
+            )
             self._retiring.extend(old)
             task = loop.create_task(self._retire(old, gen))
             self._tasks.add(task)
@@ -352,6 +380,20 @@ class Deployment:
     def devices_in_use(self) -> list[str]:
         return plan_devices(self.plan)
 
+    @property
+    def first_devices(self) -> list[str]:
+        """The devices the first plan used (the base that re-plans take devices back into)."""
+        return list(self._first_devices)
+
+    @property
+    def retiring(self) -> list[ReplicaRunner]:
+        """Replicas of an older plan, finishing their requests before they stop."""
+        return list(self._retiring)
+
+    def _plan_summary(self) -> str:
+        replicas = "; ".join(describe_replica(r) for r in self.plan.replicas)
+        return f"plan generation {self.generation} ({self.plan.system}): {replicas}"
+
     def devices_left_out(self) -> list[str]:
         """Devices the first plan used that the current one does not (lost, not yet back)."""
         in_use = set(self.devices_in_use())
@@ -372,7 +414,9 @@ class Deployment:
                 self._lost(e, [runner])
                 continue
             for stage, s in zip(runner.replica.stages, stats, strict=True):
-                rows.append({"replica": runner.replica.id, "device": stage.device, **s})
+                rows.append(
+                    {"replica": runner.replica.id, "label": runner.label, "device": stage.device, **s}
+                )
         return rows
 
     def lost_replicas(self) -> list[dict[str, Any]]:
