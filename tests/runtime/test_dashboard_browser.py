@@ -22,8 +22,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
-from serve_process import serve
 
+from e2llm.bench.local_server import serving_plan
 from e2llm.runtime.status import Status
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ WAIT_S = 120  # generous: the shared 2-core box may be busy
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serve(tmp_path_factory.mktemp("serve"), PLAN, ["--api-key", KEY]) as (url, _, _):
+    with serving_plan(PLAN, tmp_path_factory.mktemp("serve"), ["--api-key", KEY]) as (url, _, _):
         yield url
 
 

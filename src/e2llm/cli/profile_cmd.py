@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from e2llm.cli.logs import add_log_level
 from e2llm.errors import InputError
 
 EXAMPLES = """examples:
@@ -46,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--name", help="device name recorded in the profile (default: host or GPU name)")
     p.add_argument("--quick", action="store_true", help="coarse grid, few repeats: seconds, for tests")
     p.add_argument("--out", default="profile.json", help="output file (default %(default)s)")
+    add_log_level(p)
     p.set_defaults(func=run)
 
 

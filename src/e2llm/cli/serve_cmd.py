@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from e2llm.cli.logs import add_log_level
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan
 from e2llm.runtime.http_limits import (
@@ -81,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_BODY_TIMEOUT_S,
         help="seconds to receive a request body; slower gets 408 (default %(default)s)",
     )
+    add_log_level(p)
     p.set_defaults(func=run)
 
 

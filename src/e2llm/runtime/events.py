@@ -1,8 +1,9 @@
 """What just happened to a deployment: a short, typed log of its notable events.
 
 The serving layer records an event with `ServingMetrics.record_event(kind, text)` (the one call
-for it: it also logs the event and counts it in `/metrics`); the dashboard and `GET /v1/status`
-show the most recent ones. The log is bounded: a burst (every request of a lost replica
+for it: it also counts the event in `/metrics` as `e2llm_events_total{kind}`); the dashboard and
+`GET /v1/status` show the most recent ones. Whoever records an event logs the same text with its
+own logger. The log is bounded: a burst (every request of a lost replica
 migrating) pushes old events out instead of growing without limit.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import collections
 import itertools
 import time
+from collections.abc import Callable
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -34,6 +36,13 @@ class Event(BaseModel):
     time_s: float  # Unix time
     kind: EventKind
     text: str
+
+
+RecordEvent = Callable[[EventKind, str], object]  # `ServingMetrics.record_event`
+
+
+def ignore_event(kind: EventKind, text: str) -> None:
+    """A `RecordEvent` for parts used without a deployment's metrics."""
 
 
 class EventLog:

@@ -5,13 +5,13 @@ Counters and histograms are updated by the serving loop as things happen. Per-st
 (`set_stage_stats`) just before rendering. Each `ServingMetrics` owns its registry, so two
 servers in one process never share counters. Per replica, a sliding window of the last
 `TOKENS_PER_S_WINDOW_S` seconds gives the observed rates that `GET /v1/status` sets beside the
-plan's predictions; `record_event` is the one call that notes a notable event (`events`).
+plan's predictions; `record_event` is the one call that notes a notable event for the dashboard
+(`events`) and counts it (the caller logs it with its own logger, as it logs everything else).
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -22,9 +22,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from e2llm.runtime.events import Event, EventKind, EventLog
 
 TOKENS_PER_S_WINDOW_S = 10.0
-log = logging.getLogger(__name__)
-# Events that mean service is degraded go to the log as warnings, the rest as information.
-WARNING_EVENTS = frozenset({EventKind.DEVICE_LOST, EventKind.REPLAN_FAILED})
 
 
 class _Finished(Protocol):
@@ -102,6 +99,10 @@ class ServingMetrics:
         self.batch_size = Gauge(
             "e2llm_decode_batch_size", "Sequences in the decode batch", ["replica"], registry=r
         )
+        self.batch_peak = Gauge(
+            "e2llm_decode_batch_peak", "Largest decode batch stepped so far", ["replica"], registry=r
+        )
+        self._peaks: dict[str, int] = {}
         self.queue = Gauge("e2llm_queue_length", "Requests waiting", ["replica", "phase"], registry=r)
         self.ttft = Histogram("e2llm_ttft_seconds", "Time to first token", registry=r)
         self.waiting = Histogram("e2llm_waiting_seconds", "Time queued and not served", registry=r)
@@ -125,6 +126,9 @@ class ServingMetrics:
         self.step_seconds.labels(replica).observe(seconds)
         self.batch_size.labels(replica).set(batch)
         self.rates[replica].decode.add(batch, seconds)
+        if batch > self._peaks.get(replica, 0):
+            self._peaks[replica] = batch
+            self.batch_peak.labels(replica).set(batch)
         self._count_tokens(batch)
 
     def kv_moved(self, src: str, dst: str, n_bytes: int, seconds: float) -> None:
@@ -147,9 +151,8 @@ class ServingMetrics:
             self.ttft.observe(t["ttft_s"])
 
     def record_event(self, kind: EventKind, text: str) -> Event:
-        """Note a notable event: kept for the dashboard, counted, and logged."""
+        """Note a notable event: kept for the dashboard (`GET /v1/status`) and counted."""
         self.event_count.labels(kind.value).inc()
-        log.log(logging.WARNING if kind in WARNING_EVENTS else logging.INFO, "%s: %s", kind.value, text)
         return self.events.record(kind, text)
 
     def requests_by_outcome(self) -> dict[str, int]:

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,8 @@ from e2llm.runtime.generation import Generation, TextStream, TokenEvent
 from e2llm.runtime.http_limits import HttpLimits, InflightLimiter, read_json_body
 from e2llm.runtime.service import Deployment
 from e2llm.runtime.status import Status, deployment_status
+
+log = logging.getLogger(__name__)
 
 QUEUE_HEADER = "x-e2llm-queue-s"
 PUBLIC_PATHS = frozenset({"/health", *DASHBOARD_FILES})  # served without the API key
@@ -94,41 +97,17 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         error = oa.ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
         return JSONResponse(error.body, status_code=500)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        stages = await deployment.stage_stats()
-        lost = deployment.lost_replicas()
-        left_out = deployment.devices_left_out()
-        return {
-            "status": "degraded" if lost or left_out else "ok",
-            "lost_replicas": lost,  # out of service: a stage actor (process or node) died
-            "migrations": deployment.migrations,
-            "plan_generation": deployment.generation,  # + 1 at each switch to a re-made plan
-            "replanning": deployment.replanning,
-            "replan_error": deployment.replan_error,  # why the last re-plan failed, or cannot run
-            "last_switch_s": deployment.last_switch_s,  # loss -> new plan serving, last time
-            "devices": deployment.devices_in_use(),
-            "devices_left_out": left_out,
-            "model": served.name,
-            "uptime_s": round(time.time() - started, 3),
-            "queues": deployment.queue_lengths(),
-            "stages": [
-                {
-                    "replica": s["replica"],
-                    "device": s["device"],
-                    "pid": s["pid"],
-                    "kv_bytes": s["kv_bytes"],
-                    "sequences": s["sequences"],
-                }
-                for s in stages
-            ],
-        }
+        status = await deployment.status()
+        return {**status, "model": served.name, "uptime_s": round(time.time() - started, 3)}
 
     @app.get("/v1/status")
-    async def status() -> Status:
+    async def status_route() -> Status:
         """The plan, the cluster, live per-replica figures and recent events (the dashboard's data)."""
         return deployment_status(deployment, await deployment.stage_stats(), served.name, started)
 
@@ -138,9 +117,10 @@ def create_app(
     async def replan() -> JSONResponse:
         """Re-plan now on every available device: takes back a device that came back."""
         ok = await deployment.replan()
-        body = {"plan_generation": deployment.generation, "devices": deployment.devices_in_use()}
+        status = await deployment.status()
+        body = {"plan_generation": status["plan_generation"], "devices": status["devices"]}
         if not ok:
-            error = oa.ApiError(503, str(deployment.replan_error), "server_error")
+            error = oa.ApiError(503, str(status["replan_error"]), "server_error")
             return JSONResponse({**error.body, **body}, status_code=503)
         return JSONResponse(body)
 

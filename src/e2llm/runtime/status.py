@@ -26,7 +26,8 @@ from e2llm.plan.types import Replica
 from e2llm.runtime.events import Event
 from e2llm.runtime.metrics import TOKENS_PER_S_WINDOW_S, ReplicaRates
 from e2llm.runtime.replica import ReplicaRunner
-from e2llm.runtime.service import NO_REPLAN, Deployment
+from e2llm.runtime.plan_switch import NO_REPLAN
+from e2llm.runtime.service import Deployment
 from e2llm.specs.cluster_file import cluster_from_dict
 from e2llm.specs.device import Cluster
 
@@ -134,16 +135,18 @@ class Status(BaseModel):
 def _cluster(deployment: Deployment) -> ClusterStatus:
     """The cluster the plan was made for, each device with its state now. A plan without an
     embedded cluster still lists its devices, with unknown specs."""
-    plan = deployment.plan
-    serving = set(deployment.devices_in_use()) - {d for r in deployment.lost_replicas() for d in r["devices"]}
+    fleet, first = deployment.fleet, deployment.plans.first_devices
+    plan = fleet.plan
+    in_use = fleet.devices_in_use()
+    serving = set(in_use) - {d for r in fleet.lost_replicas() for d in r["devices"]}
     cluster = _embedded_cluster(plan.cluster)
-    names = list(cluster.names) if cluster else [*deployment.first_devices, *plan.unused_devices]
-    names += [d for d in deployment.devices_in_use() if d not in names]
+    names = list(cluster.names) if cluster else [*first, *plan.unused_devices]
+    names += [d for d in in_use if d not in names]
 
     def state(name: str) -> Literal["serving", "lost", "unused"]:
         if name in serving:
             return "serving"
-        return "lost" if name in deployment.first_devices else "unused"
+        return "lost" if name in first else "unused"
 
     devices = []
     for name in dict.fromkeys(names):
@@ -249,25 +252,25 @@ def deployment_status(
     """The status of `deployment` now; `stage_rows` are its stage actors' live figures
     (`Deployment.stage_stats()`)."""
     by_stage = {(str(row["label"]), str(row["device"])): row for row in stage_rows}
-    metrics = deployment.metrics
-    runners = [(r, False) for r in deployment.runners] + [(r, True) for r in deployment.retiring]
+    metrics, fleet, plans = deployment.metrics, deployment.fleet, deployment.plans
+    runners = [(r, False) for r in fleet.runners] + [(r, True) for r in fleet.retiring]
     replicas = [_replica(r, draining, metrics.rates[r.label], by_stage) for r, draining in runners]
-    plan = deployment.plan
-    queues = deployment.queue_lengths()
-    degraded = deployment.lost_replicas() or deployment.devices_left_out()
+    plan = fleet.plan
+    queues = fleet.queue_lengths()
+    degraded = fleet.lost_replicas() or plans.devices_left_out()
     return Status(
         model=model,
         status="degraded" if degraded else "ok",
         uptime_s=round(time.time() - started_s, 3),
         time_s=time.time(),
         window_s=TOKENS_PER_S_WINDOW_S,
-        replanning=deployment.replanning,
-        can_replan=deployment.replan_error != NO_REPLAN,
-        replan_error=deployment.replan_error,
+        replanning=plans.replanning,
+        can_replan=plans.error != NO_REPLAN,
+        replan_error=plans.error,
         plan=PlanStatus(
             system=plan.system,
             model=plan.model,
-            generation=deployment.generation,
+            generation=fleet.generation,
             objective=plan.objective if plan.objective == plan.objective else None,  # NaN: none
             objective_kind=plan.objective_kind,
             scheduler=plan.scheduler,
@@ -277,7 +280,7 @@ def deployment_status(
         replicas=replicas,
         totals=Totals(
             requests=metrics.requests_by_outcome(),
-            migrations=deployment.migrations,
+            migrations=deployment.requests.migrations,
             tokens_per_s=metrics.tokens_per_s(),
             prefill_queue=queues["prefill"],
             decode_queue=queues["decode"],
