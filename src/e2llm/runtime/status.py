@@ -25,8 +25,8 @@ from e2llm.errors import InputError
 from e2llm.plan.types import Replica
 from e2llm.runtime.events import Event
 from e2llm.runtime.metrics import TOKENS_PER_S_WINDOW_S, ReplicaRates
-from e2llm.runtime.replica import ReplicaRunner
 from e2llm.runtime.plan_switch import NO_REPLAN
+from e2llm.runtime.replica import ReplicaRunner
 from e2llm.runtime.service import Deployment
 from e2llm.specs.cluster_file import cluster_from_dict
 from e2llm.specs.device import Cluster
