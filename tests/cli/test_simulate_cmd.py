@@ -14,7 +14,9 @@ from e2llm.plan.plan_json import plan_to_dict
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.specs.cluster_file import cluster_to_dict
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.models import load_model, model_to_dict
+from e2llm.specs.model_catalog import load_model
+from e2llm.specs.model_spec import model_to_dict
+from e2llm.specs.units import GIB
 
 MODEL = load_model("smollm2-135m")
 L = MODEL.n_layers
@@ -116,7 +118,7 @@ def test_layers_do_not_cover_model(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_decoder_cannot_hold_one_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # weights + overhead + 100 KB: less KV room than 36 tokens (the smallest request) need
     weights = CostModel(MODEL, Cluster((), Link(1, 1)), {}).weight_bytes(0, L, embedding=True, lm_head=True)
-    gb = (weights + RUNTIME_OVERHEAD_BYTES + 100_000) / 2**30
+    gb = (weights + RUNTIME_OVERHEAD_BYTES + 100_000) / GIB
     plan, w = _files(tmp_path, _plan(cluster=_cluster(memory_gb=gb)))
     _bad(capsys, ["simulate", plan, "--workload", w], "no decoder can hold the KV of even one request")
 

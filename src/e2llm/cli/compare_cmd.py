@@ -14,7 +14,7 @@ from e2llm.plan.roles import OBJECTIVES
 from e2llm.plan.systems import system_names
 from e2llm.sim.compare import compare
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 from e2llm.specs.workload import load_workload
 
 DEFAULT_SYSTEMS = "e2llm,splitwise,colocated,pipeline,memory-proportional"

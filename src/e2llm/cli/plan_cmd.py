@@ -17,7 +17,7 @@ from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
 from e2llm.plan.types import Plan, Replica
 from e2llm.report.plan_figure import plan_figure
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 from e2llm.specs.workload import load_workload
 
 EXAMPLES = """examples:
@@ -159,7 +159,7 @@ def format_plan(plan: Plan, shape: WorkloadShape) -> str:
         "",
     ]
     header = (
-        f"{'replica':<8}{'role':<9}{'conc':>5}  {'device':<14}{'layers':<10}{'memory GB':>16}  {'speed':<40}"
+        f"{'replica':<8}{'role':<9}{'conc':>5}  {'device':<14}{'layers':<10}{'memory GiB':>16}  {'speed':<40}"
     )
     lines.append(header)
     lines.append("-" * len(header))

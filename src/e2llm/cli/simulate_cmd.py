@@ -12,7 +12,7 @@ from e2llm.errors import InputError
 from e2llm.plan.plan_json import load_plan
 from e2llm.sim.compare import run_plan
 from e2llm.specs.cluster_file import cluster_from_dict
-from e2llm.specs.models import model_from_dict
+from e2llm.specs.model_spec import model_from_dict
 from e2llm.specs.workload import load_workload
 
 EXAMPLES = """examples:

@@ -10,7 +10,7 @@ from typing import Any
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Stage
 from e2llm.specs.input_file import parse_json, read_input_text
-from e2llm.specs.model import MAX_LAYERS
+from e2llm.specs.model_spec import MAX_LAYERS
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:

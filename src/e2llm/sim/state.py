@@ -7,7 +7,7 @@ import math
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.types import Replica, Stage
 from e2llm.sim.metrics import RequestRecord
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 from e2llm.specs.workload import Request
 
 

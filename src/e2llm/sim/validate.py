@@ -15,9 +15,8 @@ from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Replica, Role
 from e2llm.sim.router import SCHEDULERS
 from e2llm.sim.state import KvSizer
+from e2llm.specs.units import GIB
 from e2llm.specs.workload import Request
-
-GB = 2**30
 
 
 def check_plan(plan: Plan, cost: CostModel, where: str = "plan") -> None:
@@ -46,7 +45,7 @@ def check_plan(plan: Plan, cost: CostModel, where: str = "plan") -> None:
             if need > have:
                 raise InputError(
                     f"{rw}: {s.device}",
-                    f"weights need {need / GB:.2f} GB but the device has {have / GB:.2f} GB",
+                    f"weights need {need / GIB:.2f} GiB but the device has {have / GIB:.2f} GiB",
                     [s.start, s.end],
                 )
         if layer != n_layers:
@@ -83,7 +82,7 @@ def _must_hold(replicas: Sequence[Replica], cost: CostModel, tokens: int, kind: 
     raise InputError(
         f"{where}: replica {worst.id}",
         f"no {kind} can hold the KV of even one request ({tokens} tokens need "
-        f"{max(sizer.bytes(tokens)) / GB:.3f} GB per device; {min(sizer.capacity) / GB:.3f} GB left "
+        f"{max(sizer.bytes(tokens)) / GIB:.3f} GiB per device; {min(sizer.capacity) / GIB:.3f} GiB left "
         "after weights)",
         [s.device for s in worst.stages],
     )
