@@ -69,3 +69,7 @@ def test_rows_are_named_by_device_and_replicas_captioned() -> None:
 def test_saves_as_png(tmp_path: Path) -> None:
     plan_figure(PLAN).savefig(tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_role_has_its_colour() -> None:
+    assert len({role_colour(role) for role in Role}) == len(Role)

@@ -16,12 +16,12 @@ from matplotlib.patches import Patch
 
 from e2llm.plan.types import Plan, Replica, Role
 
-ROLE_COLOURS = {
+ROLE_COLOURS = {  # as on the dashboard (runtime/static/dashboard.css)
     Role.PREFILL: "#4e79a7",
     Role.DECODER: "#f28e2b",
+    Role.MIXED: "#b07aa1",
     Role.COLOCATED: "#59a14f",
 }
-OTHER_ROLE_COLOUR = "#b07aa1"  # a role added after this module (e.g. MIXED)
 BOTTLENECK_EDGE = "#d62728"
 ROW_H = 0.36  # inches per device row
 NARROW_BAR = 0.2  # share of the layer axis below which a bar's label goes beside it
@@ -29,7 +29,7 @@ REPLICA_GAP = 0.3  # rows of space between replicas
 
 
 def role_colour(role: Role) -> str:
-    return ROLE_COLOURS.get(role, OTHER_ROLE_COLOUR)
+    return ROLE_COLOURS[role]
 
 
 def replica_caption(r: Replica) -> str:
