@@ -84,7 +84,8 @@ WAIT_S = 120  # generous: the shared 2-core box may be busy
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with serving_plan(PLAN, tmp_path_factory.mktemp("serve"), ["--api-key", KEY]) as (url, _, _):
+    with serving_plan(PLAN, tmp_path_factory.mktemp("serve"), ["--api-key", KEY]) as (url, _, log):
+        assert f"dashboard at {url}/" in log.read_text()  # the start-up line says where to look
         yield url
 
 
