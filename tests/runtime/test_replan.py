@@ -28,7 +28,7 @@ from e2llm.plan.plan_json import plan_to_dict
 from e2llm.plan.systems import PlanRequest, get_system
 from e2llm.runtime.replan import SERVE_WORKLOAD
 from e2llm.specs.cluster_file import cluster_from_dict
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 
 pytestmark = pytest.mark.slow
 

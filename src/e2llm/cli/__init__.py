@@ -22,6 +22,7 @@ COMMANDS = {
     "serve": "e2llm.cli.serve_cmd",
     "profile": "e2llm.cli.profile_cmd",
     "bench": "e2llm.cli.bench_cmd",
+    "testbed": "e2llm.cli.testbed_cmd",
 }
 
 

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from e2llm.profile.bandwidth import memory_bandwidth_gbs
     from e2llm.profile.measure import QUICK_GRID, ProfileGrid, grid_points, measure
     from e2llm.profile.target import DTYPES
-    from e2llm.specs.models import load_model, with_precision
+    from e2llm.specs.model_catalog import load_model, with_precision
 
     device = _torch_device(args.device)
     assert isinstance(device, torch.device)

@@ -21,7 +21,7 @@ import torch
 from e2llm.cost.profile import ProfileSamples
 from e2llm.profile.target import LayerStack
 from e2llm.profile.timing import time_calls
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from e2llm.runtime.actors import StageConfig, spawn_stage_actor
 from e2llm.runtime.cluster import torch_threads_per_actor
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.replica import ReplicaRunner
+from e2llm.specs.units import GIB
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def kv_budget_tokens(
         gb = memory_gb.get(stage.device)
         if not isinstance(gb, int | float) or gb <= 0:
             return None
-        free = gb * 2**30 - info["weight_bytes"] - RUNTIME_OVERHEAD_BYTES
+        free = gb * GIB - info["weight_bytes"] - RUNTIME_OVERHEAD_BYTES
         budgets.append(max(0, int(free // max(1, info["kv_bytes_per_token"]))))
     return min(budgets) if budgets else None
 
