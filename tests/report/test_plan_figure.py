@@ -33,6 +33,7 @@ PLAN = Plan(
         ),
     ),
     unused_devices=("d",),
+    cluster={"devices": [{"name": "a", "memory_gb": 2.0}]},
 )
 
 
@@ -62,7 +63,7 @@ def test_rows_are_named_by_device_and_replicas_captioned() -> None:
     texts = [t.get_text() for t in ax.texts]
     assert replica_caption(PLAN.replicas[0]) in texts
     assert "replica 1 DECODER, concurrency 8, decode 12.5 tok/s/req" in texts
-    assert "[0,10) E  1.5 GB" in texts and "[10,30) H" in texts
+    assert "[0,10) E  1.5/2 GiB" in texts and "[10,30) H" in texts
     assert "unused: d" in fig.get_suptitle()
 
 
