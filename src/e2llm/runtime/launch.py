@@ -15,7 +15,9 @@ from typing import Any
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
 from e2llm.plan.types import Plan, Stage
+from e2llm.policy.settings import PolicySettings
 from e2llm.runtime.actors import StageConfig, spawn_stage_actor
+from e2llm.runtime.capacity import plan_capacities
 from e2llm.runtime.cluster import torch_threads_per_actor
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.replica import ReplicaRunner
@@ -32,6 +34,7 @@ class LaunchOptions:
     # Limit each decoder's KV by its devices' memory_gb (real devices). Emulated local devices
     # share this machine's memory, so there only the planned concurrency limits a batch.
     enforce_device_memory: bool = False
+    chunk_tokens: int = PolicySettings().chunk_tokens  # MIXED replicas: tokens per iteration
 
 
 def kv_budget_tokens(
@@ -89,11 +92,13 @@ def start_runners(
             ray.kill(actor)
         raise
     memory_gb = device_memory_gb(plan) if options.enforce_device_memory else {}
+    capacities = plan_capacities(plan)
     runners = []
     for replica, actors in zip(plan.replicas, actors_by_replica, strict=True):
         mine, infos = infos[: len(actors)], infos[len(actors) :]
-        budget = kv_budget_tokens(replica.stages, mine, memory_gb) if replica.does_decode else None
-        runner = ReplicaRunner(replica, actors, metrics, budget)
+        # every replica gets its decoder KV budget: a role switch may make it decode
+        budget = kv_budget_tokens(replica.stages, mine, memory_gb)
+        runner = ReplicaRunner(replica, actors, metrics, budget, capacities[replica.id], options.chunk_tokens)
         if generation:  # labels (metrics, errors) stay unique across plans
             runner.label = f"{replica.id}@g{generation}"
         runners.append(runner)

@@ -83,7 +83,7 @@ class RequestLifecycle:
         """Serve `gen` (from its current context) on one prefill and one decode replica. A lost
         actor becomes `ReplicaLost`; any other stage error fails this request only."""
         router = self.fleet.router
-        prefiller = router.pick_prefill(len(gen.context_ids))
+        prefiller = router.pick_prefill(len(gen.context_ids), gen.max_context_len)
         decoder: ReplicaRunner | None = None
         try:
             first = await prefiller.prefill(gen)
@@ -92,7 +92,8 @@ class RequestLifecycle:
             gen.add_token(first)
             if gen.done:
                 return
-            decoder = router.pick_decoder(prefiller)
+            typical = len(gen.prompt_ids) + gen.max_tokens // 2
+            decoder = router.pick_decoder(prefiller, gen.max_context_len, typical)
             install = (
                 None
                 if decoder is prefiller
@@ -111,5 +112,7 @@ class RequestLifecycle:
             gen.fail(f"generation failed: {e}")
         finally:
             prefiller.release(gen)
+            router.settle(prefiller)
             if decoder is not None:
                 decoder.release(gen)
+                router.settle(decoder)

@@ -26,7 +26,7 @@ from e2llm.sim.decode import DecodeEngine, Mode, OnPrefilled
 from e2llm.sim.engine import Event
 from e2llm.sim.network import Network
 from e2llm.sim.prefill import PrefillDone, PrefillPipeline
-from e2llm.sim.state import BusyLog, Job, KvSizer, RangeKv, decode_step
+from e2llm.sim.state import BusyLog, Job, KvSizer, decode_step, kv_s_per_token
 
 _MODE = {
     Role.DECODER: Mode.DECODE,
@@ -34,7 +34,6 @@ _MODE = {
     Role.COLOCATED: Mode.PROMPTS_FIRST,
     Role.MIXED: Mode.CHUNKED,
 }
-_KV_PROBE_TOKENS = 1024  # prompt length at which a replica's KV hand-off seconds per token are taken
 
 OnIdle = Callable[[float, "ReplicaSim"], list[Event]]
 
@@ -164,19 +163,7 @@ class ReplicaSim:
 
     def set_kv_probe(self, decoders: list[ReplicaSim], cost: CostModel) -> None:
         """KV hand-off seconds per prompt token to the decoder it reaches fastest (links idle)."""
-        best = None
-        for d in decoders:
-            if d is self:
-                continue
-            worst = 0.0
-            for ps in self.replica.stages:
-                for ds in d.replica.stages:
-                    lo, hi = max(ps.start, ds.start), min(ps.end, ds.end)
-                    if lo < hi:
-                        n = RangeKv(cost.model, lo, hi).bytes(_KV_PROBE_TOKENS)
-                        worst = max(worst, cost.transfer_s(ps.device, ds.device, n))
-            best = worst if best is None else min(best, worst)
-        self.kv_s_per_token = (best or 0.0) / _KV_PROBE_TOKENS
+        self.kv_s_per_token = kv_s_per_token(cost, self.replica, [d.replica for d in decoders])
 
     # --- roles ------------------------------------------------------------------------------------
     @property

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.types import Replica, Stage
@@ -162,6 +163,34 @@ class KvSizer:
 
 def prefill_stage_s(cost: CostModel, s: Stage, tokens: int) -> float:
     return cost.stage_prefill_s(s.device, s.n_layers, tokens, embedding=s.embedding, lm_head=s.lm_head)
+
+
+def prefill_estimate(cost: CostModel, stages: Sequence[Stage], tokens: int) -> tuple[float, float]:
+    """(pipelined service time = slowest stage, latency = all stages + hops) for one prompt."""
+    times = [prefill_stage_s(cost, s, tokens) for s in stages]
+    hops = sum(cost.hop_s(a.device, b.device, tokens) for a, b in itertools.pairwise(stages))
+    return max(times), sum(times) + hops
+
+
+KV_PROBE_TOKENS = 1024  # prompt length at which a replica's KV hand-off seconds per token are taken
+
+
+def kv_s_per_token(cost: CostModel, src: Replica, decoders: Iterable[Replica]) -> float:
+    """KV hand-off seconds per prompt token from `src` to the decoder it reaches fastest (links
+    idle): per decoder, the slowest of the stage-to-stage pieces (layers both hold)."""
+    best = None
+    for d in decoders:
+        if d.id == src.id:
+            continue
+        worst = 0.0
+        for ps in src.stages:
+            for ds in d.stages:
+                lo, hi = max(ps.start, ds.start), min(ps.end, ds.end)
+                if lo < hi:
+                    n = RangeKv(cost.model, lo, hi).bytes(KV_PROBE_TOKENS)
+                    worst = max(worst, cost.transfer_s(ps.device, ds.device, n))
+        best = worst if best is None else min(best, worst)
+    return (best or 0.0) / KV_PROBE_TOKENS
 
 
 def decode_step(
