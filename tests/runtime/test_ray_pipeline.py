@@ -17,6 +17,7 @@ import pytest
 
 from e2llm.bench.server_metrics import metric_sum
 from e2llm.plan.types import Plan, Replica, Role, Stage
+from e2llm.policy.settings import PolicySettings
 from e2llm.runtime.cluster import start_ray, stop_ray
 from e2llm.runtime.generation import Generation, TextStream
 from e2llm.runtime.service import Deployment, LaunchOptions
@@ -32,7 +33,7 @@ QUESTIONS = [
     "Write one sentence about the sea.",
 ]
 MAX_TOKENS = 12
-ONE_THREAD = LaunchOptions(threads=1)
+FIXED_ROLES = PolicySettings()
 
 
 def _plan(*replicas: Replica) -> Plan:
@@ -110,12 +111,12 @@ def _serve(
     prepared: PreparedModel,
     gens: list[Generation],
     stagger_s: float = 0.0,
-    options: LaunchOptions = ONE_THREAD,
+    settings: PolicySettings = FIXED_ROLES,
     metrics: list[bytes] | None = None,
 ) -> list[str]:
     """Run `gens` on a fresh deployment of `plan` (submitted `stagger_s` apart) and tear it down;
     `metrics` gets its `/metrics` text at the end."""
-    deployment = Deployment.launch(plan, str(prepared.path), options)
+    deployment = Deployment.launch(plan, str(prepared.path), LaunchOptions(threads=1), settings)
 
     async def main() -> list[str]:
         deployment.start()
@@ -184,9 +185,9 @@ def test_mixed_replica_chunks_prompts_beside_the_batch_and_matches_transformers(
     (iterations of decode step + chunk); every request is exactly its served-alone greedy text."""
     eos = frozenset(smollm2_prepared.config.eos_token_ids)
     gens = [_generation(p, tokenizer, eos, ignore_eos=True) for p in [*prompts, prompts[0]]]
-    options = LaunchOptions(threads=1, chunk_tokens=CHUNK_TOKENS)
+    settings = PolicySettings(chunk_tokens=CHUNK_TOKENS)
     metrics: list[bytes] = []
-    _serve(MIXED_PLAN, smollm2_prepared, gens, stagger_s=0.3, options=options, metrics=metrics)
+    _serve(MIXED_PLAN, smollm2_prepared, gens, stagger_s=0.3, settings=settings, metrics=metrics)
     for gen, ref in zip(gens, [*reference, reference[0]], strict=True):
         assert len(gen.generated) == MAX_TOKENS
         stop = next((i for i, t in enumerate(ref) if t in eos), len(ref))  # EOS is banned here

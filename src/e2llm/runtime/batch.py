@@ -150,6 +150,24 @@ class DecodeSlots:
         if left is not None and not left.done():
             left.set_result(None)
 
+    def evict(self, error: BaseException) -> int:
+        """Hand back the sequences waiting for a slot or in the batch with `error` (they migrate);
+        sequences whose KV is still arriving are left to enter (a later call takes them).
+        Returns how many were handed back."""
+        moved = 0
+        for _, admitted in self.waiting:
+            if not admitted.done():
+                admitted.set_exception(error)
+                moved += 1
+        self.waiting = []
+        for gen in [*self.ready, *self.active]:
+            left = self._left.pop(gen.seq_id, None)
+            self.leave(gen)
+            if left is not None and not left.done():
+                left.set_exception(error)
+                moved += 1
+        return moved
+
     def fail_all(self, error: BaseException) -> None:
         """Every sequence waiting or holding a slot gets `error` (the replica is lost)."""
         for _, admitted in self.waiting:

@@ -34,7 +34,6 @@ class LaunchOptions:
     # Limit each decoder's KV by its devices' memory_gb (real devices). Emulated local devices
     # share this machine's memory, so there only the planned concurrency limits a batch.
     enforce_device_memory: bool = False
-    chunk_tokens: int = PolicySettings().chunk_tokens  # MIXED replicas: tokens per iteration
 
 
 def kv_budget_tokens(
@@ -59,10 +58,16 @@ def device_memory_gb(plan: Plan) -> dict[str, Any]:
 
 
 def start_runners(
-    plan: Plan, model_path: str, options: LaunchOptions, metrics: ServingMetrics, generation: int
+    plan: Plan,
+    model_path: str,
+    options: LaunchOptions,
+    metrics: ServingMetrics,
+    generation: int,
+    chunk_tokens: int = PolicySettings().chunk_tokens,
 ) -> list[ReplicaRunner]:
     """Start the plan's stage actors (Ray must be initialised), wait for their weights and wrap
-    each replica in a runner (not started). Blocks: call it off the event loop while serving."""
+    each replica in a runner (not started; MIXED replicas iterate `chunk_tokens` tokens). Blocks:
+    call it off the event loop while serving."""
     import ray
 
     t0 = time.monotonic()
@@ -98,7 +103,7 @@ def start_runners(
         mine, infos = infos[: len(actors)], infos[len(actors) :]
         # every replica gets its decoder KV budget: a role switch may make it decode
         budget = kv_budget_tokens(replica.stages, mine, memory_gb)
-        runner = ReplicaRunner(replica, actors, metrics, budget, capacities[replica.id], options.chunk_tokens)
+        runner = ReplicaRunner(replica, actors, metrics, budget, capacities[replica.id], chunk_tokens)
         if generation:  # labels (metrics, errors) stay unique across plans
             runner.label = f"{replica.id}@g{generation}"
         runners.append(runner)

@@ -22,7 +22,7 @@ from e2llm.runtime.events import EventKind
 from e2llm.runtime.fleet import Fleet
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.handoff import hand_off
-from e2llm.runtime.loss import ReplicaLost, is_actor_loss
+from e2llm.runtime.loss import Evicted, ReplicaLost, is_actor_loss
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.replica import ReplicaRunner
 from e2llm.runtime.router import NoLiveReplica
@@ -61,15 +61,17 @@ class RequestLifecycle:
                 except ReplicaLost as e:
                     if gen.done:
                         return
-                    if gen.migrations >= MAX_MIGRATIONS:
+                    evicted = isinstance(e, Evicted)  # moved for a role switch: not a loss
+                    if gen.migrations >= MAX_MIGRATIONS and not evicted:
                         log.warning("request %s failed: %s; no migrations left", gen.seq_id, e)
                         gen.fail(f"generation failed: {e}; no migrations left", 503)
                         return
-                    gen.migrations += 1
+                    gen.migrations += 0 if evicted else 1
                     self.migrations += 1
+                    count = "" if evicted else f"migration {gen.migrations}/{MAX_MIGRATIONS}, "
                     text = (
-                        f"request {gen.seq_id} migrates after {e} (migration {gen.migrations}/"
-                        f"{MAX_MIGRATIONS}, {len(gen.generated)} tokens generated so far)"
+                        f"request {gen.seq_id} migrates after {e} ({count}"
+                        f"{len(gen.generated)} tokens generated so far)"
                     )
                     log.info("%s", text)
                     self.metrics.record_event(EventKind.MIGRATION, text)

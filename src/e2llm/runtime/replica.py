@@ -143,6 +143,13 @@ class ReplicaRunner:
                     ray.kill(actor)
         self.on_lost(self, held)
 
+    def evict_all(self, error: ReplicaLost) -> int:
+        """Hand its decode sequences back to their life cycles with `error` (they migrate); the
+        replica serves on. Returns how many."""
+        moved = self.slots.evict(error)
+        self._wake.set()
+        return moved
+
     # ---- load, for the router ------------------------------------------------------------
     @property
     def prefill_capacity_tok_s(self) -> float:

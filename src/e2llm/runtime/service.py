@@ -8,7 +8,8 @@ deployment then ties the parts together, one concern each:
   migrated when its replica is lost (`submit`);
 - `plan_switch.PlanSwitcher`: re-planning after a loss (debounced) or on `POST /admin/replan`,
   switching to the new plan live and retiring the old one;
-- `replica.ReplicaRunner`: one replica's prefill and continuous-batching decode loop.
+- `replica.ReplicaRunner`: one replica's prefill and continuous-batching decode loop;
+- `adapt.RoleController`: run-time role switching by the serving policy (`PolicySettings.adapt`).
 Tokens reach the caller through `Generation.events`; a caller that goes away calls
 `Generation.cancel()` and the KV is freed on every stage that holds it.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from e2llm.plan.types import Plan
+from e2llm.policy.settings import PolicySettings
+from e2llm.runtime.adapt import RoleController
 from e2llm.runtime.events import EventKind
 from e2llm.runtime.fleet import Fleet
 from e2llm.runtime.generation import Generation
@@ -28,6 +31,7 @@ from e2llm.runtime.plan_switch import PlanSwitcher, StartReplicas, describe_plan
 from e2llm.runtime.replica import ReplicaRunner
 
 DEFAULT_OPTIONS = LaunchOptions()
+FIXED_ROLES = PolicySettings()  # the library default: the plan's roles stay as planned
 
 
 class Deployment:
@@ -37,27 +41,37 @@ class Deployment:
         runners: list[ReplicaRunner],
         metrics: ServingMetrics,
         start_replicas: StartReplicas,
+        settings: PolicySettings = FIXED_ROLES,
     ):
         self.metrics = metrics
+        self.settings = settings
         self.fleet = Fleet(plan, runners, metrics.record_event)
         self.requests = RequestLifecycle(self.fleet, metrics)
         self.plans = PlanSwitcher(self.fleet, start_replicas, metrics.record_event)
+        self.roles = RoleController(self.fleet, settings)
         self.fleet.on_loss = lambda runner: self.plans.schedule()
         self.closing = False
 
     @classmethod
-    def launch(cls, plan: Plan, model_path: str, options: LaunchOptions = DEFAULT_OPTIONS) -> Deployment:
+    def launch(
+        cls,
+        plan: Plan,
+        model_path: str,
+        options: LaunchOptions = DEFAULT_OPTIONS,
+        settings: PolicySettings = FIXED_ROLES,
+    ) -> Deployment:
         """Start every stage actor (Ray must be initialised) and wait for their weights."""
         metrics = ServingMetrics()
 
         def start(plan: Plan, generation: int) -> list[ReplicaRunner]:
-            return start_runners(plan, model_path, options, metrics, generation)
+            return start_runners(plan, model_path, options, metrics, generation, settings.chunk_tokens)
 
-        return cls(plan, start(plan, 0), metrics, start)
+        return cls(plan, start(plan, 0), metrics, start, settings)
 
     def start(self) -> None:
-        """Start the decode loops; call from inside the serving event loop."""
+        """Start the decode loops and the role controller; call from inside the serving loop."""
         self.fleet.start()
+        self.roles.start()
         plan = self.fleet.plan
         self.metrics.record_event(
             EventKind.PLAN_STARTED, f"serving plan {plan.system}: {describe_plan_replicas(plan)}"
@@ -65,6 +79,7 @@ class Deployment:
 
     async def stop(self) -> None:
         self.closing = True
+        self.roles.stop()
         self.plans.stop()
         self.requests.cancel_all()
         await self.fleet.stop()
@@ -89,6 +104,16 @@ class Deployment:
     async def stage_stats(self) -> list[dict[str, Any]]:
         return await self.fleet.stage_stats()
 
+    def adaptation(self) -> dict[str, Any]:
+        """The roles now and how they got there, for `/health`."""
+        switching = self.roles.switching
+        return {
+            "adapt": self.roles.enabled,  # run-time role switching on
+            "roles": {r.label: r.role.value for r in self.fleet.runners},  # what each replica does now
+            "role_switches": self.metrics.switch_count(),  # role changes so far (borrows included)
+            "switching": None if switching is None else switching.label,  # draining for a switch
+        }
+
     async def status(self) -> dict[str, Any]:
         """The deployment's state as `/health` reports it (a dashboard's status route extends
         it): degraded while a replica is lost or a device of the first plan is left out."""
@@ -105,6 +130,7 @@ class Deployment:
             "replan_error": plans.error,  # why the last re-plan failed, or cannot run
             "last_switch_s": plans.last_switch_s,  # loss -> new plan serving, last time
             "devices": fleet.devices_in_use(),
+            **self.adaptation(),
             "devices_left_out": left_out,
             "queues": fleet.queue_lengths(),
             "stages": [

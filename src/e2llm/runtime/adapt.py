@@ -1,0 +1,131 @@
+"""Run-time role switching: the role controller's decisions (`policy.controller`), executed live.
+
+Every `CONTROL_PERIOD_S` of wall time (the simulator looks as often, in simulated time) the
+controller builds each live replica's view (`load_view.replica_load`) and asks
+`policy.controller.decide_switch` whether a replica should change role. A switch follows the
+policy's protocol, with the weights staying resident (no actor restarts, nothing reloaded):
+
+1. stop routing to it (`accepting` false: the router skips it for new work);
+2. drain: it finishes what it holds (prompts queued there are prefilled and their KV leaves; a
+   decoder's sequences decode to their end) until `policy.controller.drained` says so. A decoder
+   that still holds sequences after `DRAIN_TIMEOUT_S` migrates them instead: each is re-prefilled
+   (prompt plus the tokens generated so far) on the replicas now serving, and its stream goes on
+   from the next token (`lifecycle`), so no request is lost;
+3. switch (`ReplicaRunner.become`);
+4. publish: it takes work again, in its new role.
+
+Each switch is logged, counted in `/metrics` (`e2llm_role_switches_total`, `e2llm_replica_role`)
+and recorded as a dashboard event (`Fleet.role_changed`). With `PolicySettings.adapt` off the
+controller never runs: the plan's roles stay as planned (the paper). Splitwise plans use their
+own mixed pool instead (`router`), as in the simulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from e2llm.plan.types import Role, Scheduler
+from e2llm.policy import controller
+from e2llm.policy.load import ReplicaLoad
+from e2llm.policy.settings import PolicySettings
+from e2llm.runtime.fleet import Fleet
+from e2llm.runtime.load_view import replica_load
+from e2llm.runtime.loss import Evicted
+from e2llm.runtime.replica import ReplicaRunner
+from e2llm.runtime.router import View
+
+log = logging.getLogger(__name__)
+
+CONTROL_PERIOD_S = 1.0  # how often the controller looks (as `sim.simulator.CONTROL_PERIOD_S`)
+DRAIN_TIMEOUT_S = 30.0  # a draining decoder's sequences migrate after this long
+
+
+class RoleController:
+    def __init__(self, fleet: Fleet, settings: PolicySettings, view: View = replica_load):
+        self.fleet = fleet
+        self.settings = settings
+        self.view = view
+        self.last_switch_s: dict[int, float] = {}  # replica id -> when it last changed role
+        self.switching: ReplicaRunner | None = None  # stopped taking work, draining
+        self.switch_to: Role | None = None
+        self._drain_since = 0.0
+        self._generation = fleet.generation
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Role switching runs for e2llm's disaggregated plans with `adapt` on (Splitwise has its
+        mixed pool; an all-COLOCATED plan has no roles to switch)."""
+        plan = self.fleet.plan
+        colocated = all(r.role is Role.COLOCATED for r in plan.replicas)
+        return self.settings.adapt and plan.scheduler is not Scheduler.SPLITWISE and not colocated
+
+    def start(self) -> None:
+        if self.enabled and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(CONTROL_PERIOD_S)
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # a bug here must not stop serving; it is logged with its traceback
+                log.exception("role controller failed; trying again in %.0f s", CONTROL_PERIOD_S)
+
+    def loads(self, now: float) -> list[ReplicaLoad]:
+        return [self.view(r, now, 0, 0) for r in self.fleet.runners if r.alive]
+
+    def decide(self, loads: list[ReplicaLoad], now: float) -> controller.Switch | None:
+        """The policy's decision for these views (the runtime's call site of `decide_switch`)."""
+        in_flight = self.switching is not None
+        return controller.decide_switch(loads, self.settings, now, self.last_switch_s, in_flight)
+
+    def tick(self, now: float) -> None:
+        """One look: finish the switch in flight once drained, else maybe start one."""
+        if self.fleet.generation != self._generation:  # a re-made plan serves: start afresh
+            self._generation = self.fleet.generation
+            self.last_switch_s.clear()
+            self.switching = self.switch_to = None
+        if self.switching is not None:
+            self._drain(self.switching, now)
+            return
+        switch = self.decide(self.loads(now), now)
+        if switch is None:
+            return
+        runner = next(r for r in self.fleet.runners if r.replica.id == switch.replica)
+        runner.accepting = False  # 1. stop routing to it
+        self.switching, self.switch_to, self._drain_since = runner, switch.to, now
+        log.info(
+            "replica %s: switching %s -> %s; draining %d requests",
+            runner.label,
+            runner.role.value,
+            switch.to.value,
+            runner.requests_here,
+        )
+        self._drain(runner, now)
+
+    def _drain(self, runner: ReplicaRunner, now: float) -> None:
+        """2. wait until drained (migrating a decoder's sequences after the timeout), then
+        3. switch and 4. publish."""
+        assert self.switch_to is not None
+        if not runner.alive or runner not in self.fleet.runners:
+            self.switching = self.switch_to = None  # lost or retired meanwhile: nothing to switch
+            return
+        if not controller.drained(self.view(runner, now, 0, 0)):
+            if now - self._drain_since >= DRAIN_TIMEOUT_S and runner.decode_sequences:
+                moved = runner.evict_all(Evicted(runner.label, f"switches to {self.switch_to.value}"))
+                log.info("replica %s: drain timed out, %d sequences migrate", runner.label, moved)
+            return
+        before = runner.role
+        runner.become(self.switch_to)  # 3. switch: weights stay resident
+        runner.accepting = True  # 4. publish
+        self.last_switch_s[runner.replica.id] = now
+        self.switching = self.switch_to = None
+        self.fleet.role_changed(runner, before, f"drained in {now - self._drain_since:.1f} s")
