@@ -58,6 +58,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--exhaustive", action="store_true", help="exhaustive search instead of the GA (<= 7 devices)"
     )
+    p.add_argument(
+        "--mixed",
+        choices=("on", "off"),
+        default="off",
+        help="may replicas be MIXED (both phases, chunked prefill)? off: PREFILL/DECODER only, as the method",
+    )
     p.add_argument("--precision", metavar="P", help="weight precision override: bf16, fp16, int8, q4, mxfp4")
     load = p.add_mutually_exclusive_group()
     load.add_argument(
@@ -85,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 objective=args.objective,
                 exhaustive=args.exhaustive,
+                mixed=args.mixed == "on",
                 progress=progress,
             )
         )
@@ -172,6 +179,11 @@ def format_plan(plan: Plan, shape: WorkloadShape) -> str:
         lines.append(
             f"capacity: prefill {prefill:.2f} req/s, decode {decode:.2f} req/s "
             f"(arrivals {1 / shape.interval_s:.2f}/s)"
+        )
+    if plan.rate_rps is not None and plan.bound_rps and plan.bound_share is not None:
+        lines.append(
+            f"sustainable: {plan.rate_rps:.2f} req/s, {plan.bound_share:.0%} of the bound {plan.bound_rps:.2f} "
+            "req/s that no plan exceeds on this cluster"
         )
     if plan.objective_kind == "neg_max_rate":
         lines.append(f"objective (max_rate): {-plan.objective:.3f} req/s sustainable")

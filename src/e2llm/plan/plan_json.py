@@ -52,6 +52,10 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         },
         "cluster": plan.cluster,
         "model_spec": plan.model_spec,
+        "rate_rps": plan.rate_rps,
+        "bound_rps": plan.bound_rps,
+        "bound_share": plan.bound_share,
+        "latency_s": plan.latency_s,
     }
 
 
@@ -122,7 +126,7 @@ def _replica(r: Any, i: int, where: str) -> Replica:
     try:
         role = Role(role_text)
     except ValueError:
-        raise InputError(f"{where}.role", "must be PREFILL, DECODER or COLOCATED", role_text) from None
+        raise InputError(f"{where}.role", "must be PREFILL, DECODER, MIXED or COLOCATED", role_text) from None
     stages = tuple(_stage(s, f"{where}.devices[{j}]") for j, s in enumerate(_get(r, "devices", where, list)))
     if not stages:
         raise InputError(f"{where}.devices", "a replica needs at least one device", [])
@@ -187,6 +191,9 @@ def plan_from_dict(d: Any, source: str = "<plan>") -> Plan:
         scheduler=_opt(d, "scheduler", source, str, "jsq"),
         cluster=_opt(d, "cluster", source, dict, {}),
         model_spec=_opt(d, "model_spec", source, dict, {}),
+        rate_rps=_opt_number(d, "rate_rps", source),
+        bound_rps=_opt_number(d, "bound_rps", source),
+        latency_s=_opt_number(d, "latency_s", source),
     )
 
 

@@ -47,6 +47,7 @@ class PlanRequest:
     seed: int = 1
     objective: str = "bottleneck"  # "bottleneck" (the method's) or "max_rate"
     exhaustive: bool = False  # use the exhaustive oracle instead of the GA (small clusters)
+    mixed: bool = False  # may assign MIXED replicas (off until the simulator runs them: the method's roles)
     progress: Callable[[int, int], None] | None = None  # (done, total) for progress bars
 
 

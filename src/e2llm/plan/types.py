@@ -15,7 +15,8 @@ from typing import Any
 class Role(StrEnum):
     PREFILL = "PREFILL"
     DECODER = "DECODER"
-    COLOCATED = "COLOCATED"  # both phases on one replica (baselines)
+    MIXED = "MIXED"  # both phases: decode batches with chunked prefill (planner or role controller)
+    COLOCATED = "COLOCATED"  # both phases, no chunking: the `colocated` baseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +57,11 @@ class Replica:
 
     @property
     def does_prefill(self) -> bool:
-        return self.role in (Role.PREFILL, Role.COLOCATED)
+        return self.role in (Role.PREFILL, Role.MIXED, Role.COLOCATED)
 
     @property
     def does_decode(self) -> bool:
-        return self.role in (Role.DECODER, Role.COLOCATED)
+        return self.role in (Role.DECODER, Role.MIXED, Role.COLOCATED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +84,18 @@ class Plan:
     scheduler: str = "jsq"  # request routing the simulator and runtime apply: "jsq" | "splitwise"
     cluster: dict[str, Any] = field(default_factory=dict)  # the cluster, as written by specs
     model_spec: dict[str, Any] = field(default_factory=dict)  # the ModelSpec fields
+    # The planner's predictions (None: not computed): the request rate the plan sustains by its
+    # capacity model, the upper bound no plan exceeds (`plan.bound`), the mean latency.
+    rate_rps: float | None = None
+    bound_rps: float | None = None
+    latency_s: float | None = None
+
+    @property
+    def bound_share(self) -> float | None:
+        """The plan's sustainable rate as a share of the bound."""
+        if self.rate_rps is None or not self.bound_rps:
+            return None
+        return self.rate_rps / self.bound_rps
 
     @property
     def prefill_replicas(self) -> tuple[Replica, ...]:
