@@ -39,6 +39,27 @@ def with_flag(error: InputError) -> InputError:
     return error if flag is None else error.renamed(flag)
 
 
+def add_workload(p: argparse.ArgumentParser, required: bool = True, what: str = "") -> None:
+    p.add_argument(
+        "--workload",
+        required=required,
+        metavar="W",
+        help=f"workload YAML or Azure-format trace CSV{what}",
+    )
+
+
+def add_arrivals(p: argparse.ArgumentParser, what: str = "") -> argparse._MutuallyExclusiveGroup:
+    """`--interval` / `--rate` (at most one); the group, for commands that add `--sweep` to it."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--interval", type=float, metavar="S", help=f"mean seconds between arrivals{what}")
+    g.add_argument("--rate", type=float, metavar="R", help=f"mean arrivals per second{what}")
+    return g
+
+
+def add_precision(p: argparse.ArgumentParser, what: str = "weight precision override") -> None:
+    p.add_argument("--precision", metavar="P", help=f"{what}: bf16, fp16, int8, q4, mxfp4, fp32")
+
+
 def add_seed(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--seed", type=int, metavar="N", help=f"seed for {what} (default: the workload's)")
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from e2llm.cli.options import add_seed
+from e2llm.cli.options import add_arrivals, add_precision, add_seed, add_workload
 from e2llm.cli.progress import progress_bar
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("cluster", metavar="CLUSTER", help="cluster YAML (devices, network)")
     p.add_argument("--model", required=True, metavar="M", help="catalog name, HF config/model dir, or GGUF")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_workload(p)
     p.add_argument(
         "--system",
         default="e2llm",
@@ -61,12 +61,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--exhaustive", action="store_true", help="exhaustive search instead of the GA (<= 7 devices)"
     )
-    p.add_argument("--precision", metavar="P", help="weight precision override: bf16, fp16, int8, q4, mxfp4")
-    load = p.add_mutually_exclusive_group()
-    load.add_argument(
-        "--interval", type=float, metavar="S", help="mean seconds between arrivals (overrides W)"
-    )
-    load.add_argument("--rate", type=float, metavar="R", help="arrivals per second (overrides W)")
+    add_precision(p)
+    add_arrivals(p, " (overrides W)")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
     p.add_argument(
         "--out",

@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 from e2llm.cli.logs import add_log_level
-from e2llm.cli.options import DTYPES, add_device, add_dtype, device_choice, dtype_choice
+from e2llm.cli.options import (
+    DTYPES,
+    add_device,
+    add_dtype,
+    add_precision,
+    add_workload,
+    device_choice,
+    dtype_choice,
+)
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape
@@ -58,15 +66,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("target", nargs="?", help="cluster YAML (planned at start) or plan JSON (served as is)")
     p.add_argument("--model", help=f"catalog name ({DEFAULT_MODEL}), HF model folder or .gguf file")
     p.add_argument("--system", default="e2llm", help="planner used for a cluster YAML (default e2llm)")
-    p.add_argument(
-        "--workload",
-        metavar="W",
-        help="workload YAML or trace CSV whose shape the plan is made and re-made for "
-        f"(default: the plan's own, else {DEFAULT_WORKLOAD})",
+    add_workload(
+        p, False, f": the shape planned and re-planned for (default: the plan's own, else {DEFAULT_WORKLOAD})"
     )
-    p.add_argument(
-        "--precision", metavar="P", help="weight precision the planner plans for (bf16, int8, q4, ...)"
-    )
+    add_precision(p, "weight precision the planner plans for")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--ray-address", help="join this Ray cluster (HEAD:6379) instead of starting one")
