@@ -14,8 +14,10 @@ from e2llm.errors import InputError
 from e2llm.plan.bound import rate_bound
 from e2llm.plan.build import plan_bound
 from e2llm.plan.dp import partition_layers_many
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.search import search_grouping
-from e2llm.plan.systems import PlanRequest, WorkloadShape
+from e2llm.plan.types import PlannerParams
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Cluster, Device, Link
 
 
@@ -26,7 +28,7 @@ def test_no_plan_beats_the_bound(mixed: bool) -> None:
     for _ in range(6):
         cost = build_cost_model(TINY, random_cluster(rng.randint(3, 5), rng))
         shape = dataclasses.replace(SHAPE, interval_s=rng.choice((0.02, 0.2)))
-        req = PlanRequest(cost, shape, objective="max_rate", exhaustive=True, mixed=mixed)
+        req = PlanRequest(cost, shape, PlannerParams(objective="max_rate", exhaustive=True, mixed=mixed))
         try:
             best = search_grouping(req, partition_layers_many)  # the planner's optimum
         except InputError:

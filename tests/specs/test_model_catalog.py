@@ -5,16 +5,9 @@ import json
 import pytest
 
 from e2llm.errors import InputError
-from e2llm.specs.model import BYTES_PER_PARAM
-from e2llm.specs.models import (
-    CATALOG,
-    load_model,
-    model_from_dict,
-    model_to_dict,
-    smollm2_gguf_path,
-)
-
-GIB = 2**30
+from e2llm.specs.model_catalog import CATALOG, load_model, smollm2_gguf_path
+from e2llm.specs.model_spec import BYTES_PER_PARAM, model_from_dict, model_to_dict
+from e2llm.specs.units import GIB
 
 
 @pytest.mark.parametrize("name", sorted(CATALOG))

@@ -4,26 +4,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from e2llm.cli.options import add_arrivals, add_precision, add_seed, add_workload
+from e2llm.cli.progress import progress_bar
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
-from e2llm.plan.plan_json import plan_to_dict, save_plan
-from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
-from e2llm.plan.types import Plan, Replica
+from e2llm.plan.plan_json import MAX_BUDGET, plan_to_dict, save_plan
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.systems import get_system, system_names
+from e2llm.plan.types import GA_BUDGET, Objective, ObjectiveKind, Plan, PlannerParams, Replica, Role
+from e2llm.plan.workload_shape import WorkloadShape
+from e2llm.report.plan_figure import plan_figure
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model
-from e2llm.specs.workload import load_workload
+from e2llm.specs.model_catalog import load_model
+from e2llm.specs.workload_file import load_workload
 
 EXAMPLES = """examples:
   e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
       --workload examples/workloads/longreason-extended.yaml
   e2llm plan examples/clusters/wifi-edge-fog.yaml --model llama-3.1-8b --precision q4 \\
       --workload examples/workloads/longreason-custom.yaml --interval 1.0 --out plan.json
+  e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
+      --workload examples/workloads/longreason-extended.yaml --out plan.png   # a picture
   e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
       --workload examples/workloads/longreason-extended.yaml --objective max_rate --json
   e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
@@ -33,7 +36,7 @@ Objectives: "bottleneck" (the method's: seconds by which the slower phase's time
 exceeds the arrival interval; 0 = keeps up, then lower predicted latency wins) or "max_rate"
 (highest sustainable request rate, reported negated). Lower is better for both."""
 
-SLOW_RUN_S = 2.0  # show a progress bar when not on a terminal only after this long
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,32 +49,38 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("cluster", metavar="CLUSTER", help="cluster YAML (devices, network)")
     p.add_argument("--model", required=True, metavar="M", help="catalog name, HF config/model dir, or GGUF")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_workload(p)
     p.add_argument(
         "--system",
         default="e2llm",
         metavar="S",
-        help="planner: e2llm (default), memory-proportional, or a baseline (splitwise, pipeline, colocated)",
+        help=f"planner: {', '.join(system_names())} (default e2llm)",
     )
-    p.add_argument("--seed", type=int, default=1, help="GA seed (default 1)")
-    p.add_argument("--objective", choices=("bottleneck", "max_rate"), default="bottleneck")
+    add_seed(p, "the planner's search")
+    p.add_argument("--objective", choices=tuple(Objective), default=Objective.BOTTLENECK.value)
     p.add_argument(
         "--exhaustive", action="store_true", help="exhaustive search instead of the GA (<= 7 devices)"
     )
     p.add_argument(
         "--mixed",
         choices=("on", "off"),
-        default="off",
+        default="on",
         help="may replicas be MIXED (both phases, chunked prefill)? off: PREFILL/DECODER only, as the method",
     )
-    p.add_argument("--precision", metavar="P", help="weight precision override: bf16, fp16, int8, q4, mxfp4")
-    load = p.add_mutually_exclusive_group()
-    load.add_argument(
-        "--interval", type=float, metavar="S", help="mean seconds between arrivals (overrides W)"
+    p.add_argument(
+        "--budget",
+        metavar="N",
+        default=str(GA_BUDGET),
+        help=f"the GA's budget: at most N generations, 1-{MAX_BUDGET} (default {GA_BUDGET}; it stops early)",
     )
-    load.add_argument("--rate", type=float, metavar="R", help="arrivals per second (overrides W)")
+    add_precision(p)
+    add_arrivals(p, " (overrides W)")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
-    p.add_argument("--out", metavar="PLAN.json", help="also write the plan JSON to this file")
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        help="also write the plan: its JSON (PLAN.json), or a picture by suffix (.png, .svg, .pdf)",
+    )
     p.set_defaults(func=run)
 
 
@@ -82,26 +91,17 @@ def run(args: argparse.Namespace) -> int:
     workload = load_workload(args.workload, interval_s=args.interval, rate_per_s=args.rate)
     shape = WorkloadShape.of(workload)
     cost = build_cost_model(model, cluster)
-    progress, close = _progress_bar()
-    try:
-        plan = planner(
-            PlanRequest(
-                cost,
-                shape,
-                seed=args.seed,
-                objective=args.objective,
-                exhaustive=args.exhaustive,
-                mixed=args.mixed == "on",
-                progress=progress,
-            )
-        )
-    finally:
-        close()
+    params = PlannerParams(
+        seed=workload.seed if args.seed is None else args.seed,
+        objective=Objective(args.objective),
+        exhaustive=args.exhaustive,
+        mixed=args.mixed == "on",
+        budget=parse_budget(args.budget),
+    )
+    with progress_bar("planning (GA generations)", "gen") as progress:
+        plan = planner(PlanRequest(cost, shape, params, progress))
     if args.out:
-        try:
-            save_plan(plan, args.out)
-        except OSError as e:
-            raise InputError(str(args.out), f"cannot write the plan: {e.strerror}") from None
+        _write_out(plan, Path(args.out))
     if args.json:
         print(json.dumps(plan_to_dict(plan), indent=2))
     else:
@@ -111,46 +111,40 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A tqdm bar on stderr: at once on a terminal, otherwise only once the run is slow."""
-    from tqdm import tqdm
+def parse_budget(text: str) -> int:
+    """`--budget`: a whole number of GA generations in [1, MAX_BUDGET]."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BUDGET:
+        raise InputError("--budget", f"must be a whole number of GA generations in [1, {MAX_BUDGET}]", text)
+    return value
 
-    start = time.perf_counter()
-    state: dict[str, Any] = {"bar": None}
 
-    def update(done: int, total: int) -> None:
-        bar = state["bar"]
-        if bar is None:
-            if not (sys.stderr.isatty() or time.perf_counter() - start > SLOW_RUN_S):
-                return
-            bar = state["bar"] = tqdm(
-                total=total, desc="planning (GA generations)", unit="gen", file=sys.stderr
-            )
-        bar.update(done - bar.n)
-
-    def close() -> None:
-        bar = state["bar"]
-        if bar is not None:
-            bar.total = bar.n  # the GA stopped early: the run is complete, not at n / max
-            bar.refresh()
-            bar.close()
-
-    return update, close
+def _write_out(plan: Plan, path: Path) -> None:
+    """The plan JSON, or its picture when `path` names an image format."""
+    try:
+        if path.suffix.lower() in PICTURE_SUFFIXES:
+            plan_figure(plan).savefig(path, dpi=120)
+        else:
+            save_plan(plan, path)
+    except OSError as e:
+        raise InputError(str(path), f"cannot write the plan: {e.strerror}") from None
 
 
 def format_plan(plan: Plan, shape: WorkloadShape) -> str:
     """The readable table: one block per replica, one row per device."""
-    memory = {d["name"]: d.get("memory_gb") for d in plan.cluster.get("devices", [])}
+    memory = {d.name: d.memory_gb for d in plan.cluster.devices} if plan.cluster is not None else {}
     lines = [
-        f"system {plan.system}, model {plan.model}: {len(plan.replicas)} replicas "
-        f"({len(plan.prefill_replicas)} PREFILL, {len(plan.decode_replicas)} DECODER)",
+        f"system {plan.system}, model {plan.model}: {len(plan.replicas)} replicas ({_role_counts(plan)})",
         f"workload: {shape.mean_input_tokens:g} input / {shape.mean_output_tokens:g} output tokens "
         "on average, "
         f"one request every {shape.interval_s:g} s, >= {shape.min_decode_tok_s:g} tok/s per request",
         "",
     ]
     header = (
-        f"{'replica':<8}{'role':<9}{'conc':>5}  {'device':<14}{'layers':<10}{'memory GB':>16}  {'speed':<40}"
+        f"{'replica':<8}{'role':<9}{'conc':>5}  {'device':<14}{'layers':<10}{'memory GiB':>16}  {'speed':<40}"
     )
     lines.append(header)
     lines.append("-" * len(header))
@@ -182,21 +176,27 @@ def format_plan(plan: Plan, shape: WorkloadShape) -> str:
         )
     if plan.rate_rps is not None and plan.bound_rps and plan.bound_share is not None:
         lines.append(
-            f"sustainable: {plan.rate_rps:.2f} req/s, {plan.bound_share:.0%} of the bound {plan.bound_rps:.2f} "
-            "req/s that no plan exceeds on this cluster"
+            f"sustainable: {plan.rate_rps:.2f} req/s, {plan.bound_share:.0%} of the bound "
+            f"{plan.bound_rps:.2f} req/s that no plan exceeds on this cluster"
         )
-    if plan.objective_kind == "neg_max_rate":
+    if plan.objective_kind is ObjectiveKind.NEG_MAX_RATE:
         lines.append(f"objective (max_rate): {-plan.objective:.3f} req/s sustainable")
     else:
         lines.append(
             f"objective (bottleneck): {plan.objective:.3f} s by which the slower phase exceeds the interval"
         )
     st = plan.planner
+    seed = plan.params.seed if plan.params is not None else None
     lines.append(
         f"planner: {st.evaluations} evaluations, {st.generations} generations, {st.seconds:.2f} s, "
-        f"seed {st.seed}"
+        f"seed {seed}"
     )
     return "\n".join(lines)
+
+
+def _role_counts(plan: Plan) -> str:
+    counts = [(role, sum(r.role is role for r in plan.replicas)) for role in Role]
+    return ", ".join(f"{n} {role.value}" for role, n in counts if n)
 
 
 def _speed(r: Replica) -> str:

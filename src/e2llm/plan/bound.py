@@ -36,13 +36,14 @@ queueing (a plan that sustains the bound's rate has no headroom).
 from __future__ import annotations
 
 import math
+
 import numpy as np
 from scipy.optimize import linprog
 from scipy.sparse import coo_matrix
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.evaluate import MAX_CONCURRENCY, planned_context, port_link
-from e2llm.plan.systems import WorkloadShape
+from e2llm.plan.workload_shape import WorkloadShape
 
 
 class _Vars:

@@ -7,13 +7,10 @@ import math
 
 from e2llm.plan.bound import rate_bound
 from e2llm.plan.evaluate import GroupEvaluator, planned_context
-from e2llm.plan.search import GB, Grouping, fits_nowhere
-from e2llm.plan.systems import PlanRequest
-from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Stage
-from e2llm.specs.cluster_file import cluster_to_dict
-from e2llm.specs.models import model_to_dict
-
-OBJECTIVE_KINDS = {"bottleneck": "bottleneck_s", "max_rate": "neg_max_rate"}
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.search import Grouping, fits_nowhere
+from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Scheduler, Stage
+from e2llm.specs.units import GIB
 
 
 def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float) -> Plan:
@@ -39,7 +36,7 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
             mem = cost.stage_memory_bytes(
                 start, end, embedding=k == 0, lm_head=k == last, sequences=phase.concurrency, context=ctx
             )
-            stages.append(Stage(name, start, end, embedding=k == 0, lm_head=k == last, memory_gb=mem / GB))
+            stages.append(Stage(name, start, end, embedding=k == 0, lm_head=k == last, memory_gb=mem / GIB))
         replica = Replica(
             id=len(replicas),
             role=role,
@@ -70,15 +67,17 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
         system=system,
         model=cost.model.name,
         objective=a.objective,
-        objective_kind=OBJECTIVE_KINDS[req.objective],
+        objective_kind=req.params.objective.kind,
         replicas=tuple(replicas),
         unused_devices=tuple(unused),
         planner=PlannerStats(
-            evaluations=grouping.evaluations, seconds=seconds, seed=req.seed, generations=grouping.generations
+            evaluations=grouping.evaluations, seconds=seconds, generations=grouping.generations
         ),
-        scheduler="jsq",
-        cluster=cluster_to_dict(cost.cluster),
-        model_spec=model_to_dict(cost.model),
+        scheduler=Scheduler.JSQ,
+        cluster=cost.cluster,
+        model_spec=cost.model,
+        workload=shape,
+        params=req.params,
         rate_rps=a.rate_rps,
         bound_rps=plan_bound(req),
         latency_s=a.latency_s if math.isfinite(a.latency_s) else None,

@@ -56,9 +56,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from e2llm.plan.types import Role
+from e2llm.plan.types import Objective, Role
 
-OBJECTIVES = ("bottleneck", "max_rate")
+OBJECTIVES = tuple(Objective)
 Num = TypeVar("Num", float, np.ndarray)
 EXACT_ROWS = 4096  # role vectors scored at once by the exact path
 _PREFILL, _DECODER, _MIXED = 0, 1, 2

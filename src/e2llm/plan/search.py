@@ -2,7 +2,7 @@
 
 Given a layer splitter (the DP, or the proportional split), find the device groups, roles and
 decode concurrencies that minimise the objective: by the GA (default) or by the exhaustive
-oracle (`PlanRequest.exhaustive`, clusters of at most 7 devices). Both score a set of groups the
+oracle (`PlannerParams.exhaustive`, clusters of at most 7 devices). Both score a set of groups the
 same way (`RoleScorer`): each group's rates in every role, the KV hand-off limits between them
 (`kv_links`), and the role assignment (`roles`).
 """
@@ -20,14 +20,14 @@ import numpy as np
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
 from e2llm.errors import InputError
 from e2llm.plan.evaluate import GroupEval, GroupEvaluator, Splitter
-from e2llm.plan.exhaustive import MAX_DEVICES, search_exhaustive
+from e2llm.plan.exhaustive import MAX_DEVICES, Arrangement, search_exhaustive
 from e2llm.plan.ga import INFEASIBLE, GAParams, Individual, Key, evolve
 from e2llm.plan.kv_links import KvLinks, Stages, stages_of
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.roles import ReplicaRates, RoleAssignment, assign_roles
 from e2llm.plan.sizer import MemorySizer
-from e2llm.plan.systems import PlanRequest
+from e2llm.specs.units import GIB
 
-GB = 2**30
 _T = TypeVar("_T")
 
 
@@ -115,12 +115,12 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
     need = ev.model_bytes - RUNTIME_OVERHEAD_BYTES
     if sum(max(f, 0.0) for f in free) < need:
         raise fits_nowhere(ev)
-    if req.exhaustive:
+    if req.params.exhaustive:
         if len(names) > MAX_DEVICES:
-            raise InputError("--exhaustive", f"refuses clusters above {MAX_DEVICES} devices", len(names))
+            raise InputError("exhaustive", f"refuses clusters above {MAX_DEVICES} devices", len(names))
         return _exhaustive(req, ev, need)
 
-    scorer = RoleScorer(ev, req.objective, mixed=req.mixed)
+    scorer = RoleScorer(ev, req.params.objective, mixed=req.params.mixed)
     cache: dict[tuple[tuple[int, ...], ...], Key] = {}
 
     def fitness(ind: Individual) -> Key:
@@ -138,8 +138,8 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
         len(names),
         fitness,
         sizer,
-        random.Random(req.seed),
-        params or GAParams(),
+        random.Random(req.params.seed),
+        params or dataclasses.replace(GAParams(), generations=req.params.budget),
         seeds=seeds,
         progress=req.progress,
     )
@@ -152,17 +152,17 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
 
 def _exhaustive(req: PlanRequest, ev: GroupEvaluator, need: float) -> Grouping:
     names = req.cost.cluster.names
-    scorer = RoleScorer(ev, req.objective, mixed=req.mixed, exact_rows=1 << 62)  # always enumerate
+    objective = req.params.objective
+    scorer = RoleScorer(ev, objective, mixed=req.params.mixed, exact_rows=1 << 62)  # always enumerate
 
-    def replicas_of(
-        arrangement: tuple[tuple[int, ...], ...],
-    ) -> tuple[list[ReplicaRates], np.ndarray | None] | None:
+    def replicas_of(arrangement: Arrangement) -> tuple[list[ReplicaRates], np.ndarray | None] | None:
         reps = scorer.replicas([[names[i] for i in g] for g in arrangement])
         return None if reps is None else ([r.rates for r in reps], scorer.kv(reps))
 
-    found = search_exhaustive(
-        len(names), lambda g: ev.may_fit([names[i] for i in g]), replicas_of, scorer.interval_s, req.objective
-    )
+    def fits(group: tuple[int, ...]) -> bool:
+        return ev.may_fit([names[i] for i in group])
+
+    found = search_exhaustive(len(names), fits, replicas_of, scorer.interval_s, objective)
     if found is None:
         raise _no_plan(req, need)
     groups = tuple(tuple(names[i] for i in g) for g in found.groups)
@@ -187,8 +187,8 @@ def fits_nowhere(ev: GroupEvaluator) -> InputError:
     total = sum(max(ev.free_bytes(n), 0.0) for n in ev.cost.cluster.names)
     return InputError(
         f"model {ev.cost.model.name}",
-        f"fits in no grouping of the devices: needs {need / GB:.1f} GB, "
-        f"the devices hold {total / GB:.1f} GB in total",
+        f"fits in no grouping of the devices: needs {need / GIB:.1f} GiB, "
+        f"the devices hold {total / GIB:.1f} GiB in total",
     )
 
 
@@ -201,7 +201,7 @@ def _no_plan(req: PlanRequest, need: float) -> InputError:
     return InputError(
         f"model {req.cost.model.name}",
         "no grouping of the devices forms both a PREFILL and a DECODER replica"
-        + (", or a MIXED one," if req.mixed else "")
-        + f" ({need / GB:.1f} GB each) with a decoder keeping >= {req.workload.min_decode_tok_s:g} tok/s "
+        + (", or a MIXED one," if req.params.mixed else "")
+        + f" ({need / GIB:.1f} GiB each) with a decoder keeping >= {req.workload.min_decode_tok_s:g} tok/s "
         "per request; try --system pipeline, or a lower min_decode_tok_s",
     )

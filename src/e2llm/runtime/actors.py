@@ -13,6 +13,7 @@ import one. It also counts its compute time and bytes moved for `/metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -110,13 +111,14 @@ class StageWorker:
 
     def info(self) -> dict[str, Any]:
         """Answered once the weights are loaded: the serving loop waits on it before serving."""
-        cfg = self.model.config
-        elem = torch_dtype_bytes(self.config.dtype)
+        # the model's KV at the element size this stage holds it in
+        kv = dataclasses.replace(self.model.config, kv_bytes_per_value=torch_dtype_bytes(self.config.dtype))
+        layers = range(self.config.start, self.config.end)
         return {
             "device": self.device,
             "threads": self.config.threads,
             "weight_bytes": sum(p.numel() * p.element_size() for p in self.model.parameters()),
-            "kv_bytes_per_token": cfg.kv_bytes_per_token_layer(elem) * (self.config.end - self.config.start),
+            "kv_bytes_per_token": int(sum(kv.kv_bytes_per_token(i) for i in layers)),
         }
 
     def prefill(self, seq_id: str, inputs: np.ndarray, sampling: SamplingTuple | None = None) -> Any:

@@ -19,6 +19,7 @@ from e2llm.runtime.actors import StageConfig, spawn_stage_actor
 from e2llm.runtime.cluster import torch_threads_per_actor
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.replica import ReplicaRunner
+from e2llm.specs.units import GIB
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,14 @@ def kv_budget_tokens(
         gb = memory_gb.get(stage.device)
         if not isinstance(gb, int | float) or gb <= 0:
             return None
-        free = gb * 2**30 - info["weight_bytes"] - RUNTIME_OVERHEAD_BYTES
+        free = gb * GIB - info["weight_bytes"] - RUNTIME_OVERHEAD_BYTES
         budgets.append(max(0, int(free // max(1, info["kv_bytes_per_token"]))))
     return min(budgets) if budgets else None
 
 
 def device_memory_gb(plan: Plan) -> dict[str, Any]:
     """Each device's `memory_gb` as the plan's embedded cluster gives it (empty without one)."""
-    devices = [d for d in plan.cluster.get("devices", []) if isinstance(d, dict)]
-    return {str(d.get("name")): d.get("memory_gb") for d in devices}
+    return {d.name: d.memory_gb for d in plan.cluster.devices} if plan.cluster is not None else {}
 
 
 def start_runners(

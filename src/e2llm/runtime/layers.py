@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from e2llm.runtime.config import ModelConfig
 from e2llm.runtime.kv import KVCache, SlotBatch
+from e2llm.specs.model_spec import ModelSpec
 
 
 class RMSNorm(nn.Module):
@@ -30,7 +30,7 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-def rope_inv_freq(cfg: ModelConfig) -> Tensor:
+def rope_inv_freq(cfg: ModelSpec) -> Tensor:
     """Inverse frequencies of rotary embeddings [head_dim / 2], fp32, with rope scaling applied."""
     dim = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
@@ -67,7 +67,7 @@ def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelSpec, layer: int):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -106,7 +106,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelSpec):
         super().__init__()
         self.w13 = nn.Linear(cfg.hidden, 2 * cfg.intermediate, bias=False)  # gate and up, fused
         self.w2 = nn.Linear(cfg.intermediate, cfg.hidden, bias=False)
@@ -117,7 +117,7 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelSpec, layer: int):
         super().__init__()
         self.attention_norm = RMSNorm(cfg.hidden, cfg.rms_eps)
         self.attention = Attention(cfg, layer)
@@ -139,7 +139,7 @@ class Block(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-def fuse_checkpoint(weights: Mapping[str, Tensor], cfg: ModelConfig) -> dict[str, Tensor]:
+def fuse_checkpoint(weights: Mapping[str, Tensor], cfg: ModelSpec) -> dict[str, Tensor]:
     """HF names (`layers.3.self_attn.q_proj.weight`, ...) -> this module's fused parameters."""
     out: dict[str, Tensor] = {}
     layers = sorted({int(k.split(".")[1]) for k in weights if k.startswith("layers.")})

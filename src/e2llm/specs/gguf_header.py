@@ -18,6 +18,16 @@ from e2llm.errors import InputError
 # value type id -> struct format of one scalar (8: string, 9: array are handled apart)
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor's entry in the header (its data is not read)."""
+
+    shape: tuple[int, ...]  # GGUF order: ne0, the length of a row, first
+    ggml_type: int  # gguf.GGMLQuantizationType value; not checked here
+    offset: int  # bytes from the start of the (aligned) data section
 
 
 @dataclass(frozen=True)
@@ -26,7 +36,13 @@ class GGUFHeader:
 
     metadata: dict[str, int | float | bool | str]
     array_lengths: dict[str, int]
-    tensor_names: frozenset[str]
+    tensors: dict[str, GGUFTensor]
+    tensors_end: int  # where the tensor infos end; the data section starts at the next alignment
+    file_size: int
+
+    @property
+    def tensor_names(self) -> frozenset[str]:
+        return frozenset(self.tensors)
 
 
 class _Cursor:
@@ -93,11 +109,15 @@ def _parse(cur: _Cursor, where: str) -> GGUFHeader:
             metadata[key] = cur.unpack(_SCALAR[int(vtype)])[0]
         else:
             raise InputError(where, f"unsupported metadata type in {key}", vtype)
-    names = []
-    for _ in range(int(n_tensors)):
-        names.append(cur.string())
-        (n_dims,) = cur.unpack("I")
-        cur.pos += 8 * int(n_dims) + 4 + 8  # dims, type, offset
     if cur.pos > len(cur.buf):  # the skips above do not read, so check they stayed inside
         raise InputError(where, "truncated GGUF header", f"{len(cur.buf)} bytes")
-    return GGUFHeader(metadata=metadata, array_lengths=arrays, tensor_names=frozenset(names))
+    tensors = {}
+    for _ in range(int(n_tensors)):
+        name = cur.string()
+        (n_dims,) = cur.unpack("I")
+        if n_dims > _MAX_DIMS:
+            raise InputError(f"{where}: {name}", f"tensor has more than {_MAX_DIMS} dimensions", n_dims)
+        dims = cur.unpack("Q" * int(n_dims))
+        ggml_type, offset = cur.unpack("IQ")
+        tensors[name] = GGUFTensor(tuple(int(d) for d in dims), int(ggml_type), int(offset))
+    return GGUFHeader(metadata, arrays, tensors, cur.pos, len(cur.buf))
