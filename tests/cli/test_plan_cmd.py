@@ -154,3 +154,18 @@ def test_exhaustive_refuses_more_than_7_devices(tmp_path: Path, capsys: pytest.C
 def test_unwritable_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_plan(tmp_path, "--out", str(tmp_path / "missing-dir" / "plan.json")) == 2
     assert "cannot write the plan" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("budget", ["0", "-3", "100001", "ten", "1.5", ""])
+def test_budget_out_of_range_is_exit_2_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], budget: str
+) -> None:
+    assert run_plan(tmp_path, "--budget", budget) == 2
+    line = one_error_line(capsys)
+    assert "--budget" in line and "[1, 100000]" in line
+
+
+def test_budget_caps_the_generations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_plan(tmp_path, "--budget", "2", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["planner"]["generations"] <= 2 and plan["planner"]["budget"] == 2

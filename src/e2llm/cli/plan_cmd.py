@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from e2llm.cli.options import add_arrivals, add_precision, add_seed, add_workload
+from e2llm.cli.options import add_arrivals, add_mixed, add_precision, add_seed, add_workload
 from e2llm.cli.progress import progress_bar
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
@@ -61,12 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--exhaustive", action="store_true", help="exhaustive search instead of the GA (<= 7 devices)"
     )
-    p.add_argument(
-        "--mixed",
-        choices=("on", "off"),
-        default="on",
-        help="may replicas be MIXED (both phases, chunked prefill)? off: PREFILL/DECODER only, as the method",
-    )
+    add_mixed(p)
     p.add_argument(
         "--budget",
         metavar="N",

@@ -216,7 +216,7 @@ def _params(stats: dict[str, Any], where: str, kind: ObjectiveKind) -> PlannerPa
         seed=seed,
         objective=objective,
         exhaustive=_opt(stats, "exhaustive", where, bool, False),
-        mixed=_opt(stats, "mixed", where, bool, True),
+        mixed=_opt(stats, "mixed", where, bool, False),
         budget=budget,
     )
 

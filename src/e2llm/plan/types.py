@@ -65,7 +65,9 @@ class PlannerParams:
     seed: int = 1  # the GA's random stream
     objective: Objective = Objective.BOTTLENECK
     exhaustive: bool = False  # the exhaustive oracle instead of the GA (small clusters)
-    mixed: bool = True  # may the planner assign MIXED replicas (False: PREFILL / DECODER only, the method's)
+    # may the planner assign MIXED replicas? Off by default (PREFILL / DECODER only, the method's)
+    # until the runtime serves them (the simulator does: `e2llm plan/compare --mixed on`)
+    mixed: bool = False
     budget: int = GA_BUDGET  # the GA's budget: generations at most (it stops early once it stops improving)
 
     def __post_init__(self) -> None:
