@@ -31,7 +31,7 @@ from e2llm.report.plots import plot_sweep
 from e2llm.sim.compare import Load, plan_system, run_plan
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model
-from e2llm.specs.workload import load_workload
+from e2llm.specs.workload_file import load_workload
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from e2llm.cost.model import CostModel
-from e2llm.plan.types import Plan, Role
+from e2llm.plan.types import Plan, Role, Scheduler
 from e2llm.policy.controller import Demand, decide_switch, drained
 from e2llm.policy.mixed_pool import returns
 from e2llm.policy.settings import PolicySettings
@@ -69,7 +69,7 @@ class _Run:
         self.jobs: list[Job] = []
         self.busy = BusyLog()
         self.net = Network(cost.cluster)
-        splitwise = plan.scheduler == "splitwise"
+        splitwise = plan.scheduler is Scheduler.SPLITWISE
         floor = 0.0 if splitwise else ctx.min_decode_tok_s  # Splitwise batches by memory alone
         context = ctx.kv_context_tokens or _p90_context(requests)
         self.replicas = [
@@ -139,7 +139,7 @@ class _Run:
     def _may_decode(self, r: ReplicaSim, context: int) -> bool:
         """Whether `r` could take a sequence of `context` tokens now: it decodes (or, in a
         splitwise plan, could be borrowed to) and its empty KV memory holds it."""
-        decodes = r.role is not Role.PREFILL or self.plan.scheduler == "splitwise"
+        decodes = r.role is not Role.PREFILL or self.plan.scheduler is Scheduler.SPLITWISE
         return decodes and r.engine is not None and r.kv.ever_fits(context)
 
     def _prefill_done(self, now: float, job: Job) -> list[Event]:
@@ -162,7 +162,7 @@ class _Run:
         """A decode engine prefilled `job` itself: keep it there, or (Splitwise) send it on."""
         assert job.prefill_replica is not None
         src = self.by_id[job.prefill_replica]
-        if self.plan.scheduler != "splitwise" or src.role is not Role.COLOCATED:
+        if self.plan.scheduler is not Scheduler.SPLITWISE or src.role is not Role.COLOCATED:
             return True, []
         return self._to_decoder(now, job, src)
 
