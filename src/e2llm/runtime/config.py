@@ -14,8 +14,8 @@ from typing import Any
 from e2llm.errors import InputError
 from e2llm.specs.model import ModelSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gpt_oss", "mixtral")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,25 @@ class ModelConfig:
     sliding_window: int = 0  # 0: full attention in every layer
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
+    sliding_layers: tuple[int, ...] | None = None  # None: every layer slides (when a window is set)
+    rope_beta_fast: float = 32.0  # yarn only
+    rope_beta_slow: float = 1.0  # yarn only
+    rope_truncate: bool = True  # yarn only
+    rope_attention_factor: float | None = None  # yarn only; None: from the factor
+    # Mixture of experts (GPT-OSS, Mixtral): 0 experts is a dense SwiGLU FFN. Routing is top-k on
+    # the router logits, then softmax over the k (equal to Mixtral's softmax-top-k-renormalise).
+    n_experts: int = 0
+    experts_per_token: int = 0
+    attention_sinks: bool = False  # GPT-OSS: a learned per-head logit that takes softmax mass
+    moe_bias: bool = False  # GPT-OSS: biases on the router and the experts
+    swiglu_limit: float = 0.0  # GPT-OSS clamped GLU (alpha 1.702, limit 7); 0: plain SwiGLU
+    swiglu_alpha: float = 1.702
+
+    def window(self, layer: int) -> int:
+        """Sliding window of `layer` (0: full attention)."""
+        if not self.sliding_window or (self.sliding_layers is not None and layer not in self.sliding_layers):
+            return 0
+        return self.sliding_window
 
     def kv_bytes_per_token_layer(self, bytes_per_value: int) -> int:
         """K and V of one token in one layer."""
@@ -92,10 +111,19 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config.json") -> Mode
             where, f"rope type must be one of {', '.join(SUPPORTED_ROPE_TYPES)}", rope["rope_type"]
         )
     window = 0
-    if model_type == "mistral":
+    sliding_layers: tuple[int, ...] | None = None
+    if model_type in ("mistral", "mixtral"):
         window = int(raw.get("sliding_window") or 0)
     elif model_type == "qwen2" and raw.get("use_sliding_window"):
         raise InputError(where, "Qwen2 use_sliding_window is not supported", True)
+    elif model_type == "gpt_oss":
+        window = int(raw.get("sliding_window") or 0)
+        n = int(raw.get("num_hidden_layers") or 0)
+        types = raw.get("layer_types") or [
+            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)
+        ]
+        sliding_layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+    gpt_oss = model_type == "gpt_oss"
 
     def num(key: str, default: Any = None, kind: type = int, src: Mapping[str, Any] = raw) -> Any:
         value = src.get(key, default)
@@ -124,8 +152,8 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config.json") -> Mode
         rms_eps=num("rms_norm_eps", 1e-6, float),
         tied_embeddings=bool(raw.get("tie_word_embeddings", False)),
         max_position=num("max_position_embeddings", 2048),
-        qkv_bias=model_type == "qwen2" or bool(raw.get("attention_bias", False)),
-        o_bias=model_type != "qwen2" and bool(raw.get("attention_bias", False)),
+        qkv_bias=model_type == "qwen2" or bool(raw.get("attention_bias", gpt_oss)),
+        o_bias=model_type != "qwen2" and bool(raw.get("attention_bias", gpt_oss)),
         rope_type=str(rope["rope_type"]),
         rope_factor=num("factor", 1.0, float, rope),
         rope_low_freq_factor=num("low_freq_factor", 1.0, float, rope),
@@ -134,4 +162,17 @@ def config_from_dict(raw: Mapping[str, Any], where: str = "config.json") -> Mode
         sliding_window=window,
         eos_token_ids=tuple(int(e) for e in eos_list),
         bos_token_id=None if raw.get("bos_token_id") is None else int(raw["bos_token_id"]),
+        sliding_layers=sliding_layers,
+        rope_beta_fast=num("beta_fast", 32.0, float, rope),
+        rope_beta_slow=num("beta_slow", 1.0, float, rope),
+        rope_truncate=bool(rope.get("truncate", True)),
+        rope_attention_factor=None
+        if rope.get("attention_factor") is None
+        else float(rope["attention_factor"]),
+        n_experts=num("num_local_experts") if raw.get("num_local_experts") else 0,
+        experts_per_token=num("num_experts_per_tok") if raw.get("num_local_experts") else 0,
+        attention_sinks=gpt_oss,
+        moe_bias=gpt_oss,
+        swiglu_limit=float(raw.get("swiglu_limit", 7.0)) if gpt_oss else 0.0,
+        swiglu_alpha=float(raw.get("swiglu_alpha", 1.702)),
     )

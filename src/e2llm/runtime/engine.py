@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,14 +31,30 @@ def load_stage(
     dtype: torch.dtype = torch.float32,
     embedding: bool | None = None,
     lm_head: bool | None = None,
+    precision: str | None = None,
+    expert_precision: str | None = None,
+    kv_dtype: torch.dtype | None = None,
 ) -> StageModel:
     """Build the stage for layers [start, end) from a prepared model, reading only its tensors.
-    By default the first stage embeds and the last one holds the final norm and LM head."""
+    By default the first stage embeds and the last one holds the final norm and LM head.
+    `precision` (default: that of `dtype`) is how its weights are held; see `StageModel`."""
     n = prepared.config.n_layers
     emb = start == 0 if embedding is None else embedding
     head = end == n if lm_head is None else lm_head
     weights = load_stage_weights(prepared, start, end, emb, head)
-    return StageModel(prepared.config, start, end, emb, head, device=device, dtype=dtype, weights=weights)
+    return StageModel(
+        prepared.config,
+        start,
+        end,
+        emb,
+        head,
+        device=device,
+        dtype=dtype,
+        weights=weights,
+        precision=precision,
+        expert_precision=expert_precision,
+        kv_dtype=kv_dtype,
+    )
 
 
 class LocalPipeline:
@@ -65,9 +82,11 @@ class LocalPipeline:
         splits: Sequence[tuple[int, int]],
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        **stage_options: Any,
     ) -> LocalPipeline:
-        """E.g. splits [(0, 10), (10, 20), (20, 30)] for three stages."""
-        return LocalPipeline([load_stage(prepared, a, b, device, dtype) for a, b in splits])
+        """E.g. splits [(0, 10), (10, 20), (20, 30)] for three stages; `stage_options` as
+        `load_stage` takes them (precision, expert_precision, kv_dtype)."""
+        return LocalPipeline([load_stage(prepared, a, b, device, dtype, **stage_options) for a, b in splits])
 
     def prefill(self, seq_id: str, token_ids: Sequence[int] | Tensor) -> Tensor:
         """Logits [vocab] after the prompt (or after continuing a cached prefix)."""
