@@ -3,9 +3,10 @@ single-process transformers `generate`, for 1, 2 and 3 stages and across a PD ha
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from e2llm.runtime.engine import LocalPipeline, decode_loop, handoff
 from e2llm.runtime.sampling import SamplingParams
@@ -19,11 +20,11 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24)
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2_prepared: PreparedModel) -> tuple[list[int], list[int]]:
+def reference(smollm2_prepared: PreparedModel, smollm2_transformers: Any) -> tuple[list[int], list[int]]:
     """(prompt ids, transformers' greedy continuation)."""
     tok = smollm2_prepared.tokenizer()
     prompt = encode_chat(tok, QUESTION)
-    hf = AutoModelForCausalLM.from_pretrained(str(smollm2_prepared.path), dtype=torch.float32)
+    hf = smollm2_transformers
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
     return prompt, out[0, len(prompt) :].tolist()

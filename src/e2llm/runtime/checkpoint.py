@@ -19,7 +19,6 @@ from e2llm.errors import InputError
 from e2llm.runtime.config import ModelConfig
 from e2llm.runtime.quant import (
     GROUP,
-    Int4Weight,
     Int8Weight,
     Mxfp4Weight,
     Weight,
@@ -28,6 +27,7 @@ from e2llm.runtime.quant import (
     to_int4,
     to_int8,
 )
+from e2llm.specs.model import table_precision
 
 FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISIONS = (*FLOAT_PRECISIONS, "int8", "q4", "mxfp4")
@@ -134,17 +134,15 @@ def stage_tensors(
         out.params["norm.weight"] = _tensor(weights, "norm.weight")
     emb = weights.get("embed_tokens.weight")
     head = weights.get("lm_head.weight")
+    # Embedding and LM head of a quantized model are per-row int8 (`specs.model.table_precision`):
+    # a row lookup needs a per-row layout, and a tied pair then shares one copy.
+    tables = table_precision(precision)
     if share_head and emb is not None:
-        # one copy serves both; a quantized one is per-row int8 (the packed int4 layout has no row
-        # lookup, and one int8 copy is smaller than int4 codes plus a packed head)
-        shared = at_precision(emb, precision)
-        if isinstance(shared, Int4Weight):
-            shared = to_int8(dequantize(shared))
-        out.embedding = out.lm_head = shared
+        out.embedding = out.lm_head = at_precision(emb, tables)
         out.tied = True
         return out
     if emb is not None:
-        out.embedding = at_precision(emb, precision)
+        out.embedding = at_precision(emb, tables)
     if head is not None:
-        out.lm_head = at_precision(head, precision)
+        out.lm_head = at_precision(head, tables)
     return out

@@ -1,7 +1,8 @@
 """Read a GGUF file directly: its model config, and one stage's tensors kept in their block form.
 
 Nothing is dequantized to fp32 on the way: Q4_0 / Q4_1 / Q4_K become 4-bit group weights as they
-are, MXFP4 experts stay MXFP4, Q8_0 and the 5/6-bit formats become per-row int8 (see `quant`).
+are, MXFP4 experts stay MXFP4, Q8_0 stays 8-bit with its block scales, and the 5/6-bit formats
+become per-row int8 (a requantization; see `quant`).
 The file is memory-mapped (`gguf.GGUFReader`), so a stage reads only its own tensors.
 Tensor names are llama.cpp's (`blk.N.attn_q.weight`, ...) and leave here as Hugging Face names
 (`layers.N.self_attn.q_proj.weight`), with llama.cpp's q/k row permutation for Llama undone.
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from e2llm.errors import InputError
-from e2llm.runtime.quant import Weight, from_mxfp4, from_q4_0, from_q4_1, from_q4_k, to_int8
+from e2llm.runtime.quant import Int8Weight, Weight, from_mxfp4, from_q4_0, from_q4_1, from_q4_k, to_int8
 
 # GGUF architecture -> HF model_type (llama with experts is Mixtral)
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gpt-oss": "gpt_oss"}
@@ -184,7 +185,12 @@ def _decode(t: Any, data: np.ndarray) -> Weight:
     if kind in ("Q4_0", "Q4_1", "Q4_K"):
         w = {"Q4_0": from_q4_0, "Q4_1": from_q4_1, "Q4_K": from_q4_k}[kind](flat)
         return type(w)(*(getattr(w, f).reshape(*shape[:-1], -1) for f in w.__slots__))
-    # Q8_0 and the 5/6-bit formats: per-row int8 (one scale per row instead of per 32)
+    if kind == "Q8_0":
+        b = flat.reshape(flat.shape[0], -1, 34)
+        codes = np.ascontiguousarray(b[..., 2:]).view(np.int8).reshape(*shape)
+        scale = np.ascontiguousarray(b[..., :2]).view(np.float16).astype(np.float32).reshape(*shape[:-1], -1)
+        return Int8Weight(torch.from_numpy(codes), torch.from_numpy(scale))
+    # the 5/6-bit formats: per-row int8 (one scale per row instead of per 16 or 32)
     dense = torch.from_numpy(dequantize(np.ascontiguousarray(flat), t.tensor_type).reshape(shape))
     return to_int8(dense)
 

@@ -212,8 +212,8 @@ class Experts(nn.Module):
             for name, w in (("w13", w13), ("w2", w2)):
                 self.register_buffer(f"{name}_blocks", w.blocks.to(device))
                 self.register_buffer(f"{name}_exponents", w.exponents.to(device))
-            self.register_buffer("b13", None if b13 is None else b13.to(device=device, dtype=dtype))
-            self.register_buffer("b2", None if b2 is None else b2.to(device=device, dtype=dtype))
+            for name, b in (("w13_bias", b13), ("w2_bias", b2)):
+                self.register_buffer(name, None if b is None else b.to(device=device, dtype=dtype))
             return
         w13s = w13 if isinstance(w13, list) else [_expert(w13, e) for e in range(self.n_experts)]
         w2s = w2 if isinstance(w2, list) else [_expert(w2, e) for e in range(self.n_experts)]
@@ -221,12 +221,14 @@ class Experts(nn.Module):
             self.linears.append(make_linear(w13s[e], bias(b13, e), dtype, device))
             self.linears.append(make_linear(w2s[e], bias(b2, e), dtype, device))
 
+    def _bank(self, name: str, e: int) -> tuple[Tensor, Tensor | None]:
+        """Expert `e` of the packed bank `name` (w13 or w2), dequantized, and its bias."""
+        blocks, exponents, bias = (getattr(self, name + s) for s in ("_blocks", "_exponents", "_bias"))
+        w = Mxfp4Weight(blocks[e], exponents[e]).dequantize(self.dtype)
+        return w, None if bias is None else bias[e]
+
     def _expert(self, e: int, x: Tensor) -> Tensor:
-        if self.packed:
-            w13 = Mxfp4Weight(self.w13_blocks[e], self.w13_exponents[e]).dequantize(self.dtype)
-            h = F.linear(x, w13, None if self.b13 is None else self.b13[e])
-        else:
-            h = self.linears[2 * e](x)
+        h = F.linear(x, *self._bank("w13", e)) if self.packed else self.linears[2 * e](x)
         gate, up = h.chunk(2, dim=-1)
         if self.limit:  # GPT-OSS: clamped gate * sigmoid(alpha * gate) * (up + 1)
             gate = gate.clamp(max=self.limit)
@@ -235,8 +237,7 @@ class Experts(nn.Module):
         else:
             h = F.silu(gate) * up
         if self.packed:
-            w2 = Mxfp4Weight(self.w2_blocks[e], self.w2_exponents[e]).dequantize(self.dtype)
-            return F.linear(h, w2, None if self.b2 is None else self.b2[e])
+            return F.linear(h, *self._bank("w2", e))
         return self.linears[2 * e + 1](h)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -261,7 +262,7 @@ def _expert(w: Weight, e: int) -> Weight:
         return w[e]
     if isinstance(w, Mxfp4Weight):
         return w.select(e).dequantize()
-    return type(w)(*(getattr(w, f)[e] for f in w.__slots__))  # type: ignore[arg-type]
+    return type(w)(*(getattr(w, f)[e] for f in w.__slots__))
 
 
 class Block(nn.Module):

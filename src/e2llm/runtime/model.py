@@ -18,11 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from e2llm.errors import InputError
-from e2llm.runtime.checkpoint import TORCH_DTYPES, at_precision, stage_tensors
+from e2llm.runtime.backend import MemoryReport
+from e2llm.runtime.checkpoint import TORCH_DTYPES, stage_tensors
 from e2llm.runtime.config import ModelConfig
 from e2llm.runtime.kv import KVCache, SlotBatch
 from e2llm.runtime.layers import Block, Experts, RMSNorm, rope_inv_freq, rope_scale, rope_tables
-from e2llm.runtime.quant import Int4Weight, Weight, make_linear, module_bytes, to_int8
+from e2llm.runtime.quant import Weight, make_linear, module_bytes
 
 Visibility = Literal["all", "causal", "positions"]
 
@@ -131,10 +132,7 @@ class StageModel(nn.Module):
                 assert self.lm_head is not None
                 self.embed_tokens = TokenEmbedding(self.lm_head)
             else:
-                emb = at_precision(t.embedding, self.precision)
-                if isinstance(emb, Int4Weight):  # no row lookup in the packed layout
-                    emb = to_int8(emb.dequantize())
-                self.embed_tokens = TokenEmbedding(make_linear(emb, None, dtype, device))
+                self.embed_tokens = TokenEmbedding(make_linear(t.embedding, None, dtype, device))
         if leftover := [n for n, p in self.named_parameters() if p.is_meta]:
             raise InputError("weights", f"stage [{self.start}, {self.end}) lacks tensors", leftover[:3])
 
@@ -277,6 +275,11 @@ class StageModel(nn.Module):
     def kv_bytes(self) -> int:
         """Bytes of K/V held for live sequences (reserved pool memory may be larger)."""
         return self.cache.used_bytes()
+
+    def memory(self) -> MemoryReport:
+        cfg = self.config
+        per_token = 2 * cfg.n_kv_heads * cfg.head_dim * self.cache.k.element_size() * (self.end - self.start)
+        return MemoryReport(self.weight_bytes(), self.kv_bytes(), self.kv_reserved_bytes(), per_token)
 
     def kv_reserved_bytes(self) -> int:
         """Bytes of the KV pool (grown by doubling; kept for reuse after sequences end)."""

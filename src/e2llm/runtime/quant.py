@@ -50,7 +50,8 @@ class Int4Weight:
 
 @dataclass(frozen=True, slots=True)
 class Int8Weight:
-    """[N, K] weight: codes int8 [N, K], scale fp32 [N]."""
+    """[N, K] weight: codes int8 [N, K]; scale fp32 [N] (per row, the kernel's form) or
+    [N, K / GROUP] (per block: GGUF Q8_0 as stored, requantized per row by `Int8Linear`)."""
 
     codes: Tensor
     scale: Tensor
@@ -59,8 +60,15 @@ class Int8Weight:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.codes.shape)
 
+    @property
+    def per_row(self) -> bool:
+        return self.scale.dim() < self.codes.dim()
+
     def dequantize(self) -> Tensor:
-        return self.codes.float() * self.scale[..., None]
+        if self.per_row:
+            return self.codes.float() * self.scale[..., None]
+        q = self.codes.float().unflatten(-1, (-1, GROUP))
+        return (q * self.scale[..., None]).flatten(-2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +115,12 @@ def cat_rows(parts: list[Weight]) -> Weight:
     first = parts[0]
     if isinstance(first, Tensor):
         return torch.cat(parts, -2)  # type: ignore[arg-type]
-    axes = {"codes": -2, "scale": -2 if isinstance(first, Int4Weight) else -1, "zero": -2}
+    rows = {p.per_row for p in parts if isinstance(p, Int8Weight)}
+    if len(rows) > 1:  # Q8_0 (block scales) beside Q6_K (row scales)
+        parts = [to_int8(dequantize(p)) for p in parts]
+        first, rows = parts[0], {True}
+    per_row = rows == {True}
+    axes = {"codes": -2, "scale": -1 if per_row else -2, "zero": -2}
     axes |= {"blocks": -3, "exponents": -2}
     fields = first.__slots__  # type: ignore[union-attr]
     return type(first)(*(torch.cat([getattr(p, f) for p in parts], axes[f]) for f in fields))
@@ -208,9 +221,9 @@ class Int4Linear(nn.Module):
     def __init__(self, w: Int4Weight, bias: Tensor | None, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.out_features, self.in_features = w.shape
-        self.dtype, self.cuda = dtype, device.type == "cuda"
+        self.dtype, self.on_cuda = dtype, device.type == "cuda"
         codes = w.codes.to(device=device, dtype=torch.int32)
-        if self.cuda:
+        if self.on_cuda:
             packed = torch.ops.aten._convert_weight_to_int4pack(
                 (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8), _inner_k_tiles(self.in_features)
             )
@@ -224,7 +237,9 @@ class Int4Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(self.dtype)
-        mm = torch.ops.aten._weight_int4pack_mm if self.cuda else torch.ops.aten._weight_int4pack_mm_for_cpu
+        mm = (
+            torch.ops.aten._weight_int4pack_mm if self.on_cuda else torch.ops.aten._weight_int4pack_mm_for_cpu
+        )
         y = mm(x2, self.packed, GROUP, self.scales_zeros)
         if self.bias is not None:
             y = y + self.bias
@@ -236,6 +251,8 @@ class Int8Linear(nn.Module):
 
     def __init__(self, w: Int8Weight, bias: Tensor | None, dtype: torch.dtype, device: torch.device):
         super().__init__()
+        if not w.per_row:
+            w = to_int8(w.dequantize())
         self.out_features, self.in_features = w.shape
         self.dtype = dtype
         self.register_buffer("codes", w.codes.to(device).contiguous())
@@ -253,7 +270,9 @@ class Int8Linear(nn.Module):
 
     def embed(self, ids: Tensor) -> Tensor:
         """Rows of W as an embedding table (tied embeddings share one int8 copy)."""
-        return self.codes[ids].to(self.dtype) * self.scale[ids, None]
+        codes, scale = self.codes, self.scale
+        assert isinstance(codes, Tensor) and isinstance(scale, Tensor)
+        return codes[ids].to(self.dtype) * scale[ids, None]
 
 
 class DenseLinear(nn.Linear):

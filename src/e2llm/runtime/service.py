@@ -39,6 +39,7 @@ from e2llm.runtime.cluster import advertised_devices, torch_threads_per_actor
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.plans import plan_devices
+from e2llm.runtime.precision import stage_precision
 from e2llm.runtime.replan import can_replan, replanned
 from e2llm.runtime.replica import ReplicaLost, ReplicaRunner, hand_off, is_actor_loss, lost_actor_id
 from e2llm.runtime.router import NoLiveReplica, Router
@@ -84,6 +85,7 @@ def start_runners(
 
     n_actors = sum(len(r.stages) for r in plan.replicas)
     threads = options.threads or torch_threads_per_actor(n_actors)
+    precision = stage_precision(plan.model_spec, options.dtype, options.torch_device)
     actors_by_replica = []
     for replica in plan.replicas:
         actors = []
@@ -95,8 +97,11 @@ def start_runners(
                 embedding=stage.embedding,
                 lm_head=stage.lm_head,
                 torch_device=options.torch_device,
-                dtype=options.dtype,
+                dtype=precision.activations,
                 threads=threads,
+                precision=precision.weights,
+                expert_precision=precision.experts,
+                kv_dtype=precision.kv,
             )
             actors.append(spawn_stage_actor(config, stage.device))
         actors_by_replica.append(actors)

@@ -91,6 +91,15 @@ class PreparedModel:
     def at(path: Path, name: str | None = None) -> PreparedModel:
         return PreparedModel(path=path, config=read_config(path), name=name or path.name)
 
+    def transformers_model(self, dtype: torch.dtype = torch.float32) -> Any:
+        """The same weights as a transformers model (the reference implementation; a GGUF is
+        dequantised by transformers itself)."""
+        from transformers import AutoModelForCausalLM
+
+        if (gguf := self.gguf) is not None:
+            return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
+
     def tokenizer(self) -> Any:
         """The model's tokenizer (a transformers tokenizer, with its chat template)."""
         from transformers import AutoTokenizer
@@ -171,6 +180,9 @@ def prepare_model(source: ModelSource, cache_dir: Path | None = None) -> Prepare
                 try:
                     _convert_gguf(source, tmp)
                     os.rename(tmp, final)
+                except Exception as err:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise InputError(str(source.path), f"cannot prepare the GGUF: {err}") from err
                 except BaseException:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
@@ -246,8 +258,8 @@ def _moe_names(hf: dict[str, torch.Tensor], model_type: str) -> dict[str, Weight
         if rest == "gate.weight":
             hf[head + ".mlp.gate.weight"] = value
             continue
-        _, e, w, _ = rest.split(".")  # experts.E.w1.weight
-        name = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}[w]
+        _, e, which, _ = rest.split(".")  # experts.E.w1.weight
+        name = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}[which]
         stacks.setdefault(f"{head}.mlp.experts.{name}", {})[int(e)] = value
     for key, parts in stacks.items():
         out[key] = torch.stack([parts[e] for e in sorted(parts)])

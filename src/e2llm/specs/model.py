@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Bytes per parameter of each weight format, block scales included
-# (int8: one fp16 scale per 32 weights; q4: 4-bit + fp16 scale per 32 (llama.cpp Q4_0);
+# Bytes per parameter of each weight format as the runtime holds it, scales included
+# (int8: per-row int8, one scale per row, ~1 B; q4: 4-bit codes + a 16-bit scale and zero per 32,
+#  torch's int4 kernel layout, which GGUF Q4_0/Q4_1/Q4_K load into;
 #  mxfp4: 4-bit + one 8-bit shared exponent per 32, as in GPT-OSS).
 BYTES_PER_PARAM: dict[str, float] = {
     "fp32": 4.0,
     "bf16": 2.0,
     "fp16": 2.0,
-    "int8": 1.0625,
-    "q4": 0.5625,
+    "int8": 1.0,
+    "q4": 0.625,
     "mxfp4": 0.53125,
 }
+QUANTIZED = ("int8", "q4", "mxfp4")
+
+
+def table_precision(weight_precision: str) -> str:
+    """Embedding and LM head precision: quantized models keep them per-row int8 (llama.cpp files
+    keep token_embd/output at 8 bits too, and a row lookup needs a per-row layout)."""
+    return "int8" if weight_precision in QUANTIZED else weight_precision
+
 
 # Bounds for model files (config.json, GGUF, a plan's model_spec), far above any real model:
 # past them the cost model's arithmetic overflows or a per-layer tuple eats the memory.
@@ -88,13 +97,16 @@ class ModelSpec:
 
     @property
     def embedding_bytes(self) -> float:
-        return self.vocab * self.hidden * BYTES_PER_PARAM[self.weight_precision]
+        return self.vocab * self.hidden * BYTES_PER_PARAM[table_precision(self.weight_precision)]
 
     @property
     def lm_head_bytes(self) -> float:
         """Final norm + LM head. With tied embeddings the head reuses the embedding matrix, but a
         stage that holds the head without the embedding still needs its own copy."""
-        return self.vocab * self.hidden * BYTES_PER_PARAM[self.weight_precision] + self.hidden * 2
+        return (
+            self.vocab * self.hidden * BYTES_PER_PARAM[table_precision(self.weight_precision)]
+            + self.hidden * 2
+        )
 
     def kv_bytes_per_token(self, layer: int) -> float:
         """K and V of one token in one layer (GQA: n_kv_heads, not n_heads)."""

