@@ -11,7 +11,6 @@ Tensor names are llama.cpp's (`blk.N.attn_q.weight`, ...) and leave here as Hugg
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -227,6 +226,5 @@ def load_gguf_stage(
     return out
 
 
-def tensor_types(path: Path) -> Mapping[str, str]:
-    """GGUF tensor name -> block format name (for memory accounting and reports)."""
-    return {t.name: t.tensor_type.name for t in _reader(str(path)).tensors}
+def has_tokenizer(path: Path) -> bool:
+    return "tokenizer.ggml.tokens" in _reader(str(path)).fields
