@@ -12,6 +12,7 @@ from e2llm.specs.models import (
     model_from_dict,
     model_to_dict,
     smollm2_gguf_path,
+    with_precision,
 )
 
 GIB = 2**30
@@ -86,7 +87,11 @@ def test_gguf_header_of_the_shipped_smollm2():
     )
     assert [getattr(m, f) for f in shape] == [getattr(ref, f) for f in shape]
     assert m.tied_embeddings and m.weight_precision == "q4"
-    assert load_model(path, "bf16").total_weight_bytes == pytest.approx(ref.total_weight_bytes)
+    assert ref.weight_precision == m.weight_precision  # the catalog entry is this very file
+    assert load_model(path, "bf16").total_weight_bytes == pytest.approx(
+        with_precision(ref, "bf16").total_weight_bytes
+    )
+    assert m.total_weight_bytes == pytest.approx(ref.total_weight_bytes)
 
 
 def hf_config(**overrides):

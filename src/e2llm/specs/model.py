@@ -4,18 +4,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Bytes per parameter of each weight format as the runtime holds it, scales included
-# (int8: per-row int8, one scale per row, ~1 B; q4: 4-bit codes + a 16-bit scale and zero per 32,
-#  torch's int4 kernel layout, which GGUF Q4_0/Q4_1/Q4_K load into;
-#  mxfp4: 4-bit + one 8-bit shared exponent per 32, as in GPT-OSS).
+# Bytes per parameter each weight format streams per token, block scales included, as the
+# cost model's llama.cpp calibration assumes (int8: one fp16 scale per 32 weights (Q8_0);
+# q4: 4-bit + fp16 scale per 32 (Q4_0); mxfp4: 4-bit + one 8-bit exponent per 32, as GPT-OSS).
 BYTES_PER_PARAM: dict[str, float] = {
     "fp32": 4.0,
     "bf16": 2.0,
     "fp16": 2.0,
-    "int8": 1.0,
-    "q4": 0.625,
+    "int8": 1.0625,
+    "q4": 0.5625,
     "mxfp4": 0.53125,
 }
+# Bytes per parameter the runtime holds in memory (what stage memory and the planner's fit use):
+# int8 is per-row int8 (one scale per row); q4 is torch's int4 kernel layout, 4-bit codes plus a
+# 16-bit scale and zero per 32, which GGUF Q4_0/Q4_1/Q4_K load into.
+RESIDENT_BYTES_PER_PARAM: dict[str, float] = {**BYTES_PER_PARAM, "int8": 1.0, "q4": 0.625}
 QUANTIZED = ("int8", "q4", "mxfp4")
 
 
@@ -87,26 +90,30 @@ class ModelSpec:
         ffn = self.expert_params * (self.experts_per_token if self.is_moe else 1)
         return self.attn_params + ffn + router + 2 * self.hidden
 
-    @property
-    def layer_weight_bytes(self) -> float:
+    def _layer_bytes(self, table: dict[str, float]) -> float:
         dense = self.layer_params - (self.expert_params * self.n_experts if self.is_moe else 0)
         experts = self.expert_params * self.n_experts if self.is_moe else 0
-        return (
-            dense * BYTES_PER_PARAM[self.weight_precision] + experts * BYTES_PER_PARAM[self.expert_precision]
-        )
+        return dense * table[self.weight_precision] + experts * table[self.expert_precision]
+
+    @property
+    def layer_weight_bytes(self) -> float:
+        """Memory of one decoder layer's weights as the runtime holds them."""
+        return self._layer_bytes(RESIDENT_BYTES_PER_PARAM)
+
+    @property
+    def layer_stream_bytes(self) -> float:
+        """Weight bytes one decoder layer streams per pass (the roofline's traffic)."""
+        return self._layer_bytes(BYTES_PER_PARAM)
 
     @property
     def embedding_bytes(self) -> float:
-        return self.vocab * self.hidden * BYTES_PER_PARAM[table_precision(self.weight_precision)]
+        return self.vocab * self.hidden * RESIDENT_BYTES_PER_PARAM[table_precision(self.weight_precision)]
 
     @property
     def lm_head_bytes(self) -> float:
         """Final norm + LM head. With tied embeddings the head reuses the embedding matrix, but a
         stage that holds the head without the embedding still needs its own copy."""
-        return (
-            self.vocab * self.hidden * BYTES_PER_PARAM[table_precision(self.weight_precision)]
-            + self.hidden * 2
-        )
+        return self.embedding_bytes + self.hidden * 2
 
     def kv_bytes_per_token(self, layer: int) -> float:
         """K and V of one token in one layer (GQA: n_kv_heads, not n_heads)."""
