@@ -20,7 +20,8 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType as Q
 from gguf.quants import dequantize, quantize
-from transformers import GptOssConfig, GptOssForCausalLM, LlamaConfig, LlamaForCausalLM
+from tiny_models import mxfp4_experts, save_mxfp4_checkpoint, tiny_gpt_oss
+from transformers import GptOssForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from e2llm.errors import InputError
 from e2llm.runtime import quant
@@ -214,75 +215,10 @@ def test_gguf_held_quantized_stays_close_to_the_dequantized_reference(llama_gguf
 
 
 # -- GPT-OSS with MXFP4 experts -------------------------------------------------------------------
-def tiny_gpt_oss() -> GptOssForCausalLM:
-    cfg = GptOssConfig(
-        num_hidden_layers=3,
-        hidden_size=64,
-        intermediate_size=64,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        sliding_window=4,
-        vocab_size=128,
-        max_position_embeddings=256,
-        initializer_range=0.1,
-        rope_parameters={
-            "rope_type": "yarn",
-            "rope_theta": 10000.0,
-            "factor": 4.0,
-            "beta_fast": 32.0,
-            "beta_slow": 1.0,
-            "truncate": False,
-            "original_max_position_embeddings": 64,
-        },
-    )
-    torch.manual_seed(0)
-    return GptOssForCausalLM(cfg).eval()
-
-
-def mxfp4_experts(hf: GptOssForCausalLM) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each layer's experts MXFP4-quantized with gguf's quantizer: name -> (raw blocks [E, N,
-    K/32, 17], dequantized [E, N, K]), N x K as rows are outputs; the model is given the
-    dequantized values, so it is the exact reference."""
-    out = {}
-    for i, layer in enumerate(hf.model.layers):
-        ex = layer.mlp.experts
-        for name, w in (("gate_up_proj", ex.gate_up_proj), ("down_proj", ex.down_proj)):
-            rows = w.detach().transpose(1, 2).numpy()  # [E, out, in]
-            raw = quantize(np.ascontiguousarray(rows), Q.MXFP4)
-            deq = dequantize(raw, Q.MXFP4).reshape(rows.shape)
-            with torch.no_grad():
-                w.copy_(torch.from_numpy(deq).transpose(1, 2))
-            out[f"{i}.{name}"] = (raw.reshape(*rows.shape[:2], -1, 17), deq)
-    return out
-
-
 def test_gpt_oss_hf_checkpoint_with_mxfp4_experts(tmp_path: Path) -> None:
     """The openai/gpt-oss layout: `*_blocks` / `*_scales` in the safetensors, experts kept MXFP4."""
-    from safetensors.torch import save_file
-
     hf = tiny_gpt_oss()
-    packed = mxfp4_experts(hf)
-    hf.save_pretrained(tmp_path)
-    state = {
-        k: v.contiguous()
-        for k, v in hf.state_dict().items()
-        if ".experts.gate_up_proj" not in k or k.endswith("_bias")
-    }
-    state = {k: v for k, v in state.items() if not (k.endswith(".experts.down_proj"))}
-    for key, (raw, _) in packed.items():
-        i, name = key.split(".")
-        blocks = torch.from_numpy(np.ascontiguousarray(raw[..., 1:]))
-        codes = torch.cat((blocks & 15, blocks >> 4), -1)
-        hf_blocks = (codes[..., 0::2] | (codes[..., 1::2] << 4)).contiguous()
-        p = f"model.layers.{i}.mlp.experts.{name}"
-        state[p + "_blocks"] = hf_blocks
-        state[p + "_scales"] = torch.from_numpy(np.ascontiguousarray(raw[..., 0]))
-    for f in tmp_path.glob("*.safetensors"):
-        f.unlink()
-    save_file(state, str(tmp_path / "model.safetensors"))
+    save_mxfp4_checkpoint(hf, tmp_path)
     prepared = prepare_model(ModelSource.from_path(tmp_path))
     weights = load_stage_weights(prepared, 0, 1, True, False)
     assert isinstance(weights["layers.0.mlp.experts.gate_proj"], quant.Mxfp4Weight)

@@ -45,6 +45,7 @@ class StageConfig:
     expert_precision: str | None = None
     kv_dtype: str | None = None  # None: as `dtype`
     backend: str = "torch"  # `runtime.backend.BACKENDS`
+    kv_reserve: tuple[int, int] = (0, 0)  # (sequences, tokens each) of KV held from the start
 
 
 def resolve_torch_device(name: str) -> str:
@@ -105,6 +106,7 @@ class StageWorker:
             kv=config.kv_dtype or config.dtype,
         )
         self.model = build_backend(config.backend, request)
+        self.model.reserve_kv(*config.kv_reserve)
         self.compute_s = {"prefill": 0.0, "decode": 0.0}
         self.calls = {"prefill": 0, "decode": 0}
         self.kv_bytes_in = 0

@@ -11,15 +11,18 @@ Tensor names are llama.cpp's (`blk.N.attn_q.weight`, ...) and leave here as Hugg
 from __future__ import annotations
 
 import re
-from functools import cache
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from e2llm.errors import InputError
 from e2llm.runtime.quant import Int8Weight, Weight, from_mxfp4, from_q4_0, from_q4_1, from_q4_k, to_int8
+from e2llm.specs.gguf_header import read_gguf_header
 
 # GGUF architecture -> HF model_type (llama with experts is Mixtral)
 ARCHITECTURES = {"llama": "llama", "qwen2": "qwen2", "gpt-oss": "gpt_oss"}
@@ -63,22 +66,45 @@ _GLOBAL_NAMES = {
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
 
 
-@cache
-def _reader(path: str) -> Any:
-    from gguf import GGUFReader
+@dataclass(frozen=True, slots=True)
+class _Tensor:
+    """One tensor of a memory-mapped GGUF: name, ggml type, shape (outermost first), raw bytes."""
 
-    try:
-        return GGUFReader(path)
-    except (OSError, ValueError) as err:
-        raise InputError(path, f"not a readable GGUF file: {err}") from err
+    name: str
+    kind: GGMLQuantizationType
+    shape: tuple[int, ...]
+    data: np.ndarray  # uint8 [..., N, bytes per row] (a view of the file mapping)
 
 
-def _field(reader: Any, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    value = f.contents()
-    return value
+class _File:
+    """A GGUF file: its header (`specs.gguf_header`, arrays skipped: fast and small) and its
+    tensors as views of one read-only memory map."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.header = read_gguf_header(path)
+        self.metadata = self.header.metadata
+        self._map: np.ndarray | None = None
+
+    def kind(self, name: str) -> str:
+        t = self.header.tensors[name].ggml_type
+        return GGMLQuantizationType(t).name if t in _GGML_TYPES else f"type {t}"
+
+    def tensor(self, name: str) -> _Tensor:
+        info = self.header.tensors[name]
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
+        kind = GGMLQuantizationType(info.ggml_type)
+        shape = tuple(reversed(info.dims))  # GGUF lists dims innermost first
+        block, size = GGML_QUANT_SIZES[kind]
+        row_bytes = shape[-1] // block * size
+        start = self.header.data_start + info.offset
+        rows = int(np.prod(shape[:-1], dtype=np.int64))
+        data = self._map[start : start + rows * row_bytes].reshape(*shape[:-1], row_bytes)
+        return _Tensor(name, kind, shape, data)
+
+
+_GGML_TYPES = {int(t) for t in GGMLQuantizationType}
 
 
 def hf_name(name: str) -> str | None:
@@ -93,18 +119,18 @@ def hf_name(name: str) -> str | None:
 
 def check_gguf(path: Path) -> None:
     """Refuse (InputError naming file, tensor or field, value) what this runtime cannot run."""
-    reader = _reader(str(path))
-    arch = _field(reader, "general.architecture")
+    f = _File(path)
+    arch = f.metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
         raise InputError(
             str(path), f"field general.architecture must be one of {', '.join(ARCHITECTURES)}", arch
         )
-    for t in reader.tensors:
-        if t.tensor_type.name not in SUPPORTED_TYPES:
+    for name in f.header.tensors:
+        if (kind := f.kind(name)) not in SUPPORTED_TYPES:
             raise InputError(
                 str(path),
-                f"tensor {t.name}: quantization type must be one of {', '.join(SUPPORTED_TYPES)}",
-                t.tensor_type.name,
+                f"tensor {name}: quantization type must be one of {', '.join(SUPPORTED_TYPES)}",
+                kind,
             )
 
 
@@ -112,18 +138,17 @@ def gguf_config(path: Path) -> dict[str, Any]:
     """An HF `config.json` dict from the GGUF metadata (llama, qwen2, gpt-oss; llama with experts
     is Mixtral)."""
     check_gguf(path)
-    r = _reader(str(path))
-    arch = _field(r, "general.architecture")
+    meta = _File(path).header
+    arch = str(meta.metadata["general.architecture"])
 
     def get(key: str, default: Any = None) -> Any:
-        return _field(r, f"{arch}.{key}", default)
+        return meta.metadata.get(f"{arch}.{key}", default)
 
     n_heads = int(get("attention.head_count"))
     hidden = int(get("embedding_length"))
     n_experts = int(get("expert_count", 0) or 0)
     model_type = "mixtral" if arch == "llama" and n_experts else ARCHITECTURES[arch]
-    names = {t.name for t in r.tensors}
-    tokens = r.fields.get("tokenizer.ggml.tokens")
+    names = meta.tensor_names
     raw: dict[str, Any] = {
         "model_type": model_type,
         "num_hidden_layers": int(get("block_count")),
@@ -132,7 +157,7 @@ def gguf_config(path: Path) -> dict[str, Any]:
         "num_attention_heads": n_heads,
         "num_key_value_heads": int(get("attention.head_count_kv", n_heads)),
         "head_dim": int(get("attention.key_length", hidden // n_heads)),
-        "vocab_size": int(get("vocab_size") or (len(tokens.data) if tokens is not None else 0)),
+        "vocab_size": int(get("vocab_size") or meta.array_lengths.get("tokenizer.ggml.tokens", 0)),
         "max_position_embeddings": int(get("context_length", 2048)),
         "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon", 1e-6)),
         "rope_theta": float(get("rope.freq_base", 10000.0)),
@@ -152,11 +177,11 @@ def gguf_config(path: Path) -> dict[str, Any]:
         }
         if rope_type == "yarn" and arch == "gpt-oss":
             raw["rope_scaling"] |= {"beta_fast": 32.0, "beta_slow": 1.0, "truncate": False}
-    for key, meta in (
+    for key, key_meta in (
         ("eos_token_id", "tokenizer.ggml.eos_token_id"),
         ("bos_token_id", "tokenizer.ggml.bos_token_id"),
     ):
-        if (value := _field(r, meta)) is not None:
+        if (value := meta.metadata.get(key_meta)) is not None:
             raw[key] = int(value)
     return raw
 
@@ -167,17 +192,19 @@ def _unpermute(raw: np.ndarray, heads: int) -> np.ndarray:
     return raw.reshape(heads, n // heads // 2, 2, -1).swapaxes(1, 2).reshape(raw.shape)
 
 
-def _decode(t: Any, data: np.ndarray) -> Weight:
-    """One GGUF tensor (raw rows `data`, [..., N, bytes]) in the form this runtime holds."""
+def _decode(t: _Tensor, heads: int = 0) -> Weight:
+    """One GGUF tensor in the form this runtime holds (`heads`: undo llama.cpp's q/k order)."""
     from gguf.quants import dequantize
 
-    kind = t.tensor_type.name
-    shape = tuple(int(d) for d in reversed(t.shape))  # GGUF lists dims innermost first
-    if kind in ("F32", "F16"):
-        return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32).reshape(shape))
-    if kind == "BF16":
-        bits = np.ascontiguousarray(data).view(np.int16).reshape(shape)
-        return torch.from_numpy(bits).view(torch.bfloat16).float()
+    data = _unpermute(t.data, heads) if heads else t.data
+    kind, shape = t.kind.name, t.shape
+    if kind in ("F32", "F16", "BF16"):
+        raw = np.ascontiguousarray(data)
+        if kind == "BF16":
+            return torch.from_numpy(raw.view(np.int16).reshape(shape).copy()).view(torch.bfloat16).float()
+        return torch.from_numpy(
+            raw.view(np.float32 if kind == "F32" else np.float16).astype(np.float32).reshape(shape)
+        )
     if kind == "MXFP4":
         return from_mxfp4(data, shape)
     flat = data.reshape(-1, data.shape[-1])
@@ -190,19 +217,35 @@ def _decode(t: Any, data: np.ndarray) -> Weight:
         scale = np.ascontiguousarray(b[..., :2]).view(np.float16).astype(np.float32).reshape(*shape[:-1], -1)
         return Int8Weight(torch.from_numpy(codes), torch.from_numpy(scale))
     # the 5/6-bit formats: per-row int8 (one scale per row instead of per 16 or 32)
-    dense = torch.from_numpy(dequantize(np.ascontiguousarray(flat), t.tensor_type).reshape(shape))
-    return to_int8(dense)
+    return to_int8(torch.from_numpy(dequantize(np.ascontiguousarray(flat), t.kind).reshape(shape)))
+
+
+class GGUFStageWeights(Mapping[str, Weight]):
+    """One stage's tensors under HF names, decoded when read (so a stage built layer by layer
+    holds one layer's temporaries at a time); the memory-mapped file stays open while it lives."""
+
+    def __init__(self, file: _File, tensors: dict[str, tuple[str, int]]):
+        self._file, self._tensors = file, tensors  # HF name -> (GGUF name, q/k heads or 0)
+
+    def __getitem__(self, key: str) -> Weight:
+        name, heads = self._tensors[key]
+        return _decode(self._file.tensor(name), heads)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
 
 
 def load_gguf_stage(
     path: Path, cfg: Any, start: int, end: int, embedding: bool, lm_head: bool
-) -> dict[str, Weight]:
+) -> GGUFStageWeights:
     """The tensors of layers [start, end) (+ embedding, + final norm and LM head) under HF
     names; a tied LM head is the embedding matrix."""
-    reader = _reader(str(path))
-    by_name = {t.name: t for t in reader.tensors}
-    out: dict[str, Weight] = {}
-    for name, t in by_name.items():
+    f = _File(path)
+    out: dict[str, tuple[str, int]] = {}
+    for name in f.header.tensors:
         short = hf_name(name)
         if short is None:
             continue
@@ -213,18 +256,16 @@ def load_gguf_stage(
             (short == "embed_tokens.weight" and embedding) or (short != "embed_tokens.weight" and lm_head)
         ):
             continue
-        data = np.asarray(t.data)
+        heads = 0
         if cfg.model_type in ("llama", "mixtral") and short.endswith(("q_proj.weight", "k_proj.weight")):
-            data = _unpermute(data, cfg.n_heads if "q_proj" in short else cfg.n_kv_heads)
-        out[short] = _decode(t, data)
+            heads = cfg.n_heads if "q_proj" in short else cfg.n_kv_heads
+        out[short] = (name, heads)
     if lm_head and "lm_head.weight" not in out:
-        if "token_embd.weight" not in by_name:
+        if "token_embd.weight" not in f.header.tensors:
             raise InputError(str(path), "GGUF has neither output.weight nor token_embd.weight")
-        t = by_name["token_embd.weight"]
-        emb = out.get("embed_tokens.weight")
-        out["lm_head.weight"] = emb if emb is not None else _decode(t, np.asarray(t.data))
-    return out
+        out["lm_head.weight"] = ("token_embd.weight", 0)
+    return GGUFStageWeights(f, out)
 
 
 def has_tokenizer(path: Path) -> bool:
-    return "tokenizer.ggml.tokens" in _reader(str(path)).fields
+    return "tokenizer.ggml.tokens" in read_gguf_header(path).array_lengths

@@ -10,6 +10,8 @@ mask is built from the positions, so rows of different lengths share one pass.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -19,13 +21,20 @@ from torch import Tensor, nn
 
 from e2llm.errors import InputError
 from e2llm.runtime.backend import MemoryReport
-from e2llm.runtime.checkpoint import TORCH_DTYPES, stage_tensors
+from e2llm.runtime.checkpoint import TORCH_DTYPES, StageTensors, stage_tensors
 from e2llm.runtime.config import ModelConfig
 from e2llm.runtime.kv import KVCache, SlotBatch
 from e2llm.runtime.layers import Block, Experts, RMSNorm, rope_inv_freq, rope_scale, rope_tables
 from e2llm.runtime.quant import Weight, make_linear, module_bytes
 
 Visibility = Literal["all", "causal", "positions"]
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap back to the OS after loading (glibc keeps it otherwise, and the stage's
+    resident memory would count the decoding temporaries)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def precision_of(dtype: torch.dtype) -> str:
@@ -102,6 +111,17 @@ class StageModel(nn.Module):
     def load_weights(self, weights: Mapping[str, Weight]) -> None:
         """Build this stage's modules from a checkpoint slice (keys as `load_stage_weights`
         returns them), at the stage's precision."""
+        keys = list(weights)
+        layers = sorted({int(k.split(".")[1]) for k in keys if k.startswith("layers.")})
+        # layer by layer: a lazily decoded checkpoint then holds one layer's temporaries at a time
+        for group in [[k for k in keys if k.startswith(f"layers.{i}.")] for i in layers]:
+            self._load_group({k: weights[k] for k in group})
+        self._load_tables(self._load_group({k: weights[k] for k in keys if not k.startswith("layers.")}))
+        if leftover := [n for n, p in self.named_parameters() if p.is_meta]:
+            raise InputError("weights", f"stage [{self.start}, {self.end}) lacks tensors", leftover[:3])
+        release_freed_memory()
+
+    def _load_group(self, weights: Mapping[str, Weight]) -> StageTensors:
         share = self.config.tied_embeddings and self.has_embedding and self.has_lm_head
         t = stage_tensors(weights, self.config, self.precision, self.expert_precision, share)
         device, dtype = self.device, self.dtype
@@ -117,6 +137,10 @@ class StageModel(nn.Module):
             setattr(
                 self.get_submodule(module_path), name, nn.Parameter(value.to(device, dt), requires_grad=False)
             )
+        return t
+
+    def _load_tables(self, t: StageTensors) -> None:
+        device, dtype = self.device, self.dtype
         if self.has_lm_head:
             if t.lm_head is None:
                 raise InputError(
@@ -133,8 +157,6 @@ class StageModel(nn.Module):
                 self.embed_tokens = TokenEmbedding(self.lm_head)
             else:
                 self.embed_tokens = TokenEmbedding(make_linear(t.embedding, None, dtype, device))
-        if leftover := [n for n, p in self.named_parameters() if p.is_meta]:
-            raise InputError("weights", f"stage [{self.start}, {self.end}) lacks tensors", leftover[:3])
 
     def weight_bytes(self) -> int:
         """Bytes of weights this stage holds in memory (shared tensors counted once)."""
@@ -275,6 +297,10 @@ class StageModel(nn.Module):
     def kv_bytes(self) -> int:
         """Bytes of K/V held for live sequences (reserved pool memory may be larger)."""
         return self.cache.used_bytes()
+
+    def reserve_kv(self, sequences: int, tokens: int) -> None:
+        """Reserve the KV pool for `sequences` sequences of `tokens` tokens (the plan's load)."""
+        self.cache.reserve(sequences, tokens)
 
     def memory(self) -> MemoryReport:
         cfg = self.config

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 GROUP = 32
+_ROWS = 1024  # rows requantized at a time
 # e2m1 code -> value (the OCP MX spec's FP4), in the doubled form ggml uses (exponent bias 128)
 _MXFP4_DOUBLED = (0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12)
 
@@ -129,6 +130,9 @@ def cat_rows(parts: list[Weight]) -> Weight:
 # -- quantizers (from float weights: HF checkpoints served at q4/int8, and requantization) ------
 def to_int8(w: Tensor) -> Int8Weight:
     """Symmetric per-row int8 (the form `_weight_int8pack_mm` takes)."""
+    if w.dim() == 2 and w.shape[0] > _ROWS:  # row chunks: fp32 temporaries of a vocab-sized table add up
+        parts = [to_int8(w[i : i + _ROWS]) for i in range(0, w.shape[0], _ROWS)]
+        return Int8Weight(torch.cat([p.codes for p in parts]), torch.cat([p.scale for p in parts]))
     w = w.float()
     scale = w.abs().amax(dim=-1).clamp(min=1e-12) / 127
     codes = torch.round(w / scale[..., None]).clamp(-127, 127).to(torch.int8)
@@ -251,8 +255,12 @@ class Int8Linear(nn.Module):
 
     def __init__(self, w: Int8Weight, bias: Tensor | None, dtype: torch.dtype, device: torch.device):
         super().__init__()
-        if not w.per_row:
-            w = to_int8(w.dequantize())
+        if not w.per_row:  # one row block at a time: no full fp32 copy of a vocab-sized table
+            parts = [
+                to_int8(Int8Weight(w.codes[i : i + _ROWS], w.scale[i : i + _ROWS]).dequantize())
+                for i in range(0, w.shape[0], _ROWS)
+            ]
+            w = Int8Weight(torch.cat([p.codes for p in parts]), torch.cat([p.scale for p in parts]))
         self.out_features, self.in_features = w.shape
         self.dtype = dtype
         self.register_buffer("codes", w.codes.to(device).contiguous())

@@ -33,10 +33,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
+from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Stage
 from e2llm.runtime.actors import StageConfig, spawn_stage_actor
 from e2llm.runtime.cluster import advertised_devices, torch_threads_per_actor
 from e2llm.runtime.generation import Generation
+from e2llm.runtime.memory import check_fits, kv_reservation, plan_spec
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.plans import plan_devices
 from e2llm.runtime.precision import stage_precision
@@ -86,6 +88,7 @@ def start_runners(
     n_actors = sum(len(r.stages) for r in plan.replicas)
     threads = options.threads or torch_threads_per_actor(n_actors)
     precision = stage_precision(plan.model_spec, options.dtype, options.torch_device)
+    spec = plan_spec(plan.model_spec)
     actors_by_replica = []
     for replica in plan.replicas:
         actors = []
@@ -102,6 +105,7 @@ def start_runners(
                 precision=precision.weights,
                 expert_precision=precision.experts,
                 kv_dtype=precision.kv,
+                kv_reserve=kv_reservation(spec, replica, stage),
             )
             actors.append(spawn_stage_actor(config, stage.device))
         actors_by_replica.append(actors)
@@ -113,12 +117,17 @@ def start_runners(
             ray.kill(actor)
         raise
     devices = [d for d in plan.cluster.get("devices", []) if isinstance(d, dict)]
-    if not options.enforce_device_memory:
-        devices = []
-    memory_gb = {str(d.get("name")): d.get("memory_gb") for d in devices}
+    device_memory = {str(d.get("name")): d.get("memory_gb") for d in devices}
+    memory_gb = device_memory if options.enforce_device_memory else {}
     runners = []
     for replica, actors in zip(plan.replicas, actors_by_replica, strict=True):
         mine, infos = infos[: len(actors)], infos[len(actors) :]
+        try:
+            check_fits(replica, mine, spec, device_memory)
+        except InputError:
+            for actor in everyone:
+                ray.kill(actor)
+            raise
         budget = kv_budget_tokens(replica.stages, mine, memory_gb) if replica.does_decode else None
         runner = ReplicaRunner(replica, actors, metrics, budget)
         if generation:  # labels (metrics, errors) stay unique across plans

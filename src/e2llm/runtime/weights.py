@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,7 +202,7 @@ def _key_files(path: Path) -> dict[str, Path]:
 
 def load_stage_weights(
     prepared: PreparedModel, start: int, end: int, embedding: bool, lm_head: bool
-) -> dict[str, Weight]:
+) -> Mapping[str, Weight]:
     """Read only the tensors of layers [start, end) (+ embedding, + final norm and LM head).
 
     Keys are HF names without the `model.` prefix (`layers.3.self_attn.q_proj.weight`,

@@ -20,6 +20,16 @@ _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "
 _STRING, _ARRAY = 8, 9
 
 
+@dataclass(frozen=True, slots=True)
+class GGUFTensorInfo:
+    """Where one tensor's data lies: ggml dims (innermost first), ggml type id, byte offset from
+    the start of the data section."""
+
+    dims: tuple[int, ...]
+    ggml_type: int
+    offset: int
+
+
 @dataclass(frozen=True)
 class GGUFHeader:
     """Scalar/string metadata values; arrays appear as their length in `array_lengths`."""
@@ -27,6 +37,8 @@ class GGUFHeader:
     metadata: dict[str, int | float | bool | str]
     array_lengths: dict[str, int]
     tensor_names: frozenset[str]
+    tensors: dict[str, GGUFTensorInfo]
+    data_start: int  # file offset of the (aligned) tensor data section
 
 
 class _Cursor:
@@ -93,11 +105,17 @@ def _parse(cur: _Cursor, where: str) -> GGUFHeader:
             metadata[key] = cur.unpack(_SCALAR[int(vtype)])[0]
         else:
             raise InputError(where, f"unsupported metadata type in {key}", vtype)
-    names = []
+    tensors: dict[str, GGUFTensorInfo] = {}
     for _ in range(int(n_tensors)):
-        names.append(cur.string())
+        name = cur.string()
         (n_dims,) = cur.unpack("I")
-        cur.pos += 8 * int(n_dims) + 4 + 8  # dims, type, offset
+        if n_dims > 8:
+            raise InputError(where, f"tensor {name}: too many dimensions", n_dims)
+        dims = tuple(int(d) for d in cur.unpack("Q" * int(n_dims)))
+        ggml_type, offset = cur.unpack("IQ")
+        tensors[name] = GGUFTensorInfo(dims, int(ggml_type), int(offset))
     if cur.pos > len(cur.buf):  # the skips above do not read, so check they stayed inside
         raise InputError(where, "truncated GGUF header", f"{len(cur.buf)} bytes")
-    return GGUFHeader(metadata=metadata, array_lengths=arrays, tensor_names=frozenset(names))
+    align = int(metadata.get("general.alignment", 32) or 32)
+    data_start = -(-cur.pos // align) * align
+    return GGUFHeader(metadata, arrays, frozenset(tensors), tensors, data_start)
