@@ -1,8 +1,9 @@
 """Device loss under load: kill a decoder's stage worker (SIGKILL) while clients stream, and measure.
 
-Starts `e2llm serve` (SmolLM2-135M, local emulated devices: one PREFILL replica, two DECODER
-replicas), runs CLIENTS closed-loop streaming clients (greedy, TOKENS tokens each, EOS ignored)
-for RUN_S seconds, and kills the process of decoder replica 1 at KILL_AT_S. Reports:
+Starts `e2llm serve examples/plans/local-1p2d.json` (SmolLM2-135M, local emulated devices: one
+PREFILL replica, two DECODER replicas), runs CLIENTS closed-loop streaming clients (greedy, TOKENS
+tokens each, EOS ignored) for RUN_S seconds, and kills the process of decoder replica 1 at
+KILL_AT_S. Reports:
 
 - detection: loss -> `/health` says "degraded" (polled every 50 ms);
 - router serving again: loss -> first token of a request that arrived after the loss;
@@ -10,8 +11,9 @@ for RUN_S seconds, and kills the process of decoder replica 1 at KILL_AT_S. Repo
 - requests completed / migrated / failed, and completed ones whose text differs from the same
   prompt served alone (greedy; must be 0).
 
-The runtime does not re-plan after a loss (see docs/security.md, open items), so there is no
-"new plan live" figure. Run: `.venv/bin/python benchmarks/bench_device_loss.py` (about 1.5 min).
+The plan is hand-written (it embeds no cluster), so the runtime does not re-plan after the loss:
+there is no "new plan live" figure here (tests/runtime/test_replan.py measures that).
+Run: `.venv/bin/python benchmarks/bench_device_loss.py` (about 1.5 min).
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +31,8 @@ from typing import Any
 
 import httpx
 
+from e2llm.bench.local_server import ServerFailed, local_server
+
 MODEL = "smollm2-135m"
 CLIENTS = 8
 TOKENS = 16
@@ -38,16 +40,7 @@ RUN_S = 40.0
 KILL_AT_S = 15.0
 RECOVERY_S = 5.0
 PROMPTS = ["The capital of France is", "One, two, three,", "def fib(n):", "Water boils at"]
-PLAN = {
-    "system": "bench",
-    "model": MODEL,
-    "objective": 0.0,
-    "replicas": [
-        {"id": 0, "role": "PREFILL", "devices": [{"name": "cpu0", "layers": [0, 30]}]},
-        {"id": 1, "role": "DECODER", "concurrency": 16, "devices": [{"name": "cpu1", "layers": [0, 30]}]},
-        {"id": 2, "role": "DECODER", "concurrency": 16, "devices": [{"name": "cpu2", "layers": [0, 30]}]},
-    ],
-}
+PLAN = Path(__file__).resolve().parents[1] / "examples" / "plans" / "local-1p2d.json"
 
 
 def _body(prompt: str, stream: bool) -> dict[str, Any]:
@@ -154,39 +147,13 @@ async def _bench(url: str) -> dict[str, Any]:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as tmp, socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        plan = Path(tmp) / "plan.json"
-        plan.write_text(json.dumps(PLAN))
-        e2llm = str(Path(sys.executable).parent / "e2llm")
-        log = open(Path(tmp) / "serve.log", "w")  # noqa: SIM115 (closed below)
-        proc = subprocess.Popen(
-            [e2llm, "serve", str(plan), "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
-        url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            deadline = time.monotonic() + 240
-            while True:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    print(Path(tmp, "serve.log").read_text()[-3000:], file=sys.stderr)
-                    return 1
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-            result = asyncio.run(_bench(url))
-        finally:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+            with local_server([str(PLAN)], Path(tmp) / "serve.log") as server:
+                result = asyncio.run(_bench(server.url))
+        except ServerFailed as e:
+            print(e, file=sys.stderr)
+            return 1
     print(json.dumps(result, indent=2))
     return 0
 

@@ -33,7 +33,7 @@ from e2llm.plan.roles import predicted_latency
 from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
 from e2llm.plan.types import Plan
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 from e2llm.specs.presets import PRESETS
 
 EDGE_PRESETS = sorted(p for p in PRESETS if p != "h200")  # edge/fog devices (+ a100/l4 fog servers)

@@ -22,7 +22,7 @@ from e2llm.sim.metrics import summarize
 from e2llm.sim.simulator import simulate
 from e2llm.sim.validate import check_plan, check_serves
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 from e2llm.specs.workload import generate_requests, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]

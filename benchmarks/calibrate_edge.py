@@ -28,7 +28,7 @@ from e2llm.cost.edge_evidence import POINTS, EvidencePoint, Vendor, predicted_to
 from e2llm.cost.model import CostModel
 from e2llm.cost.roofline import LLAMA_CPP, Efficiency
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 
 VENDORS: tuple[Vendor, ...] = ("metal", "cuda", "jetson")
 GRID = (0.5, 0.7, 0.85, 0.93, 1.0, 1.07, 1.18, 1.4, 2.0)

@@ -31,7 +31,7 @@ from pathlib import Path
 from e2llm.cost.profile import Profile, load_profile
 from e2llm.cost.roofline import EAGER_TORCH, LLAMA_CPP, Efficiency, RooflineTimes
 from e2llm.specs.device import Device
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURED = REPO.parent / "shared" / "reference" / "measured" / "h200-bf16-layer-profile.json"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from e2llm.specs import trace as trace_module
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model, smollm2_gguf_path
+from e2llm.specs.model_catalog import load_model, smollm2_gguf_path
 from e2llm.specs.workload import generate_requests, load_workload
 
 ROOT = Path(__file__).resolve().parents[1]

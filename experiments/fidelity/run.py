@@ -23,19 +23,17 @@ import asyncio
 import dataclasses
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 import yaml
 from sampled_times import SampledTimes
 
 from e2llm.bench.load import BenchSettings, run_load
+from e2llm.bench.local_server import local_server
 from e2llm.bench.server_metrics import WAITING, histogram_totals, mean_deltas, metric_sum, scrape
 from e2llm.cost.build import build_cost_model
 from e2llm.cost.model import CostModel
@@ -46,7 +44,7 @@ from e2llm.profile.measure import ProfileGrid, measure
 from e2llm.sim.compare import Load, plan_system, run_plan
 from e2llm.sim.metrics import RequestRecord, stats, summarize
 from e2llm.specs.cluster_file import cluster_to_dict, load_cluster
-from e2llm.specs.models import load_model, with_precision
+from e2llm.specs.model_catalog import load_model, with_precision
 from e2llm.specs.workload import Request, load_workload
 
 HERE = Path(__file__).resolve().parent
@@ -117,45 +115,6 @@ def decode_counters(url: str) -> tuple[float, float, float]:
     wall = metric_sum(text, "e2llm_decode_step_seconds_sum") or 0.0
     compute = metric_sum(text, "e2llm_stage_compute_seconds_total", phase="decode") or 0.0
     return steps, wall, compute
-
-
-def start_server(plan: Path, port: int, log_path: Path, worker_niceness: int) -> subprocess.Popen[bytes]:
-    """`e2llm serve` in its own process group. Ray starts its workers (the stage actors) at
-    niceness 15 by default, below everything else on the box; `worker_niceness` 0 gives them the
-    priority the profile was measured at (it only matters when other processes compete)."""
-    exe = Path(sys.executable).parent / "e2llm"
-    cmd = [str(exe), "serve", str(plan), "--port", str(port), "--threads", "1"]
-    env = {**os.environ, "RAY_worker_niceness": str(worker_niceness)}
-    log(f"starting: RAY_worker_niceness={worker_niceness} {' '.join(cmd)} (log {log_path})")
-    with open(log_path, "wb") as f:
-        return subprocess.Popen(
-            cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT, env=env
-        )
-
-
-def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"e2llm serve exited with code {proc.returncode}; see the serve log")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    raise RuntimeError(f"e2llm serve not ready after {timeout_s:.0f} s")
-
-
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    """SIGINT to the server's own process group (uvicorn exits, serve shuts Ray down)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def bench(url: str, requests: tuple[Request, ...], max_seconds: float) -> list[RequestRecord]:
@@ -255,16 +214,22 @@ def main() -> int:
         return metrics
 
     log(f"profiled and planned in {time.time() - t0:.0f} s")
-    url = f"http://127.0.0.1:{args.port}"
-    proc = start_server(plan_path, args.port, out / "serve.log", args.worker_niceness)
+    # Ray starts its workers (the stage actors) at niceness 15 by default, below everything else
+    # on the box; `worker_niceness` 0 gives them the priority the profile was measured at (it
+    # only matters when other processes compete).
+    serve_env = {"RAY_worker_niceness": str(args.worker_niceness)}
+    log(f"starting: RAY_worker_niceness={args.worker_niceness} e2llm serve {plan_path} (log {out}/serve.log)")
     results: dict[str, Any] = {
         "plan": str(plan_path),
         "niceness": os.nice(0),
         "worker_niceness": args.worker_niceness,
         "loads": {},
     }
-    try:
-        wait_ready(proc, url, timeout_s=300)
+    server_args = [str(plan_path), "--threads", "1"]
+    with local_server(
+        server_args, out / "serve.log", port=args.port, env=serve_env, cwd=ROOT, ready_timeout_s=300
+    ) as served:
+        url = served.url
         log("server ready; warming up")
         warm = tuple(Request(i, 0.5 * i, 64, 8) for i in range(4))
         bench(url, warm, 120)
@@ -296,8 +261,6 @@ def main() -> int:
                 "loadavg_1min": [load_before, os.getloadavg()[0]],
             }
             log(f"{name}: measured {measured['completed']}/{measured['requests']} completed")
-    finally:
-        stop_server(proc)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_results(results, Path(args.cluster), Path(args.results), time.time() - t0)
     return 0

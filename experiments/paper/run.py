@@ -26,7 +26,7 @@ from e2llm.plan.systems import system_names
 from e2llm.report.plots import plot_sweep
 from e2llm.sim.compare import Load, Run, compare
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 from e2llm.specs.workload import load_workload
 
 HERE = Path(__file__).resolve().parent

@@ -8,7 +8,6 @@ streams) and client-side timing against known delays. Real serving is tested aga
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,12 +25,6 @@ class Script:
     gap_s: float = 0.0  # between tokens
     stall_s: float = 0.0  # sleep after the first token (to trigger client timeouts)
     queue_s: float | None = 0.125  # x-e2llm-queue-s header value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _handler(script: Script, seen: list[dict]) -> type[BaseHTTPRequestHandler]:

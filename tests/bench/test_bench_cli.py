@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from benchkit import Script, free_port, scripted_server
+from benchkit import Script, scripted_server
 
+from e2llm.bench.local_server import free_port
 from e2llm.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,9 +6,10 @@ import asyncio
 import time
 
 import pytest
-from benchkit import Script, free_port, scripted_server
+from benchkit import Script, scripted_server
 
 from e2llm.bench.load import BenchSettings, prompt_ids, run_load, served_models
+from e2llm.bench.local_server import free_port
 from e2llm.bench.server_metrics import histogram_totals, mean_deltas, metric_sum
 from e2llm.errors import InputError
 from e2llm.specs.workload import Request

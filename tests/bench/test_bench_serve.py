@@ -4,60 +4,24 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
-from benchkit import free_port
 
+from e2llm.bench.local_server import local_server
 from e2llm.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
-E2LLM = str(Path(sys.executable).parent / "e2llm")
 
 
 @pytest.mark.slow
 def test_bench_measures_a_live_server(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 (closed in finally)
-    proc = subprocess.Popen(
-        [E2LLM, "serve", "--port", str(port)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 300
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
-            assert time.time() < deadline, "e2llm serve did not become ready"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
+    with local_server([], tmp_path / "serve.log", cwd=ROOT, ready_timeout_s=300) as server:
         workload = str(ROOT / "examples" / "workloads" / "smoke.yaml")
         out = tmp_path / "bench"
-        argv = ["bench", url, "--workload", workload, "--max-requests", "4", "--max-seconds", "240"]
+        argv = ["bench", server.url, "--workload", workload, "--max-requests", "4", "--max-seconds", "240"]
         code = main([*argv, "--json", "--out", str(out)])
         metrics = json.loads(capsys.readouterr().out)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
     assert code == 0
     assert metrics["requests"] == 4 and metrics["completed"] == 4 and metrics["failed"] == 0
     # smoke.yaml asks for 16 output tokens: ignore_eos makes the server generate all of them.

@@ -129,7 +129,7 @@ def test_70b_on_two_raspberry_pis_fits_nowhere(tmp_path: Path, capsys: pytest.Ca
     )
     assert run_plan(tmp_path, cluster=pis, model="llama-3.1-70b") == 2
     line = one_error_line(capsys)
-    assert "llama-3.1-70b" in line and "fits in no grouping of the devices" in line and "GB" in line
+    assert "llama-3.1-70b" in line and "fits in no grouping of the devices" in line and "GiB" in line
 
 
 def test_exhaustive_refuses_more_than_7_devices(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

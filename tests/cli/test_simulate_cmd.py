@@ -14,7 +14,9 @@ from e2llm.plan.plan_json import plan_to_dict
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.specs.cluster_file import cluster_to_dict
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.models import load_model, model_to_dict
+from e2llm.specs.model_catalog import load_model
+from e2llm.specs.model_spec import model_to_dict
+from e2llm.specs.units import GIB
 
 MODEL = load_model("smollm2-135m")
 L = MODEL.n_layers
@@ -116,7 +118,7 @@ def test_layers_do_not_cover_model(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_decoder_cannot_hold_one_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # weights + overhead + 100 KB: less KV room than 36 tokens (the smallest request) need
     weights = CostModel(MODEL, Cluster((), Link(1, 1)), {}).weight_bytes(0, L, embedding=True, lm_head=True)
-    gb = (weights + RUNTIME_OVERHEAD_BYTES + 100_000) / 2**30
+    gb = (weights + RUNTIME_OVERHEAD_BYTES + 100_000) / GIB
     plan, w = _files(tmp_path, _plan(cluster=_cluster(memory_gb=gb)))
     _bad(capsys, ["simulate", plan, "--workload", w], "no decoder can hold the KV of even one request")
 
@@ -183,3 +185,71 @@ def test_compare_unknown_system(tmp_path: Path, capsys: pytest.CaptureFixture[st
     _, w = _files(tmp_path)
     argv = ["compare", _cluster_yaml(tmp_path), "--model", "smollm2-135m", "--workload", w]
     _bad(capsys, [*argv, "--systems", "e2llm,vllm"], "unknown system", "'vllm'")
+
+
+def test_simulate_adapt_and_policy_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan, w = _files(tmp_path)
+    assert main(["simulate", plan, "--workload", w, "--json", "--adapt", "off"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert m["role_switches"] == 0 and m["floor_attainment"] is not None
+    for key in ("second_token_s", "kv_transfer_s"):
+        assert set(m[key]) == {"mean", "std", "p50", "p90", "p99"}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("ttft_budget_s: 2\nmin_dwell_s: 5\nchunk_tokens: 256\n")
+    assert main(["simulate", plan, "--workload", w, "--json", "--policy", str(policy)]) == 0
+    assert json.loads(capsys.readouterr().out)["completed"] == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("adaptive: true\n", ("policy.yaml: adaptive", "unknown policy setting")),
+        ("prefill_high: 0\n", ("policy.yaml: prefill_high", "out of range")),
+        ("decode_low: 3\n", ("policy.yaml: decode_low", "hysteresis")),
+        ("- 1\n", ("policy", "mapping")),
+    ],
+)
+def test_bad_policy_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, needles: tuple[str, ...]
+) -> None:
+    plan, w = _files(tmp_path)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
+    _bad(capsys, ["simulate", plan, "--workload", w, "--policy", str(policy)], *needles)
+
+
+def test_bad_adapt_value(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plan, w = _files(tmp_path)
+    with pytest.raises(SystemExit) as err:
+        main(["simulate", plan, "--workload", w, "--adapt", "maybe"])
+    assert err.value.code == 2
+    assert "--adapt: invalid choice: 'maybe'" in capsys.readouterr().err
+
+
+def test_mixed_replica_that_cannot_hold_a_chunk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = _plan()
+    d["replicas"][1]["role"] = "MIXED"
+    plan, w = _files(tmp_path, d)
+    assert main(["simulate", plan, "--workload", w, "--json"]) == 0  # a 512-token chunk fits
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("chunk_tokens: 65536\n")
+    _bad(
+        capsys,
+        ["simulate", plan, "--workload", w, "--policy", str(policy)],
+        "plan.json: replica 1.role",
+        "65536-token chunk",
+        "'MIXED'",
+    )
+
+
+def test_unknown_role(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = _plan()
+    d["replicas"][1]["role"] = "HYBRID"
+    plan, w = _files(tmp_path, d)
+    _bad(
+        capsys,
+        ["simulate", plan, "--workload", w],
+        "replicas[1].role",
+        "PREFILL, DECODER, MIXED or COLOCATED",
+        "HYBRID",
+    )

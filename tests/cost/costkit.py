@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 LLAMA_8B = ModelSpec(
     name="llama-3.1-8b",

@@ -11,7 +11,7 @@ from e2llm.cost.profile import Profile, ProfileFit, ProfileSamples, make_profile
 from e2llm.cost.profile_times import ProfileTimes
 from e2llm.cost.shape import LayerShape
 from e2llm.errors import InputError
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 SAMPLES = ProfileSamples(
     prefill=((128, 6e-4), (512, 8e-4), (2048, 1.8e-3), (4096, 3.5e-3)),

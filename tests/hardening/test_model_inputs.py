@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from validkit import EXAMPLES, write_unique
 
 from e2llm.errors import InputError
-from e2llm.specs.models import load_model, smollm2_gguf_path
+from e2llm.specs.model_catalog import load_model, smollm2_gguf_path
 
 # SmolLM2-135M's published config.json, reduced to the keys the spec reader uses.
 HF_CONFIG = {

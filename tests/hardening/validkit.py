@@ -13,7 +13,8 @@ from e2llm.plan.plan_json import plan_to_dict
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.specs.cluster_file import cluster_to_dict
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.models import load_model, model_to_dict
+from e2llm.specs.model_catalog import load_model
+from e2llm.specs.model_spec import model_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -14,7 +14,7 @@ from e2llm.plan.types import Plan, Role
 from e2llm.sim.simulator import simulate
 from e2llm.sim.validate import check_plan
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 from e2llm.specs.workload import Request
 
 ROOT = Path(__file__).resolve().parents[2]

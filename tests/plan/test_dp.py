@@ -30,21 +30,28 @@ def brute_force(costs: StageCosts) -> float | None:
     best = None
     for counts in compositions(costs.n_layers, costs.n_devices):
         if costs.fits(counts):
-            b = max(costs.stage_s(counts))
+            b = max(costs.stage_s(counts) + costs.port_s(counts))
             best = b if best is None else min(best, b)
     return best
 
 
-def random_costs(rng: random.Random) -> StageCosts:
+def random_costs(rng: random.Random, ports: bool = False) -> StageCosts:
+    """A random instance; with `ports`, half the time with a KV port term per device too."""
     k = rng.randint(1, 4)
     n_layers = rng.randint(1, 10)
     layer_bytes = tuple(rng.choice((1.0, 1.5)) * rng.uniform(0.8, 1.2) for _ in range(n_layers))
     total = sum(layer_bytes)
+    kv_s = (
+        tuple(rng.choice((0.0, rng.uniform(0.1, 3.0))) for _ in range(k))
+        if ports and rng.random() < 0.5
+        else ()
+    )
     return StageCosts(
         layer_s=tuple(rng.uniform(0.1, 2.0) for _ in range(k)),
         fixed_s=tuple(rng.uniform(0.0, 3.0) for _ in range(k)),
         free_bytes=tuple(rng.uniform(-0.1, 1.5) * total / max(k - 1, 1) for _ in range(k)),
         layer_bytes=layer_bytes,
+        kv_s=kv_s,
     )
 
 
@@ -52,7 +59,7 @@ def test_dp_equals_brute_force_on_random_instances() -> None:
     rng = random.Random(7)
     feasible = 0
     for _ in range(1500):
-        costs = random_costs(rng)
+        costs = random_costs(rng, ports=True)
         got = partition_layers(costs)
         want = brute_force(costs)
         if want is None:
@@ -128,7 +135,7 @@ def test_two_stage_fast_path_equals_the_general_recurrence() -> None:
     rng = random.Random(12)
     checked = 0
     while checked < 300:
-        c = random_costs(rng)
+        c = random_costs(rng, ports=True)
         if c.n_devices == 2:
             assert _two_stages(c) == _dp_numpy([c])[0]
             checked += 1
@@ -136,19 +143,40 @@ def test_two_stage_fast_path_equals_the_general_recurrence() -> None:
 
 def test_uniform_layer_fast_path_is_exact() -> None:
     rng = random.Random(21)
-    for _ in range(400):
-        k, n_layers = rng.randint(3, 5), rng.randint(5, 12)
+    fast_answers = 0
+    for i in range(1200):
+        k, n_layers = rng.randint(3, 6), rng.randint(5, 12)
         w = rng.uniform(0.5, 1.5)
         costs = StageCosts(
             layer_s=tuple(rng.uniform(0.1, 2.0) for _ in range(k)),
             fixed_s=tuple(rng.uniform(0.0, 3.0) for _ in range(k)),
             free_bytes=tuple(rng.uniform(0.5, 1.2) * n_layers * w / (k - 1) for _ in range(k)),
             layer_bytes=(w,) * n_layers,
+            # a third of the instances with a KV port per device (some devices without)
+            kv_s=tuple(rng.choice((0.0, rng.uniform(0.05, 2.5))) for _ in range(k)) if i % 3 == 0 else (),
         )
         fast = _uniform_layers(costs)
         want = brute_force(costs)
         if want is None:
             assert fast is None
         elif fast is not None and fast.counts:  # () marks a fallback to the general recurrence
+            fast_answers += 1
             assert fast.bottleneck_s == pytest.approx(want, rel=1e-12)
             assert costs.fits(fast.counts)
+    assert fast_answers > 300  # the fast path answers most dense instances itself
+
+
+def test_ports_can_outweigh_speed() -> None:
+    """A fast device behind a slow port gets fewer layers than its speed alone would give it."""
+    base = {
+        "layer_s": (0.1, 1.0),
+        "fixed_s": (0.0, 0.0),
+        "free_bytes": (99.0, 99.0),
+        "layer_bytes": (1.0,) * 10,
+    }
+    fast = partition_layers(StageCosts(**base))  # type: ignore[arg-type]
+    slow_port = partition_layers(StageCosts(**base, kv_s=(0.9, 0.0)))  # type: ignore[arg-type]
+    assert fast is not None and slow_port is not None
+    assert fast.counts == (9, 1)
+    assert slow_port.counts == (5, 5)  # max(5 * 0.9 port, 5 * 1.0 compute) = 5 < 9 * 0.9 port
+    assert slow_port.bottleneck_s == pytest.approx(5.0)

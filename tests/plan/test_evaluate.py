@@ -10,12 +10,12 @@ from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.evaluate import GroupEvaluator
 from e2llm.plan.systems import WorkloadShape
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
+from e2llm.specs.units import GIB
 
 MODEL = ModelSpec(
     "m", n_layers=8, hidden=1024, n_heads=8, n_kv_heads=2, head_dim=128, intermediate=4096, vocab=1000
 )
-GIB = 2**30
 
 
 class LinearTimes:

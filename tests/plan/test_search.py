@@ -15,7 +15,7 @@ from e2llm.plan.plan_json import plan_from_dict, plan_to_dict
 from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
 from e2llm.plan.types import Plan, Role
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 # A small dense model (8 layers, ~1.6 GiB in bf16) so tiny clusters have nontrivial groupings.
 TINY = ModelSpec(
@@ -132,7 +132,7 @@ def test_model_that_fits_nowhere_is_an_input_error() -> None:
     devices = (Device("p1", 1.0, 1.0, 10.0), Device("p2", 1.5, 1.0, 10.0))
     cost = build_cost_model(TINY, Cluster(devices, Link(1000.0, 0.3)))
     with pytest.raises(
-        InputError, match=r"fits in no grouping of the devices: needs .* GB, the devices hold"
+        InputError, match=r"fits in no grouping of the devices: needs .* GiB, the devices hold"
     ):
         plan_for(cost)
 

@@ -10,7 +10,7 @@ from e2llm.cost.build import build_cost_model
 from e2llm.cost.profile import load_profile
 from e2llm.errors import InputError
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model, with_precision
+from e2llm.specs.model_catalog import load_model, with_precision
 
 
 def _cluster(tmp_path: Path, profile: Path | None) -> Path:

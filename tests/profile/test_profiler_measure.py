@@ -10,7 +10,7 @@ import torch
 from e2llm.profile.measure import ProfileGrid, grid_points, measure
 from e2llm.profile.target import LayerStack, spread_lengths
 from e2llm.profile.timing import time_calls
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 TINY = ModelSpec(
     name="tiny",

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
-from serve_process import serve
+
+from e2llm.bench.local_server import serving_plan
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ PLAN = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A live `e2llm serve` of PLAN with an API key, shared by the module."""
-    with serve(tmp_path_factory.mktemp("serve"), PLAN, ["--api-key", KEY]) as (url, _, log):
+    with serving_plan(PLAN, tmp_path_factory.mktemp("serve"), ["--api-key", KEY]) as (url, _, log):
         yield url
     assert "plan: system=test" in log.read_text()  # the plan in use was printed at start
 

@@ -1,11 +1,11 @@
 """A stage worker killed for real (SIGKILL to its process) in the middle of streaming requests.
 
-Plan: one PREFILL replica and two DECODER replicas. While 8 greedy streams decode, the process of
-decoder replica 1 is killed. Every stream must end: completed with exactly the text it has when
-served alone (the ones on replica 1 migrate: re-prefilled on the PREFILL replica and handed to
-replica 2), or with an explicit error event; none may hang. `/health` then reports the loss, new
-requests are served by what remains, and once the PREFILL replica is killed too, requests get an
-explicit 503 while `/health` keeps answering.
+Plan `examples/plans/local-1p2d.json`: one PREFILL replica and two DECODER replicas. While 8
+greedy streams decode, the process of decoder replica 1 is killed. Every stream must end:
+completed with exactly the text it has when served alone (the ones on replica 1 migrate:
+re-prefilled on the PREFILL replica and handed to replica 2), or with an explicit error event;
+none may hang. `/health` then reports the loss, new requests are served by what remains, and once
+the PREFILL replica is killed too, requests get an explicit 503 while `/health` keeps answering.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_process import serve
+
+from e2llm.bench.local_server import serving_plan
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +29,7 @@ MODEL = "smollm2-135m"
 TOKENS = 24
 STREAMS = 8
 PROMPTS = ["The capital of France is", "One, two, three,", "def fib(n):", "Water boils at"]
-PLAN = {
-    "system": "test",
-    "model": MODEL,
-    "objective": 0.0,
-    "replicas": [
-        {"id": 0, "role": "PREFILL", "devices": [{"name": "cpu0", "layers": [0, 30]}]},
-        {"id": 1, "role": "DECODER", "concurrency": 8, "devices": [{"name": "cpu1", "layers": [0, 30]}]},
-        {"id": 2, "role": "DECODER", "concurrency": 8, "devices": [{"name": "cpu2", "layers": [0, 30]}]},
-    ],
-}
+PLAN = json.loads((Path(__file__).parents[2] / "examples" / "plans" / "local-1p2d.json").read_text())
 
 
 def _body(prompt: str, stream: bool) -> dict[str, Any]:
@@ -97,7 +89,7 @@ async def _kill_during_streams(url: str) -> tuple[dict[str, str], list[tuple[str
 
 
 def test_killed_decoder_migrates_its_streams_and_the_server_serves_on(tmp_path: Path) -> None:
-    with serve(tmp_path, PLAN) as (url, _, _):
+    with serving_plan(PLAN, tmp_path) as (url, _, _):
         reference, results, _ = asyncio.run(_kill_during_streams(url))
         for i, (text, outcome) in enumerate(results):
             expected = reference[PROMPTS[i % len(PROMPTS)]]

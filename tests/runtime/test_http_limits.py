@@ -58,26 +58,14 @@ class SlowEcho:
         for task in self.tasks:
             task.cancel()
 
-    migrations = 0
-    generation = 0
-    replanning = False
-    replan_error = None
-    last_switch_s = None
-
-    def devices_in_use(self) -> list[str]:
-        return ["cpu0"]
-
-    def devices_left_out(self) -> list[str]:
-        return []
-
     async def replan(self) -> bool:
         return False
 
     def unavailable_reason(self) -> str | None:
         return None
 
-    def lost_replicas(self) -> list[dict[str, Any]]:
-        return []
+    async def status(self) -> dict[str, Any]:
+        return {"status": "ok", "plan_generation": 0, "devices": ["cpu0"], "replan_error": None}
 
     def submit(self, gen: Generation) -> None:
         task = asyncio.get_running_loop().create_task(self._run(gen))
@@ -93,9 +81,6 @@ class SlowEcho:
 
     async def stage_stats(self) -> list[dict[str, Any]]:
         return []
-
-    def queue_lengths(self) -> dict[str, int]:
-        return {"prefill": 0, "decode": 0, "active": 0}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_process import serve
+
+from e2llm.bench.local_server import serving_plan
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +87,7 @@ async def _run(url: str) -> tuple[dict[str, tuple[str, int, str | None]], list[A
 
 
 def test_200_concurrent_streams_lose_and_duplicate_nothing(tmp_path: Path) -> None:
-    with serve(tmp_path, PLAN, env={"E2LLM_API_KEY": KEY}) as (url, _, log):
+    with serving_plan(PLAN, tmp_path, env={"E2LLM_API_KEY": KEY}) as (url, _, log):
         denied = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "hi"}, timeout=10)
         assert denied.status_code == 401  # the key from the environment is enforced
         reference, results, wall_s = asyncio.run(_run(url))

@@ -266,7 +266,7 @@ def test_bad_layer_ranges_and_pipelines(tiny: tuple[PreTrainedModel, PreparedMod
         LocalPipeline([load_stage(prepared, 0, 1), load_stage(prepared, 2, n)])
     stage = load_stage(prepared, 0, n)
     with pytest.raises(InputError, match="context"):
-        stage.prefill("s", torch.zeros(prepared.config.max_position + 1, dtype=torch.long))
+        stage.prefill("s", torch.zeros(prepared.config.max_context + 1, dtype=torch.long))
     with pytest.raises(InputError, match="empty"):
         stage.prefill("s", torch.zeros(0, dtype=torch.long))
     assert "s" not in stage.cache  # a refused prompt leaves no slot behind

@@ -18,8 +18,7 @@ from tiny_models import save_mxfp4_checkpoint, tiny_gpt_oss
 from e2llm.runtime.engine import LocalPipeline
 from e2llm.runtime.sampling import SamplingParams
 from e2llm.runtime.weights import ModelSource, PreparedModel, prepare_model
-from e2llm.specs.model import ModelSpec
-from e2llm.specs.models import model_to_dict
+from e2llm.specs.model_spec import ModelSpec, model_to_dict
 
 pytestmark = pytest.mark.slow
 

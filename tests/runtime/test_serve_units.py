@@ -13,12 +13,15 @@ import pytest
 from e2llm.cli import main
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Replica, Role, Stage
+from e2llm.runtime.batch import DecodeSlots, fits
 from e2llm.runtime.cluster import device_resource, torch_threads_per_actor
 from e2llm.runtime.generation import Generation, TextStream
+from e2llm.runtime.handoff import kv_routes
+from e2llm.runtime.loss import ReplicaLost
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.openai_protocol import ApiError
 from e2llm.runtime.plans import describe_plan, hand_plan, runnable_plan, split_layers
-from e2llm.runtime.replica import ReplicaLost, ReplicaRunner, kv_routes
+from e2llm.runtime.replica import ReplicaRunner
 from e2llm.runtime.router import NoLiveReplica, Router
 from e2llm.runtime.server import _max_tokens
 
@@ -83,11 +86,11 @@ def test_jsq_decoder_by_load_over_concurrency_and_colocated_stays() -> None:
     p, d1, d2 = _runner(0, Role.PREFILL), _runner(1, Role.DECODER, 2), _runner(2, Role.DECODER, 2)
     router = Router([p, d1, d2])
     assert router.pick_decoder(p) is d1  # tie on load: lower id
-    d1._admitted.append(_gen())
+    d1.slots.admitted.append(_gen())
     assert router.pick_decoder(p) is d2
-    d2._admitted.append(_gen())
+    d2.slots.admitted.append(_gen())
     big = _runner(3, Role.DECODER, 8)
-    big._admitted.extend([_gen(), _gen()])  # 2 / 8 beats 1 / 2
+    big.slots.admitted.extend([_gen(), _gen()])  # 2 / 8 beats 1 / 2
     assert Router([p, d1, d2, big]).pick_decoder(p) is big
     c = _runner(3, Role.COLOCATED)
     assert Router([c]).pick_decoder(c) is c
@@ -104,13 +107,56 @@ def test_decoder_admission_respects_concurrency_and_kv_budget() -> None:
         gens = [_gen(max_tokens=10) for _ in range(3)]  # each reserves 3 + 10 tokens of KV
         joins = [asyncio.create_task(d.join(g, None)) for g in gens]
         await asyncio.sleep(0)
-        d._admit()
-        assert len(d._admitted) == 1  # a second would need 26 > 25 tokens
+        d.slots.admit()
+        assert len(d.slots.admitted) == 1  # a second would need 26 > 25 tokens
         gens[2].cancel()
-        d._admit()
-        assert await joins[2] is False and len(d._waiting) == 1
+        d.slots.admit()
+        assert await joins[2] is False and len(d.slots.waiting) == 1
         for j in joins[:2]:
             j.cancel()
+
+    asyncio.run(run())
+
+
+def test_admission_fits_concurrency_and_kv_budget_and_an_empty_decoder_takes_anything() -> None:
+    assert fits(2, None, [10], 10_000) and not fits(2, None, [10, 10], 1)
+    assert fits(4, 100, [40, 40], 20) and not fits(4, 100, [40, 40], 21)
+    assert fits(4, 100, [], 10_000)  # however long, or it could never be served
+
+
+def test_a_sequence_leaving_frees_its_slot_for_the_next() -> None:
+    async def run() -> None:
+        slots = DecodeSlots(concurrency=1, kv_budget_tokens=None)
+        first, second = _gen(), _gen()
+        admitted = [slots.queue(first), slots.queue(second)]
+        slots.admit()
+        assert admitted[0].result() is True and not admitted[1].done()
+        left = slots.enter(first)
+        assert slots.step_batch() == ([first], [])
+        first.add_token(0)  # EOS: done
+        assert slots.step_batch() == ([], [first]) and left.done()
+        slots.admit()
+        assert admitted[1].result() is True and slots.admitted == [second]
+
+    asyncio.run(run())
+
+
+def test_release_gives_a_prefill_hold_back_exactly_once() -> None:
+    from e2llm.runtime.replica import HELD_KV_PER_STAGE
+
+    async def run() -> None:
+        p = _runner(0, Role.PREFILL)
+        assert p._kv_held is not None
+        for _ in range(HELD_KV_PER_STAGE - 1):
+            await p._kv_held.acquire()
+        gen = _gen()
+        gen.cancel()
+        assert await p.prefill(gen) is None  # left while queued: nothing ran
+        assert p._kv_held.locked()  # ... but it holds the last hold until released
+        p.release(gen)
+        p.release(gen)  # every exit path may call it: the second call is a no-op
+        await p._kv_held.acquire()
+        assert p._kv_held.locked()
 
     asyncio.run(run())
 
@@ -168,6 +214,17 @@ def test_hand_plan_is_prefill_plus_decoder_and_described() -> None:
     assert runnable_plan(plan, 30) == plan
     assert "c2[0,15)+emb -> c3[15,30)+head" in describe_plan(plan)
     assert split_layers(30, 4) == [(0, 8), (8, 16), (16, 23), (23, 30)]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "examples" / "plans").glob("*.json")), ids=lambda p: p.name
+)
+def test_example_plans_load_and_run_the_built_in_model(path: Path) -> None:
+    from e2llm.plan.plan_json import load_plan
+
+    plan = load_plan(path)
+    runnable_plan(plan, 30, str(path))  # layers tile the model: `e2llm serve` takes it
+    assert plan.model == "smollm2-135m"
 
 
 def test_cluster_helpers() -> None:
@@ -244,7 +301,7 @@ def test_pick_tokens_greedy_banned_eos_and_seeded_rows_independent_of_batch() ->
 
 
 def test_split_batch_into_at_most_one_micro_batch_per_stage() -> None:
-    from e2llm.runtime.replica import split_batch
+    from e2llm.runtime.pipeline import split_batch
 
     gens = [_gen() for _ in range(5)]
     assert [len(g) for g in split_batch(gens, 2)] == [3, 2]
@@ -273,8 +330,10 @@ def test_prefill_replica_holds_a_bounded_number_of_prefilled_sequences() -> None
         await asyncio.sleep(0.05)
         assert p.prefill_waiting == 1 and not waiting.done()  # back-pressure: queued, not run
         gen.cancel()
-        p.release_kv()
-        assert await waiting is None  # left while queued: released its hold again
+        p._kv_held.release()
+        assert await waiting is None  # left while queued
+        p.release(gen)  # what every exit path does: gives the hold back
+        assert not p._kv_held.locked()
         assert p.prefill_waiting == 0 and p.prefill_tokens_outstanding == 0
         assert _runner(1, Role.COLOCATED)._kv_held is None
 
@@ -305,7 +364,7 @@ def test_lost_decoder_hands_back_every_sequence_it_held() -> None:
         first, queued = _gen(), _gen()
         joins = [asyncio.create_task(decoder.join(g, None)) for g in (first, queued)]
         await asyncio.sleep(0)
-        decoder._admit()  # `first` takes the only slot, `queued` waits for one
+        decoder.slots.admit()  # `first` takes the only slot, `queued` waits for one
         await asyncio.sleep(0)
         decoder.mark_lost("actor died")
         for join in joins:

@@ -6,15 +6,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import gguf
-import numpy as np
 import pytest
 import torch
+from ggufkit import write_gguf
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from e2llm.errors import InputError
 from e2llm.runtime import weights
-from e2llm.runtime.config import config_from_dict
+from e2llm.runtime.architectures import runtime_spec
 from e2llm.runtime.engine import LocalPipeline
 from e2llm.runtime.weights import ModelSource, load_stage_weights, prepare_model
 
@@ -95,7 +94,7 @@ def test_bad_model_paths(tmp_path: Path, make, message: str) -> None:
 def test_unsupported_configs_are_input_errors(change: dict, message: str) -> None:
     raw = {**LlamaConfig(**TINY).to_dict(), **change}
     with pytest.raises(InputError, match=message):
-        config_from_dict(raw)
+        runtime_spec(raw)
 
 
 def test_config_reads_rope_and_eos_variants() -> None:
@@ -106,22 +105,10 @@ def test_config_reads_rope_and_eos_variants() -> None:
         "rope_scaling": {"type": "linear", "factor": 2.0},
         "eos_token_id": [7, 8],
     }
-    cfg = config_from_dict(raw)
+    cfg = runtime_spec(raw)
     assert (cfg.rope_theta, cfg.rope_type, cfg.rope_factor) == (5e5, "linear", 2.0)
     assert cfg.eos_token_ids == (7, 8)
     assert cfg.head_dim == 8 and cfg.n_kv_heads == 2
-
-
-def write_gguf(path: Path, arch: str) -> Path:
-    """A minimal GGUF: header, architecture and one tensor (enough for the architecture check)."""
-    writer = gguf.GGUFWriter(str(path), arch=arch)
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
 
 
 def test_concurrent_prepares_convert_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -150,7 +137,7 @@ def test_failed_conversion_leaves_no_partial_cache(tmp_path: Path, monkeypatch: 
 
     def broken_convert(src: ModelSource, out: Path) -> None:
         (out / "config.json").write_text("{}")
-        raise RuntimeError("unsupported tensor type")
+        raise NotImplementedError("unsupported tensor type")  # as gguf's dequantize refuses one
 
     monkeypatch.setattr(weights, "_convert_gguf", broken_convert)
     with pytest.raises(InputError, match="unsupported tensor type"):

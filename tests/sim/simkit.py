@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from e2llm.cost.model import CostModel
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.specs.device import Cluster, Device, Link
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 # 4 layers; KV = 2 * 1 head * 64 dims * 2 bytes = 256 bytes per token per layer; hidden 50, so a
 # hop of n tokens moves 100 n bytes.

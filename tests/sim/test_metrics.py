@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -64,3 +65,31 @@ def test_summary_schema_and_failed() -> None:
     assert m["throughput_tok_s"] == pytest.approx(22 / 3.2)
     assert m["max_concurrent_decode"] == 2
     json.dumps(m)  # plain JSON
+
+
+def test_second_token_kv_transfer_and_floor() -> None:
+    r = replace(_disagg(0, 0.0), second_token_at_s=2.1)
+    assert r.second_token_gap_s == pytest.approx(2.1 - 1.7)
+    assert r.kv_transfer_s == pytest.approx(0.2)
+    assert r.meets_floor(14.0) and not r.meets_floor(15.0)  # 10 tokens in 0.7 s: 14.3 tok/s
+    one = RequestRecord(9, 0.0, 10, 1, prefill_start_s=0.0, first_token_s=1.0, last_token_s=1.0)
+    assert one.meets_floor(1e9)  # no decode phase
+    client = RequestRecord(8, 0.0, 10, 11, first_token_s=1.0, last_token_s=2.0)
+    assert client.meets_floor(10.0) and not client.meets_floor(10.5)  # 1 / TBT = 10 tok/s
+
+
+def test_summary_floor_attainment_goodput_and_switches() -> None:
+    recs = [
+        replace(_disagg(0, 0.0), second_token_at_s=2.1),
+        _disagg(1, 0.5),
+        RequestRecord(2, 0.5, 10, 10, failed="x"),
+    ]
+    slow = replace(recs[1], last_token_s=0.5 + 2.0 + 1.0)  # 10 tokens in 1 s after admission: 10 tok/s
+    m = summarize([recs[0], slow, recs[2]], min_decode_tok_s=12.0, role_switches=3)
+    assert m["floor_attainment"] == 0.5
+    assert m["goodput_rps"] == pytest.approx(1 / m["duration_s"])
+    assert m["role_switches"] == 3
+    assert m["second_token_s"]["mean"] == pytest.approx(0.4)  # only the record that has one
+    assert m["kv_transfer_s"]["p99"] == pytest.approx(0.2)
+    assert summarize(recs)["floor_attainment"] == 1.0  # no floor: every completed request meets it
+    assert summarize([])["floor_attainment"] is None

@@ -34,8 +34,13 @@ def test_one_request_every_timestamp() -> None:
     # KV: layers 0-2 from a and 2-4 from b to c, each 2 x 256 B x 100 = 51,200 B, on two links
     assert r.kv_start_s == r.prefill_end_s
     assert r.kv_end_s == pytest.approx(0.416 + 0.0512 + 0.001)
-    assert r.first_token_s == r.kv_end_s
+    # TTFT (DESIGN): the first token leaves the prefill replica when its prompt is done; the
+    # hand-off and the first decode step show in the second token instead
+    assert r.first_token_s == r.prefill_end_s
     assert r.decode_admit_s == r.kv_end_s
+    assert r.second_token_at_s == pytest.approx(r.kv_end_s + 0.045)
+    assert r.second_token_gap_s == pytest.approx(0.0512 + 0.001 + 0.045)
+    assert r.kv_transfer_s == pytest.approx(0.0512 + 0.001)
     # 4 more tokens, one stage: 4 layers x 10 ms + head 5 ms = 45 ms a step
     assert r.last_token_s == pytest.approx(0.4682 + 4 * 0.045)
     assert r.prefill_replica == 0 and r.decode_replica == 1

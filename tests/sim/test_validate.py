@@ -78,3 +78,32 @@ def test_range_kv_equals_cost_model_with_sliding_window() -> None:
         kv = RangeKv(model, lo, hi)
         for ctx in (1, 100, 128, 129, 5000):
             assert kv.bytes(ctx) == pytest.approx(cost.kv_bytes(lo, hi, ctx))
+
+
+def test_mixed_replicas_are_valid_beside_any_phase() -> None:
+    cost = cost_model(["a", "b", "c"])
+    check_plan(plan(replica(0, Role.MIXED, [("a", 0, 4)], concurrency=2)), cost)
+    check_plan(plan(replica(0, Role.PREFILL, [("a", 0, 4)]), replica(1, Role.MIXED, [("b", 0, 4)])), cost)
+    check_plan(plan(replica(0, Role.MIXED, [("a", 0, 4)]), replica(1, Role.DECODER, [("b", 0, 4)])), cost)
+    with pytest.raises(InputError, match="splitwise needs PREFILL and DECODER replicas only"):
+        check_plan(
+            plan(
+                replica(0, Role.PREFILL, [("a", 0, 4)]),
+                replica(1, Role.MIXED, [("b", 0, 4)]),
+                replica(2, Role.DECODER, [("c", 0, 4)]),
+                scheduler="splitwise",
+            ),
+            cost,
+        )
+
+
+def test_mixed_replica_must_hold_a_chunk() -> None:
+    # ~300 KB left for KV beside the 0.75 GB overhead and 423 KB of weights: ~290 tokens at 1 KiB
+    cost = cost_model(["a"], memory_gb=0.75068)
+    p = plan(replica(3, Role.MIXED, [("a", 0, 4)]))
+    check_plan(p, cost, "plan.json", chunk_tokens=128)
+    with pytest.raises(InputError) as err:
+        check_plan(p, cost, "plan.json", chunk_tokens=512)
+    assert str(err.value) == (
+        "plan.json: replica 3.role: a MIXED replica must hold the KV of one 512-token chunk (got 'MIXED')"
+    )

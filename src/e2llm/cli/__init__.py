@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from e2llm.cli.logs import configure_logging
 from e2llm.errors import InputError
 
 # subcommand -> module; imported lazily so `e2llm plan` does not pay for torch or Ray.
@@ -21,6 +22,7 @@ COMMANDS = {
     "serve": "e2llm.cli.serve_cmd",
     "profile": "e2llm.cli.profile_cmd",
     "bench": "e2llm.cli.bench_cmd",
+    "testbed": "e2llm.cli.testbed_cmd",
 }
 
 
@@ -60,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "log_level", None):
+        configure_logging(args.log_level)
     try:
         return int(args.func(args) or 0)
     except InputError as e:

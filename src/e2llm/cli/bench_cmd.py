@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from e2llm.cli.logs import add_log_level
 from e2llm.errors import InputError
 
 EXAMPLES = """examples:
@@ -60,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--api-key", help="API key (default: $E2LLM_API_KEY)")
     p.add_argument("--json", action="store_true", help="print the metrics JSON instead of a table")
     p.add_argument("--out", metavar="DIR", help="also write metrics.json, requests.csv and cdf.png here")
+    add_log_level(p)
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.cli.sim_output import add_load_arguments, compare_json, loads_from_args, print_table, write_out
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
@@ -14,7 +15,7 @@ from e2llm.plan.roles import OBJECTIVES
 from e2llm.plan.systems import system_names
 from e2llm.sim.compare import compare
 from e2llm.specs.cluster_file import load_cluster
-from e2llm.specs.models import load_model
+from e2llm.specs.model_catalog import load_model
 from e2llm.specs.workload import load_workload
 
 DEFAULT_SYSTEMS = "e2llm,splitwise,colocated,pipeline,memory-proportional"
@@ -29,7 +30,8 @@ EXAMPLES = """examples:
 
 Each system is planned for each load and simulated on identical requests. --json prints
 {"systems": {"<name>": {<metrics>, "plan": {...}}}} (a sweep: {"sweep": [{"interval_s": ...,
-"systems": {...}}, ...]})."""
+"systems": {...}}, ...]}). --adapt off keeps e2llm's roles fixed (the paper); Splitwise always
+runs its own mixed pool."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -52,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="what the planners optimise: the method's bottleneck (default) or the maximum request rate",
     )
     add_load_arguments(p)
+    add_policy_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         progress=lambda s: print(s, file=sys.stderr),
         objective=args.objective,
+        settings=policy_from_args(args),
     )
     doc = compare_json(runs, loads)
     if args.out:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from e2llm.cli.logs import add_log_level
 from e2llm.errors import InputError
 
 EXAMPLES = """examples:
@@ -46,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--name", help="device name recorded in the profile (default: host or GPU name)")
     p.add_argument("--quick", action="store_true", help="coarse grid, few repeats: seconds, for tests")
     p.add_argument("--out", default="profile.json", help="output file (default %(default)s)")
+    add_log_level(p)
     p.set_defaults(func=run)
 
 
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     from e2llm.profile.bandwidth import memory_bandwidth_gbs
     from e2llm.profile.measure import QUICK_GRID, ProfileGrid, grid_points, measure
     from e2llm.profile.target import DTYPES
-    from e2llm.specs.models import load_model, with_precision
+    from e2llm.specs.model_catalog import load_model, with_precision
 
     device = _torch_device(args.device)
     assert isinstance(device, torch.device)

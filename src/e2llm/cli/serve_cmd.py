@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from e2llm.cli.logs import add_log_level
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan
 from e2llm.runtime.http_limits import (
@@ -81,6 +82,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_BODY_TIMEOUT_S,
         help="seconds to receive a request body; slower gets 408 (default %(default)s)",
     )
+    add_log_level(p)
     p.set_defaults(func=run)
 
 
@@ -135,7 +137,7 @@ def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
     from e2llm.plan.systems import PlanRequest, get_system
     from e2llm.runtime.replan import SERVE_WORKLOAD
     from e2llm.specs.cluster_file import cluster_from_dict, load_cluster
-    from e2llm.specs.models import load_model
+    from e2llm.specs.model_catalog import load_model
 
     if cluster_path is None and DEFAULT_CLUSTER.is_file():
         cluster_path = DEFAULT_CLUSTER
@@ -190,13 +192,14 @@ def _serve(
         served = ServedModel(
             name=plan.model if not args.model else prepared.name,
             tokenizer=prepared.tokenizer(),
-            context_len=cfg.max_position,
+            context_len=cfg.max_context,
             eos_ids=frozenset(cfg.eos_token_ids),
             encode_chat=encode_chat,
         )
         app = create_app(deployment, served, api_key, limits)
         auth = "API key required" if api_key else "no API key"
-        print(f"e2llm serve: {served.name} on http://{args.host}:{args.port}/v1 ({auth})", flush=True)
+        base = f"http://{args.host}:{args.port}"
+        print(f"e2llm serve: {served.name} on {base}/v1 ({auth}); dashboard at {base}/", flush=True)
         uvicorn.run(
             app,
             host=args.host,

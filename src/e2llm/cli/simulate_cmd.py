@@ -6,13 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
+from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.cli.sim_output import add_load_arguments, loads_from_args, print_table, simulate_json, write_out
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
 from e2llm.plan.plan_json import load_plan
 from e2llm.sim.compare import run_plan
 from e2llm.specs.cluster_file import cluster_from_dict
-from e2llm.specs.models import model_from_dict
+from e2llm.specs.model_spec import model_from_dict
 from e2llm.specs.workload import load_workload
 
 EXAMPLES = """examples:
@@ -22,9 +23,12 @@ EXAMPLES = """examples:
   e2llm simulate plan.json --workload examples/workloads/azure-conv.yaml --rate 0.5 --json
   e2llm simulate plan.json --workload examples/workloads/longreason-extended.yaml \\
       --sweep 0.5,1,2,3 --out results/
+  e2llm simulate plan.json --workload examples/workloads/longreason-custom.yaml --adapt off
 
 The plan embeds its cluster and model, so no cluster file is needed. --json prints the metrics
-object of DESIGN "Metrics JSON" (a sweep: {"sweep": [{"interval_s": ..., <metrics>}, ...]})."""
+object of DESIGN "Metrics JSON" (a sweep: {"sweep": [{"interval_s": ..., <metrics>}, ...]}).
+--adapt off keeps the plan's roles fixed (the paper); by default replicas switch role at run time
+when one phase's normalised backlog crosses its threshold (tuned with --policy FILE)."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("plan", metavar="PLAN.json", help="a plan written by `e2llm plan --out`")
     p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
     add_load_arguments(p)
+    add_policy_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -53,7 +58,10 @@ def run(args: argparse.Namespace) -> int:
     cost = build_cost_model(model, cluster)
     workload = load_workload(args.workload, requests=args.requests)
     loads = loads_from_args(args)
-    runs = [run_plan(plan, cost, workload, load, args.seed, where=source) for load in loads]
+    settings = policy_from_args(args)
+    runs = [
+        run_plan(plan, cost, workload, load, args.seed, where=source, settings=settings) for load in loads
+    ]
     doc = simulate_json(runs)
     if args.out:
         write_out(args.out, runs, loads, cluster.names, doc)

@@ -17,7 +17,7 @@ from e2llm.cost.profile import Profile, load_profile
 from e2llm.cost.profile_times import ProfileTimes
 from e2llm.cost.roofline import Efficiency, RooflineTimes
 from e2llm.specs.device import Cluster
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 
 def resolve_profile_path(path: str, cluster: Cluster) -> Path:

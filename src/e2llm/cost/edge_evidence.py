@@ -25,8 +25,8 @@ from typing import Literal
 
 from e2llm.cost.roofline import Efficiency, RooflineTimes
 from e2llm.specs.device import Device
-from e2llm.specs.model import ModelSpec
-from e2llm.specs.models import CATALOG, with_precision
+from e2llm.specs.model_catalog import CATALOG, with_precision
+from e2llm.specs.model_spec import ModelSpec
 from e2llm.specs.presets import PRESETS
 
 Vendor = Literal["metal", "cuda", "jetson"]

@@ -17,11 +17,12 @@ from functools import cached_property
 from typing import Protocol
 
 from e2llm.specs.device import Cluster
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
+from e2llm.specs.units import GIB
 
 # Memory a runtime needs beyond weights and KV on every device: CUDA/Metal context, allocator
-# slack, activation buffers. llama.cpp and PyTorch both sit around 0.5-1 GB; we reserve this much.
-RUNTIME_OVERHEAD_BYTES = int(0.75 * 2**30)
+# slack, activation buffers. llama.cpp and PyTorch both sit around 0.5-1 GiB; we reserve this much.
+RUNTIME_OVERHEAD_BYTES = int(0.75 * GIB)
 
 
 class DeviceTimes(Protocol):

@@ -45,7 +45,7 @@ from e2llm.cost.profile_times import ProfileTimes
 from e2llm.errors import InputError
 from e2llm.specs.fields import as_list, as_mapping, field_where, get_int, get_number, get_str
 from e2llm.specs.input_file import parse_json, read_input_text
-from e2llm.specs.model import BYTES_PER_PARAM, ModelSpec
+from e2llm.specs.model_spec import PROFILE_FIELDS, ModelSpec, model_from_dict
 
 __all__ = [
     "FORMAT",
@@ -63,18 +63,6 @@ __all__ = [
 ]
 
 FORMAT = "e2llm-profile/1"
-
-# Integer fields of the "model" object: the profiled layer's shape (ModelSpec attributes).
-_SHAPE_FIELDS = (
-    "hidden",
-    "n_heads",
-    "n_kv_heads",
-    "head_dim",
-    "intermediate",
-    "vocab",
-    "n_experts",
-    "experts_per_token",
-)
 
 
 def profile_to_dict(p: Profile) -> dict[str, Any]:
@@ -94,14 +82,8 @@ def profile_to_dict(p: Profile) -> dict[str, Any]:
         samples["embed"] = [list(x) for x in s.embed]
     if p.fit.embed is not None:
         fit["embed"] = list(p.fit.embed)
-    model: dict[str, Any] = {"name": m.name}
-    model.update({k: getattr(m, k) for k in _SHAPE_FIELDS})
-    model.update(
-        weight_precision=m.weight_precision,
-        expert_precision=m.expert_precision,
-        kv_bytes_per_value=m.kv_bytes_per_value,
-        layer_params=p.layer_params or m.layer_params,
-    )
+    model: dict[str, Any] = {k: getattr(m, k) for k in PROFILE_FIELDS}
+    model["layer_params"] = p.layer_params or m.layer_params
     return {
         "format": FORMAT,
         "device": {"name": p.device_name, "torch_device": p.torch_device, "dtype": p.dtype},
@@ -159,34 +141,9 @@ def _section(top: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
 
 
 def _model_from(mod: Mapping[str, Any], where: str) -> ModelSpec:
-    n = get_int(mod, "n_experts", where, default=0, minimum=0)
-    k = get_int(mod, "experts_per_token", where, default=0, minimum=0)
-    if (n == 0) != (k == 0) or k > n:
-        raise InputError(
-            field_where(where, "experts_per_token"), f"must be 0 < k <= n_experts={n}, or 0 if dense", k
-        )
-
-    def precision(key: str) -> str:
-        v = get_str(mod, key, where, default="bf16")
-        if v not in BYTES_PER_PARAM:
-            raise InputError(field_where(where, key), f"must be one of {', '.join(BYTES_PER_PARAM)}", v)
-        return v
-
-    return ModelSpec(
-        name=get_str(mod, "name", where, default="profiled-model"),
-        n_layers=1,
-        hidden=get_int(mod, "hidden", where),
-        n_heads=get_int(mod, "n_heads", where),
-        n_kv_heads=get_int(mod, "n_kv_heads", where),
-        head_dim=get_int(mod, "head_dim", where),
-        intermediate=get_int(mod, "intermediate", where),
-        vocab=get_int(mod, "vocab", where),
-        n_experts=n,
-        experts_per_token=k,
-        weight_precision=precision("weight_precision"),
-        expert_precision=precision("expert_precision"),
-        kv_bytes_per_value=get_number(mod, "kv_bytes_per_value", where, default=2.0),
-    )
+    """The profiled shape (`profile_shape`); other keys of the section are not read."""
+    known = {k: mod[k] for k in PROFILE_FIELDS if mod.get(k) is not None}
+    return model_from_dict({"name": "profiled-model", **known, "n_layers": 1}, where)
 
 
 def _list(m: Mapping[str, Any], key: str, where: str) -> list[Any]:

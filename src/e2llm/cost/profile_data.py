@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2llm.cost.fit import median_abs_rel_error, nnls_relative
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec, profile_shape
 
 
 @dataclass(frozen=True)
@@ -114,29 +114,10 @@ def make_profile(
         device_name=device_name,
         torch_device=torch_device,
         dtype=dtype,
-        model=_one_layer(model),
+        model=profile_shape(model),
         samples=samples,
         fit=fit,
         fit_error=fit_errors(samples, fit),
         memory_bandwidth_gbs=memory_bandwidth_gbs,
         layer_params=model.layer_params,
-    )
-
-
-def _one_layer(model: ModelSpec) -> ModelSpec:
-    """The profiled shape as a one-layer, full-attention ModelSpec (what the samples describe)."""
-    return ModelSpec(
-        name=model.name,
-        n_layers=1,
-        hidden=model.hidden,
-        n_heads=model.n_heads,
-        n_kv_heads=model.n_kv_heads,
-        head_dim=model.head_dim,
-        intermediate=model.intermediate,
-        vocab=model.vocab,
-        n_experts=model.n_experts,
-        experts_per_token=model.experts_per_token,
-        weight_precision=model.weight_precision,
-        expert_precision=model.expert_precision,
-        kv_bytes_per_value=model.kv_bytes_per_value,
     )

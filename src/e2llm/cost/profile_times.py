@@ -31,7 +31,8 @@ from __future__ import annotations
 from e2llm.cost.profile_data import Profile
 from e2llm.cost.shape import LayerShape
 from e2llm.errors import InputError
-from e2llm.specs.model import BYTES_PER_PARAM, ModelSpec
+from e2llm.specs.model_spec import BYTES_PER_PARAM, ModelSpec
+from e2llm.specs.units import GB
 
 MAX_SCALE = 32.0
 
@@ -84,7 +85,7 @@ class ProfileTimes:
                 )
         self._r = r
         self._planned, self._profiled = LayerShape.of(model), LayerShape.of(p)
-        self._bw = profile.memory_bandwidth_gbs * 1e9
+        self._bw = profile.memory_bandwidth_gbs * GB
         self._head_bytes = (_head_bytes(model), _head_bytes(p))
 
     def _weights(self, tokens: int) -> tuple[float, float]:

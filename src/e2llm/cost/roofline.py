@@ -34,7 +34,8 @@ from dataclasses import dataclass
 
 from e2llm.cost.shape import LayerShape
 from e2llm.specs.device import Device
-from e2llm.specs.model import BYTES_PER_PARAM, ModelSpec
+from e2llm.specs.model_spec import BYTES_PER_PARAM, ModelSpec
+from e2llm.specs.units import GB
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,7 @@ class RooflineTimes:
         self.model = model
         self.eff = eff
         self._flops_per_s = device.tflops * 1e12 * eff.compute
-        self._bytes_per_s = device.mem_bandwidth_gbs * 1e9 * eff.memory
+        self._bytes_per_s = device.mem_bandwidth_gbs * GB * eff.memory
         m = model
         self._shape = LayerShape.of(m)
         wb = BYTES_PER_PARAM[m.weight_precision]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from e2llm.specs.model import BYTES_PER_PARAM, ModelSpec
+from e2llm.specs.model_spec import BYTES_PER_PARAM, ModelSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from e2llm.plan.evaluate import planned_context
-from e2llm.plan.search import GB, Grouping
+from e2llm.plan.search import Grouping
 from e2llm.plan.systems import PlanRequest
 from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Stage
 from e2llm.specs.cluster_file import cluster_to_dict
-from e2llm.specs.models import model_to_dict
+from e2llm.specs.model_spec import model_to_dict
+from e2llm.specs.units import GIB
 
 OBJECTIVE_KINDS = {"bottleneck": "bottleneck_s", "max_rate": "neg_max_rate"}
 
@@ -26,7 +27,7 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
             mem = cost.stage_memory_bytes(
                 start, end, embedding=k == 0, lm_head=k == last, sequences=phase.concurrency, context=ctx
             )
-            stages.append(Stage(name, start, end, embedding=k == 0, lm_head=k == last, memory_gb=mem / GB))
+            stages.append(Stage(name, start, end, embedding=k == 0, lm_head=k == last, memory_gb=mem / GIB))
         replicas.append(
             Replica(
                 id=i,

@@ -8,13 +8,17 @@ not use is never hidden inside a replica, it is listed in `Plan.unused_devices` 
 
 The costs arrive as per-device scalars (`StageCosts`): the per-layer time is the same for every
 layer of a model (layers are identical), so a stage of n layers on device k costs
-`n * layer_s[k] + fixed_s[k]`, where `fixed_s` holds what the device pays whatever its layer
-count: the incoming hop, the embedding on the first device and the LM head on the last. Memory is
+`max(n * layer_s[k] + fixed_s[k], n * kv_s[k])`, where `fixed_s` holds what the device pays
+whatever its layer count (the incoming hop, the embedding on the first device and the LM head on
+the last) and `kv_s` is the time its network port needs for the KV cache of one layer (a prefill
+device ships it to the decoders, a decoder device receives it; 0 without a hand-off). The port
+works beside the compute, so it is a second resource of the stage rather than added time: a
+split may give a well-connected device more layers than its speed alone would. Memory is
 per layer (`layer_bytes`: weights plus KV, which differs between sliding-window and full-attention
 layers), so a range's bytes come from prefix sums.
 
 Recurrence (F[k][i]: best bottleneck with layers [0, i) on the first k devices):
-    F[k][i] = min over j < i of max(F[k-1][j], (i - j) * layer_s[k] + fixed_s[k]),
+    F[k][i] = min over j < i of max(F[k-1][j], stage time of layers [j, i) on device k),
 restricted to ranges [j, i) that fit device k. It runs as K vectorised (L+1)x(L+1) numpy steps,
 O(K·L²) work, well under a millisecond for 80 layers on a few devices, and batches several
 instances of one group (every decode concurrency) into the same steps.
@@ -39,6 +43,7 @@ class StageCosts:
     plus embedding / LM-head weights if it holds them); it may be negative (nothing fits).
     `layer_bytes[i]` is what decoder layer i needs on whichever device runs it.
     `memory_bytes[k]` is device k's whole memory (used only by the proportional split).
+    `kv_s[k]` is device k's network-port seconds per layer of KV hand-off; empty: none.
     """
 
     layer_s: tuple[float, ...]
@@ -46,6 +51,7 @@ class StageCosts:
     free_bytes: tuple[float, ...]
     layer_bytes: tuple[float, ...]
     memory_bytes: tuple[float, ...] = ()
+    kv_s: tuple[float, ...] = ()
 
     @property
     def n_devices(self) -> int:
@@ -56,7 +62,16 @@ class StageCosts:
         return len(self.layer_bytes)
 
     def stage_s(self, counts: Sequence[int]) -> tuple[float, ...]:
+        """Compute (and incoming hop) seconds of each stage."""
         return tuple(n * a + x for n, a, x in zip(counts, self.layer_s, self.fixed_s, strict=True))
+
+    def port_s(self, counts: Sequence[int]) -> tuple[float, ...]:
+        """KV hand-off seconds of each stage's port (zeros without a hand-off)."""
+        return tuple(n * e for n, e in zip(counts, self.kv_s, strict=True)) if self.kv_s else ()
+
+    def partition(self, counts: Sequence[int]) -> Partition:
+        counts = tuple(counts)
+        return Partition(counts, self.stage_s(counts), self.port_s(counts))
 
     def fits(self, counts: Sequence[int]) -> bool:
         """Whether every device holds its range (counts in pipeline order, summing to L)."""
@@ -73,18 +88,26 @@ class StageCosts:
 
 @dataclass(frozen=True, slots=True)
 class Partition:
-    """Layer counts per device in pipeline order, and the resulting stage times (seconds)."""
+    """Layer counts per device in pipeline order, the resulting stage times (seconds), and the
+    KV hand-off seconds of each stage's port (empty without a hand-off)."""
 
     counts: tuple[int, ...]
     stage_s: tuple[float, ...]
+    port_s: tuple[float, ...] = ()
 
     @property
-    def bottleneck_s(self) -> float:
+    def compute_bottleneck_s(self) -> float:
         return max(self.stage_s)
 
     @property
+    def bottleneck_s(self) -> float:
+        """The slowest resource: a stage's compute or its port."""
+        return max(self.compute_bottleneck_s, max(self.port_s, default=0.0))
+
+    @property
     def bottleneck_index(self) -> int:
-        return max(range(len(self.stage_s)), key=lambda k: self.stage_s[k])
+        ports = self.port_s or (0.0,) * len(self.stage_s)
+        return max(range(len(self.stage_s)), key=lambda k: max(self.stage_s[k], ports[k]))
 
     @property
     def total_s(self) -> float:
@@ -118,9 +141,7 @@ def partition_layers_many(batch: Sequence[StageCosts]) -> list[Partition | None]
     if k_dev == 0 or k_dev > n_layers:
         return [None] * len(batch)
     if k_dev == 1:
-        return [
-            Partition((n_layers,), c.stage_s((n_layers,))) if c.fits((n_layers,)) else None for c in batch
-        ]
+        return [c.partition((n_layers,)) if c.fits((n_layers,)) else None for c in batch]
     if k_dev == 2:
         return [_two_stages(c) for c in batch]
     out = [_uniform_layers(c) for c in batch]
@@ -137,12 +158,16 @@ _GENERAL = Partition((), ())  # marker: the instance needs the general recurrenc
 def _uniform_layers(costs: StageCosts) -> Partition | None:
     """Dense models (every layer the same bytes): a device's memory caps its layer COUNT wherever
     the range sits, so the problem is: the least T such that every device can take
-    n_k(T) = min(cap_k, max n with n * layer_s + fixed_s <= T) >= 1 layers and these sum to >= L.
-    T is one of the K*L stage times; the count sum grows with T, so bisect the sorted candidates:
-    O(K·L·log(K·L)) in plain Python (faster than numpy at these sizes), no L x L table. Among
-    the splits with that bottleneck it returns the one with the least total time (layers go to
-    the fastest devices first). Returns `_GENERAL` when the layers differ or a memory cap sits
-    within float noise of a whole layer count."""
+    n_k(T) = min(cap_k, max n whose stage time is <= T) >= 1 layers and these sum to >= L.
+
+    The count sum f(T) only grows with T. Its continuous relaxation g(T) (no rounding down) is a
+    sum of concave piecewise-linear pieces, solved exactly for g(T0) = L from its <= 2K
+    breakpoints; f(T0) >= L - K since each device loses less than one layer to rounding, so
+    stepping up from T0 to each next stage time (the least time at which some device takes one
+    more layer) reaches the optimum T* in at most K steps: O(K^2) per instance, no candidate list
+    and no L x L table. Among the splits with that bottleneck it returns the one with the least
+    total time (layers go to the fastest devices first). Returns `_GENERAL` when the layers differ
+    or a memory cap sits within float noise of a whole layer count."""
     w = costs.layer_bytes[0]
     if w <= 0 or min(costs.layer_s) <= 0 or any(b != w for b in costs.layer_bytes):
         return _GENERAL
@@ -155,42 +180,72 @@ def _uniform_layers(costs: StageCosts) -> Partition | None:
         caps.append(min(n_layers, math.floor(ratio)))
     if min(caps) < 1 or sum(caps) < n_layers:
         return None
-    pairs = list(zip(costs.layer_s, costs.fixed_s, caps, strict=True))
+    ports = costs.kv_s or (0.0,) * costs.n_devices
+    devs = list(zip(costs.layer_s, costs.fixed_s, ports, caps, strict=True))
 
-    def most(a: float, x: float, cap: int, t: float) -> int:
+    def time_of(n: int, a: float, x: float, e: float) -> float:
+        return max(n * a + x, n * e)
+
+    def most(a: float, x: float, e: float, cap: int, t: float) -> int:
         """Most layers (<= cap) a device runs within t: float division, then corrected exactly."""
         n = min(cap, max(0, math.floor((t - x) / a)))
-        while n < cap and (n + 1) * a + x <= t:
+        if e > 0:
+            n = min(n, max(0, math.floor(t / e)))
+        while n < cap and time_of(n + 1, a, x, e) <= t:
             n += 1
-        while n > 0 and n * a + x > t:
+        while n > 0 and time_of(n, a, x, e) > t:
             n -= 1
         return n
 
-    def enough(t: float) -> bool:
-        counts = [most(a, x, cap, t) for a, x, cap in pairs]
-        return min(counts) >= 1 and sum(counts) >= n_layers
-
-    cands = sorted({n * a + x for a, x, cap in pairs for n in range(1, cap + 1)})
-    if not enough(cands[-1]):
-        return None
-    lo, hi = 0, len(cands) - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if enough(cands[mid]):
-            hi = mid
-        else:
-            lo = mid + 1
-    limit = [most(a, x, cap, cands[lo]) for a, x, cap in pairs]
-    counts = [1] * len(pairs)
-    spare = n_layers - len(pairs)
-    for k in sorted(range(len(pairs)), key=lambda k: (pairs[k][0], k)):  # fastest per layer first
+    t_min = max(time_of(1, a, x, e) for a, x, e, _ in devs)  # every device takes a layer
+    t = max(t_min, _relaxed_time(devs, n_layers) * (1 - 1e-12))
+    counts = [most(a, x, e, cap, t) for a, x, e, cap in devs]
+    if t > t_min and sum(counts) >= n_layers:  # float noise put t past the optimum: walk up instead
+        t = t_min
+        counts = [most(a, x, e, cap, t) for a, x, e, cap in devs]
+    while sum(counts) < n_layers:
+        t = min(time_of(n + 1, a, x, e) for n, (a, x, e, cap) in zip(counts, devs, strict=True) if n < cap)
+        counts = [most(a, x, e, cap, t) for a, x, e, cap in devs]
+    limit = counts
+    counts = [1] * len(devs)
+    spare = n_layers - len(devs)
+    for k in sorted(range(len(devs)), key=lambda k: (devs[k][0], k)):  # fastest per layer first
         extra = min(spare, limit[k] - 1)
         counts[k] += extra
         spare -= extra
-    result = tuple(counts)
-    if not costs.fits(result):
+    if not costs.fits(counts):
         return _GENERAL
-    return Partition(result, costs.stage_s(result))
+    return costs.partition(counts)
+
+
+def _relaxed_time(devs: Sequence[tuple[float, float, float, int]], n_layers: int) -> float:
+    """The least T with sum_k min(cap_k, (T - x_k) / a_k, T / e_k) >= L (counts not rounded,
+    not floored at 0): a lower bound of the optimum, from the breakpoints of the concave pieces."""
+
+    def g(t: float) -> float:
+        total = 0.0
+        for a, x, e, cap in devs:
+            n = min(cap, (t - x) / a)
+            total += min(n, t / e) if e > 0 else n
+        return total
+
+    points = set()
+    for a, x, e, cap in devs:
+        points.add(cap * a + x)  # compute line meets the cap
+        if e > 0:
+            points.add(cap * e)  # port line meets the cap
+            if e > a:
+                points.add(x * e / (e - a))  # the port line overtakes the compute line
+    lo = min(x for _, x, _, _ in devs)
+    g_lo = g(lo)
+    for p in sorted(points):
+        if p <= lo:
+            continue
+        g_p = g(p)
+        if g_p >= n_layers:
+            return lo + (p - lo) * (n_layers - g_lo) / (g_p - g_lo) if g_p > g_lo else p
+        lo, g_lo = p, g_p
+    return lo
 
 
 def _dp_numpy(batch: Sequence[StageCosts]) -> list[Partition | None]:
@@ -199,13 +254,14 @@ def _dp_numpy(batch: Sequence[StageCosts]) -> list[Partition | None]:
     n_b = len(batch)
     layer_s = np.array([c.layer_s for c in batch])[:, :, None, None]  # (B, K, 1, 1)
     fixed_s = np.array([c.fixed_s for c in batch])[:, :, None, None]
+    port_s = np.array([c.kv_s or (0.0,) * k_dev for c in batch])[:, :, None, None]
     free = np.array([c.free_bytes for c in batch])[:, :, None, None]
     prefix = np.cumsum(np.array([(0.0, *c.layer_bytes) for c in batch]), axis=1)  # same sums as `fits`
     range_bytes = prefix[:, None, :] - prefix[:, :, None]  # (B, j, i): bytes of layers [j, i)
     n = _layer_counts(n_layers)  # (j, i): layers in [j, i)
     # every device's time for every range at once, inf where the range is empty or does not fit
     ok = (n >= 1) & (range_bytes[:, None] <= free)  # (B, K, j, i)
-    stage = np.where(ok, n * layer_s + fixed_s, np.inf)
+    stage = np.where(ok, np.maximum(n * layer_s + fixed_s, n * port_s), np.inf)
     rows = np.arange(n_b)[:, None]
     cols = np.arange(n_layers + 1)[None, :]
     best = np.full((n_b, n_layers + 1), np.inf)
@@ -226,8 +282,7 @@ def _dp_numpy(batch: Sequence[StageCosts]) -> list[Partition | None]:
             start = int(choices[k][b, end])
             counts_rev.append(end - start)
             end = start
-        counts = tuple(reversed(counts_rev))
-        out.append(Partition(counts, costs.stage_s(counts)))
+        out.append(costs.partition(counts_rev[::-1]))
     return out
 
 
@@ -237,19 +292,20 @@ def _two_stages(costs: StageCosts) -> Partition | None:
     n_layers = costs.n_layers
     prefix = list(accumulate(costs.layer_bytes, initial=0.0))
     (a0, a1), (x0, x1), (f0, f1) = costs.layer_s, costs.fixed_s, costs.free_bytes
+    e0, e1 = costs.kv_s or (0.0, 0.0)
     best_cut, best_s = 0, math.inf
     for cut in range(1, n_layers):
         if prefix[cut] > f0:
             break  # the first device's range only grows
         if prefix[n_layers] - prefix[cut] > f1:
             continue
-        t = max(cut * a0 + x0, (n_layers - cut) * a1 + x1)
+        rest = n_layers - cut
+        t = max(cut * a0 + x0, cut * e0, rest * a1 + x1, rest * e1)
         if t < best_s:
             best_cut, best_s = cut, t
     if not best_cut:
         return None
-    counts = (best_cut, n_layers - best_cut)
-    return Partition(counts, costs.stage_s(counts))
+    return costs.partition((best_cut, n_layers - best_cut))
 
 
 @functools.cache
@@ -278,8 +334,7 @@ def proportional_partition(costs: StageCosts) -> Partition | None:
     order = sorted(range(k_dev), key=lambda k: (-(shares[k] - math.floor(shares[k])), k))
     for k in order[: n_layers - sum(counts)]:
         counts[k] += 1
-    result = tuple(counts)
-    return Partition(result, costs.stage_s(result)) if costs.fits(result) else None
+    return costs.partition(counts) if costs.fits(counts) else None
 
 
 def proportional_partition_many(batch: Sequence[StageCosts]) -> list[Partition | None]:

@@ -10,7 +10,7 @@ from typing import Any
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Stage
 from e2llm.specs.input_file import parse_json, read_input_text
-from e2llm.specs.model import MAX_LAYERS
+from e2llm.specs.model_spec import MAX_LAYERS
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def _replica(r: Any, i: int, where: str) -> Replica:
     try:
         role = Role(role_text)
     except ValueError:
-        raise InputError(f"{where}.role", "must be PREFILL, DECODER or COLOCATED", role_text) from None
+        raise InputError(f"{where}.role", "must be PREFILL, DECODER, MIXED or COLOCATED", role_text) from None
     stages = tuple(_stage(s, f"{where}.devices[{j}]") for j, s in enumerate(_get(r, "devices", where, list)))
     if not stages:
         raise InputError(f"{where}.devices", "a replica needs at least one device", [])

@@ -19,8 +19,8 @@ from e2llm.plan.ga import INFEASIBLE, GAParams, Individual, Key, evolve
 from e2llm.plan.roles import RoleAssignment, assign_roles, assign_roles_exhaustive
 from e2llm.plan.sizer import MemorySizer
 from e2llm.plan.systems import PlanRequest
+from e2llm.specs.units import GIB
 
-GB = 2**30
 _T = TypeVar("_T")
 
 
@@ -47,8 +47,8 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
     if total < need:
         raise InputError(
             f"model {cost.model.name}",
-            f"fits in no grouping of the devices: needs {need / GB:.1f} GB, "
-            f"the devices hold {total / GB:.1f} GB in total",
+            f"fits in no grouping of the devices: needs {need / GIB:.1f} GiB, "
+            f"the devices hold {total / GIB:.1f} GiB in total",
         )
     interval = shape.interval_s
     if req.exhaustive:
@@ -140,6 +140,6 @@ def _no_plan(req: PlanRequest, need: float) -> InputError:
     return InputError(
         f"model {req.cost.model.name}",
         "no grouping of the devices forms both a PREFILL and a DECODER replica "
-        f"({need / GB:.1f} GB each) with a decoder keeping >= {req.workload.min_decode_tok_s:g} tok/s "
+        f"({need / GIB:.1f} GiB each) with a decoder keeping >= {req.workload.min_decode_tok_s:g} tok/s "
         "per request; try --system pipeline, or a lower min_decode_tok_s",
     )

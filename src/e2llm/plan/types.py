@@ -15,7 +15,11 @@ from typing import Any
 class Role(StrEnum):
     PREFILL = "PREFILL"
     DECODER = "DECODER"
-    COLOCATED = "COLOCATED"  # both phases on one replica (baselines)
+    # Both phases on one replica, decode batches carrying chunks of prompts under a token budget
+    # per iteration (Sarathi-style); chosen by the planner or the role controller. sim/mixed.py
+    # defines what it does at run time.
+    MIXED = "MIXED"
+    COLOCATED = "COLOCATED"  # both phases on one replica, whole prompts first (baselines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +45,7 @@ class Replica:
     id: int
     role: Role
     stages: tuple[Stage, ...]
-    concurrency: int = 1  # decode batch size (DECODER / COLOCATED); 1 for PREFILL
+    concurrency: int = 1  # decode batch size (DECODER / MIXED / COLOCATED); 1 for PREFILL
     prefill_tok_s: float | None = None  # one prompt's speed: input tokens / its prefill time
     decode_tok_s_per_request: float | None = None
     bottleneck_device: str = ""
@@ -56,11 +60,11 @@ class Replica:
 
     @property
     def does_prefill(self) -> bool:
-        return self.role in (Role.PREFILL, Role.COLOCATED)
+        return self.role in (Role.PREFILL, Role.MIXED, Role.COLOCATED)
 
     @property
     def does_decode(self) -> bool:
-        return self.role in (Role.DECODER, Role.COLOCATED)
+        return self.role in (Role.DECODER, Role.MIXED, Role.COLOCATED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from e2llm.profile.timing import median_time_s
+from e2llm.specs.units import GB
 
 
 def memory_bandwidth_gbs(
@@ -20,4 +21,4 @@ def memory_bandwidth_gbs(
     src = torch.ones(n, dtype=torch.float32, device=device)
     dst = torch.empty_like(src)
     seconds = median_time_s(lambda: dst.copy_(src), device, repeats=repeats, warmup=warmup)
-    return 2 * n * 4 / seconds / 1e9
+    return 2 * n * 4 / seconds / GB

@@ -13,6 +13,7 @@ inputs (hidden states, a KV pool filled to the wanted context) happens outside t
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,33 +21,27 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from e2llm.runtime.config import ModelConfig
 from e2llm.runtime.model import StageModel
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec, profile_shape
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def stage_config(model: ModelSpec, n_layers: int) -> ModelConfig:
-    """A runtime config with `model`'s layer shape and only `n_layers` layers. The head shares
-    the embedding matrix (timing is the same, memory is halved)."""
-    return ModelConfig(
-        model_type="llama",
+def stage_spec(model: ModelSpec, n_layers: int) -> ModelSpec:
+    """What the stack runs: `model`'s profiled layer shape (`profile_shape`) with `n_layers` dense,
+    full-attention Llama layers (a MoE layer is timed as one expert's FFN; the cost model scales it
+    by the active experts). The head shares the embedding matrix (same time, half the memory)."""
+    return dataclasses.replace(
+        profile_shape(model),
         n_layers=n_layers,
-        hidden=model.hidden,
-        n_heads=model.n_heads,
-        n_kv_heads=model.n_kv_heads,
-        head_dim=model.head_dim,
-        intermediate=model.intermediate,
-        vocab=model.vocab,
-        rope_theta=10000.0,
-        rms_eps=1e-5,
+        max_context=model.max_context,
         tied_embeddings=True,
-        max_position=model.max_context,
+        n_experts=0,
+        experts_per_token=0,
     )
 
 
-def random_weights(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def random_weights(cfg: ModelSpec, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A checkpoint in Hugging Face names with small random values (finite in fp16/bf16)."""
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -98,7 +93,7 @@ class LayerStack:
     _live: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        cfg = stage_config(self.model, self.n_layers)
+        cfg = stage_spec(self.model, self.n_layers)
         weights = random_weights(cfg, self.device, self.dtype)
         self.layers = StageModel(cfg, 0, self.n_layers, False, False, self.device, self.dtype)
         self.layers.load_weights({k: v for k, v in weights.items() if k.startswith("layers.")})

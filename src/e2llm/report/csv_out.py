@@ -9,7 +9,16 @@ from pathlib import Path
 
 from e2llm.sim.metrics import RequestRecord
 
-DERIVED = ("waiting_s", "ttft_s", "tbt_s", "e2e_s", "prefill_tok_s", "decode_tok_s")
+DERIVED = (
+    "waiting_s",
+    "ttft_s",
+    "second_token_gap_s",
+    "tbt_s",
+    "e2e_s",
+    "kv_transfer_s",
+    "prefill_tok_s",
+    "decode_tok_s",
+)
 
 
 def write_requests_csv(records: Sequence[RequestRecord], path: str | Path) -> None:

@@ -13,12 +13,15 @@ COLUMNS: tuple[tuple[str, str, str | None, str], ...] = (
     ("wait p90", "waiting_time_s", "p90", "{:.2f}"),
     ("TTFT mean", "ttft_s", "mean", "{:.2f}"),
     ("TTFT p99", "ttft_s", "p99", "{:.2f}"),
+    ("2nd tok", "second_token_s", "mean", "{:.2f}"),
     ("TBT mean", "tbt_s", "mean", "{:.3f}"),
     ("E2E mean", "e2e_s", "mean", "{:.1f}"),
     ("prefill tok/s", "prefill_tok_s", "mean", "{:.0f}"),
     ("decode tok/s", "decode_tok_s", "mean", "{:.1f}"),
     ("out tok/s", "throughput_tok_s", None, "{:.1f}"),
     ("max dec", "max_concurrent_decode", None, "{:.0f}"),
+    ("floor", "floor_attainment", None, "{:.0%}"),
+    ("switches", "role_switches", None, "{:.0f}"),
 )
 
 

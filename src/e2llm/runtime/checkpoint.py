@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from e2llm.errors import InputError
-from e2llm.runtime.config import ModelConfig
+from e2llm.specs.model_spec import ModelSpec
 from e2llm.runtime.quant import (
     GROUP,
     Int8Weight,
@@ -27,7 +27,7 @@ from e2llm.runtime.quant import (
     to_int4,
     to_int8,
 )
-from e2llm.specs.model import table_precision
+from e2llm.specs.model_spec import table_precision
 
 FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISIONS = (*FLOAT_PRECISIONS, "int8", "q4", "mxfp4")
@@ -73,7 +73,7 @@ def _tensor(weights: Mapping[str, Weight], key: str) -> Tensor:
 
 def stage_tensors(
     weights: Mapping[str, Weight],
-    cfg: ModelConfig,
+    cfg: ModelSpec,
     precision: str = "fp32",
     expert_precision: str | None = None,
     share_head: bool = False,

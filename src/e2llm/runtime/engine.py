@@ -146,7 +146,7 @@ def decode_loop(
             return out
         if detok is not None and stops is not None and stops.push(detok.push(token))[1]:
             return out
-        if len(out) >= params.max_tokens or prompt_len + len(out) >= pipeline.config.max_position:
+        if len(out) >= params.max_tokens or prompt_len + len(out) >= pipeline.config.max_context:
             return out
         logits = pipeline.decode([seq_id], [token])[0]
 

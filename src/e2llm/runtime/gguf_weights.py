@@ -169,6 +169,10 @@ def gguf_config(path: Path) -> dict[str, Any]:
         raw["num_experts_per_tok"] = int(get("expert_used_count"))
     if (window := get("attention.sliding_window")) is not None:
         raw["sliding_window"] = int(window)
+        if arch == "gpt-oss":  # llama.cpp: sliding and full attention alternate from layer 0
+            raw["layer_types"] = [
+                "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(raw["num_hidden_layers"])
+            ]
     if (rope_type := get("rope.scaling.type")) not in (None, "none"):
         raw["rope_scaling"] = {
             "rope_type": rope_type,

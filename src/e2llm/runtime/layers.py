@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from e2llm.runtime.config import ModelConfig
+from e2llm.specs.model_spec import ModelSpec
 from e2llm.runtime.kv import KVCache, SlotBatch
 from e2llm.runtime.quant import Mxfp4Weight, Weight, make_linear
 
@@ -34,7 +34,7 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
-def _yarn(cfg: ModelConfig, inv: Tensor) -> Tensor:
+def _yarn(cfg: ModelSpec, inv: Tensor) -> Tensor:
     """YaRN (as transformers' `_compute_yarn_parameters`): interpolate the low frequencies by
     `rope_factor`, keep the high ones, ramp between the beta_fast and beta_slow rotations."""
     dim, base = cfg.head_dim, cfg.rope_theta
@@ -55,16 +55,16 @@ def _yarn(cfg: ModelConfig, inv: Tensor) -> Tensor:
     return inv / cfg.rope_factor * (1 - extrapolation) + inv * extrapolation
 
 
-def rope_scale(cfg: ModelConfig) -> float:
+def rope_scale(cfg: ModelSpec) -> float:
     """The factor YaRN applies to cos and sin (1 for the other rope types)."""
     if cfg.rope_type != "yarn":
         return 1.0
-    if cfg.rope_attention_factor is not None:
+    if cfg.rope_attention_factor:
         return cfg.rope_attention_factor
     return 1.0 if cfg.rope_factor <= 1 else 0.1 * math.log(cfg.rope_factor) + 1.0
 
 
-def rope_inv_freq(cfg: ModelConfig) -> Tensor:
+def rope_inv_freq(cfg: ModelSpec) -> Tensor:
     """Inverse frequencies of rotary embeddings [head_dim / 2], fp32, with rope scaling applied."""
     dim = cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
@@ -130,7 +130,7 @@ def sink_attention(
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelSpec, layer: int):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -171,7 +171,7 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelSpec):
         super().__init__()
         self.w13: nn.Module = _placeholder(cfg.hidden, 2 * cfg.intermediate, False)  # gate and up, fused
         self.w2: nn.Module = _placeholder(cfg.intermediate, cfg.hidden, False)
@@ -187,7 +187,7 @@ class Experts(nn.Module):
     MXFP4 banks stay packed and each selected expert is dequantized for its call; other forms
     hold one linear module per expert. Either way a token only touches its k experts."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelSpec):
         super().__init__()
         self.n_experts, self.k = cfg.n_experts, cfg.experts_per_token
         self.limit, self.alpha = cfg.swiglu_limit, cfg.swiglu_alpha
@@ -266,7 +266,7 @@ def _expert(w: Weight, e: int) -> Weight:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer: int):
+    def __init__(self, cfg: ModelSpec, layer: int):
         super().__init__()
         self.attention_norm = RMSNorm(cfg.hidden, cfg.rms_eps)
         self.attention = Attention(cfg, layer)

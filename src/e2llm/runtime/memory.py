@@ -16,7 +16,7 @@ from typing import Any
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
 from e2llm.errors import InputError
 from e2llm.plan.types import Replica, Stage
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 
 GIB = 2**30  # memory_gb in plans and clusters counts GiB (`Device.memory_bytes`)
 
@@ -69,6 +69,6 @@ def check_fits(
 
 def plan_spec(model_spec: Mapping[str, Any]) -> ModelSpec | None:
     """The plan's embedded model spec (None when the plan carries none)."""
-    from e2llm.specs.models import model_from_dict
+    from e2llm.specs.model_spec import model_from_dict
 
     return model_from_dict(model_spec, "plan model_spec") if model_spec else None

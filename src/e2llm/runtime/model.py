@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from e2llm.errors import InputError
 from e2llm.runtime.backend import MemoryReport
 from e2llm.runtime.checkpoint import TORCH_DTYPES, StageTensors, stage_tensors
-from e2llm.runtime.config import ModelConfig
+from e2llm.specs.model_spec import ModelSpec
 from e2llm.runtime.kv import KVCache, SlotBatch
 from e2llm.runtime.layers import Block, Experts, RMSNorm, rope_inv_freq, rope_scale, rope_tables
 from e2llm.runtime.quant import Weight, make_linear, module_bytes
@@ -66,7 +66,7 @@ class StageModel(nn.Module):
 
     def __init__(
         self,
-        config: ModelConfig,
+        config: ModelSpec,
         start: int,
         end: int,
         embedding: bool,
@@ -218,9 +218,9 @@ class StageModel(nn.Module):
         start, t = self.cache.length(seq_id), x.shape[0]
         if t == 0:
             raise InputError("prompt", "is empty")
-        if start + t > self.config.max_position:
+        if start + t > self.config.max_context:
             raise InputError(
-                "prompt", f"{start + t} tokens exceed the model context {self.config.max_position}"
+                "prompt", f"{start + t} tokens exceed the model context {self.config.max_context}"
             )
         if seq_id not in self.cache:
             self.cache.allocate(seq_id)
@@ -243,8 +243,8 @@ class StageModel(nn.Module):
             raise ValueError(f"decode got {x.shape[0]} inputs for {len(seq_ids)} sequences")
         self._check_complete(seq_ids)
         lengths = [self.cache.length(s) for s in seq_ids]
-        if max(lengths) + 1 > self.config.max_position:
-            raise InputError("decode", f"context exceeds the model context {self.config.max_position}")
+        if max(lengths) + 1 > self.config.max_context:
+            raise InputError("decode", f"context exceeds the model context {self.config.max_context}")
         positions = torch.tensor(lengths, device=self.device)[:, None]
         same = len(set(lengths)) == 1
         slots = self.cache.batch(seq_ids, max(lengths) + 1, lengths[0] if same else None)

@@ -37,7 +37,7 @@ def replanned(
     finds no plan (its own errors pass through)."""
     from e2llm.cost.build import build_cost_model
     from e2llm.specs.cluster_file import cluster_from_dict
-    from e2llm.specs.models import model_from_dict
+    from e2llm.specs.model_spec import model_from_dict
 
     full = cluster_from_dict(cluster, "plan.cluster")
     keep = [

@@ -3,7 +3,9 @@
 Errors are OpenAI error objects (`{"error": {"message", "type", "param", "code"}}`) and never take
 the server down. A request's server-side waiting time is returned in the `x-e2llm-queue-s`
 header (for streams: the wait before the prefill started, since headers go out with the first
-token). With an API key set, every route except `/health` needs `Authorization: Bearer KEY`.
+token). With an API key set, every route except `/health` and the dashboard's static files
+(`/`, `/dashboard/*`: no data in them) needs `Authorization: Bearer KEY`; so does
+`GET /v1/status`, the JSON the dashboard polls (`runtime.status`).
 Body size, body read time and requests in flight are bounded (`http_limits`): 413, 408, 429/503.
 """
 
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,11 +30,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from e2llm.errors import InputError
 from e2llm.runtime import openai_protocol as oa
+from e2llm.runtime.dashboard import PUBLIC_PATHS as DASHBOARD_FILES
+from e2llm.runtime.dashboard import add_dashboard
 from e2llm.runtime.generation import Generation, TextStream, TokenEvent
 from e2llm.runtime.http_limits import HttpLimits, InflightLimiter, read_json_body
 from e2llm.runtime.service import Deployment
+from e2llm.runtime.status import Status, deployment_status
+
+log = logging.getLogger(__name__)
 
 QUEUE_HEADER = "x-e2llm-queue-s"
+PUBLIC_PATHS = frozenset({"/health", *DASHBOARD_FILES})  # served without the API key
 _M = TypeVar("_M", bound=BaseModel)
 _Req = oa.ChatRequest | oa.CompletionRequest
 _INVALID = "invalid_request_error"
@@ -68,7 +77,7 @@ def create_app(
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if api_key and request.url.path != "/health":
+        if api_key and request.url.path not in PUBLIC_PATHS:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 error = oa.ApiError(
@@ -88,46 +97,30 @@ def create_app(
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         error = oa.ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
         return JSONResponse(error.body, status_code=500)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        stages = await deployment.stage_stats()
-        lost = deployment.lost_replicas()
-        left_out = deployment.devices_left_out()
-        return {
-            "status": "degraded" if lost or left_out else "ok",
-            "lost_replicas": lost,  # out of service: a stage actor (process or node) died
-            "migrations": deployment.migrations,
-            "plan_generation": deployment.generation,  # + 1 at each switch to a re-made plan
-            "replanning": deployment.replanning,
-            "replan_error": deployment.replan_error,  # why the last re-plan failed, or cannot run
-            "last_switch_s": deployment.last_switch_s,  # loss -> new plan serving, last time
-            "devices": deployment.devices_in_use(),
-            "devices_left_out": left_out,
-            "model": served.name,
-            "uptime_s": round(time.time() - started, 3),
-            "queues": deployment.queue_lengths(),
-            "stages": [
-                {
-                    "replica": s["replica"],
-                    "device": s["device"],
-                    "pid": s["pid"],
-                    "kv_bytes": s["kv_bytes"],
-                    "sequences": s["sequences"],
-                }
-                for s in stages
-            ],
-        }
+        status = await deployment.status()
+        return {**status, "model": served.name, "uptime_s": round(time.time() - started, 3)}
+
+    @app.get("/v1/status")
+    async def status_route() -> Status:
+        """The plan, the cluster, live per-replica figures and recent events (the dashboard's data)."""
+        return deployment_status(deployment, await deployment.stage_stats(), served.name, started)
+
+    add_dashboard(app)
 
     @app.post("/admin/replan")
     async def replan() -> JSONResponse:
         """Re-plan now on every available device: takes back a device that came back."""
         ok = await deployment.replan()
-        body = {"plan_generation": deployment.generation, "devices": deployment.devices_in_use()}
+        status = await deployment.status()
+        body = {"plan_generation": status["plan_generation"], "devices": status["devices"]}
         if not ok:
-            error = oa.ApiError(503, str(deployment.replan_error), "server_error")
+            error = oa.ApiError(503, str(status["replan_error"]), "server_error")
             return JSONResponse({**error.body, **body}, status_code=503)
         return JSONResponse(body)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jinja2
+
 from e2llm.errors import InputError
 
 
@@ -21,7 +23,9 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> list[i
         raise InputError("messages", "this model's tokenizer has no chat template; use /v1/completions")
     try:
         encoded = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
-    except Exception as err:  # jinja errors on malformed messages
+    except (jinja2.TemplateError, ValueError) as err:
+        # how a template refuses messages (its raise_exception, an undefined value) and how
+        # transformers does (a message without role or content); anything else is a bug
         raise InputError("messages", f"chat template failed: {err}") from err
     return _ids(encoded)
 

@@ -24,16 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from e2llm.errors import InputError
-from e2llm.runtime.config import ModelConfig, config_from_dict
+from e2llm.runtime.architectures import runtime_spec
 from e2llm.runtime.gguf_weights import check_gguf, gguf_config, has_tokenizer, load_gguf_stage
 from e2llm.runtime.quant import Mxfp4Weight, Weight, mxfp4_from_hf
-from e2llm.specs.models import smollm2_gguf_path
+from e2llm.specs.model_catalog import smollm2_gguf_path
+from e2llm.specs.model_spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 CACHE_ENV = "E2LLM_CACHE_DIR"
+# How transformers refuses a file it cannot take the tokenizer from (an unknown tokenizer, missing
+# metadata). Architecture and block formats are checked before (`check_gguf`); any other
+# exception is a bug and propagates as itself.
+_CONVERSION_REFUSALS = (ValueError, KeyError, NotImplementedError)
 # Bump when the layout of a prepared directory changes, so stale caches are not reused.
 _FORMAT_VERSION = "2"
 _SOURCE_FILE = "e2llm-source.json"  # in a prepared GGUF directory: {"gguf": path of the weights}
@@ -78,7 +83,7 @@ class PreparedModel:
     """A model directory in HF layout that stage workers load from."""
 
     path: Path
-    config: ModelConfig
+    config: ModelSpec
     name: str
 
     @property
@@ -115,16 +120,23 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "e2llm"
 
 
-def read_config(path: Path) -> ModelConfig:
-    where = str(path / "config.json")
-    try:
-        raw = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(where, f"cannot read: {err}") from err
+def read_config(path: Path) -> ModelSpec:
+    """The model's spec from `config.json`, with the stop tokens of `generation_config.json`."""
+    raw = _read_json_object(path / "config.json")
     gen = path / "generation_config.json"
-    if gen.is_file() and "eos_token_id" in (gen_raw := json.loads(gen.read_text())):
+    if gen.is_file() and "eos_token_id" in (gen_raw := _read_json_object(gen)):
         raw = {**raw, "eos_token_id": gen_raw["eos_token_id"]}
-    return config_from_dict(raw, where)
+    return runtime_spec(raw, str(path / "config.json"), path.name)
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(str(path), f"cannot read: {err}") from err
+    if not isinstance(raw, dict):
+        raise InputError(str(path), "must be a JSON object", type(raw).__name__)
+    return raw
 
 
 def _cache_key(source: ModelSource) -> str:
@@ -178,10 +190,10 @@ def prepare_model(source: ModelSource, cache_dir: Path | None = None) -> Prepare
                 try:
                     _convert_gguf(source, tmp)
                     os.rename(tmp, final)
-                except Exception as err:
+                except _CONVERSION_REFUSALS as err:
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise InputError(str(source.path), f"cannot prepare the GGUF: {err}") from err
-                except BaseException:
+                except BaseException:  # a bug or an interrupt: no partial cache, and no disguise
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise
     return PreparedModel(path=final, config=read_config(final), name=source.name)
@@ -191,13 +203,25 @@ def _key_files(path: Path) -> dict[str, Path]:
     """Tensor name -> safetensors file holding it (sharded checkpoints use an index file)."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+            raise InputError(f"{index}: weight_map", "must map tensor names to file names")
         return {k: path / f for k, f in weight_map.items()}
     keys: dict[str, Path] = {}
     for f in sorted(path.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as fh:
+        with _safetensors(f) as fh:
             keys.update(dict.fromkeys(fh.keys(), f))
     return keys
+
+
+@contextlib.contextmanager
+def _safetensors(path: Path) -> Iterator[Any]:
+    """`safe_open` whose refusal of a file (not safetensors, truncated, missing) names the file."""
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            yield fh
+    except (SafetensorError, OSError) as err:
+        raise InputError(str(path), f"cannot read the checkpoint: {err}") from err
 
 
 def load_stage_weights(
@@ -219,7 +243,10 @@ def load_stage_weights(
     for key in files:
         short = key.removeprefix("model.")
         if short.startswith("layers."):
-            if start <= int(short.split(".")[1]) < end:
+            layer = short.split(".")[1]
+            if not layer.isdigit():
+                raise InputError(str(prepared.path), "checkpoint tensor name has no layer number", key)
+            if start <= int(layer) < end:
                 wanted[short] = key
         elif (short == "embed_tokens.weight" and embedding) or (
             short in ("norm.weight", "lm_head.weight") and lm_head
@@ -236,7 +263,7 @@ def load_stage_weights(
         by_file.setdefault(files[key], []).append((short, key))
     out: dict[str, torch.Tensor] = {}
     for f, pairs in by_file.items():
-        with safe_open(str(f), framework="pt") as fh:
+        with _safetensors(f) as fh:
             for short, key in pairs:
                 out[short] = fh.get_tensor(key)
     return _moe_names(out, cfg.model_type) if cfg.n_experts else dict(out)

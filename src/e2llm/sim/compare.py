@@ -15,8 +15,9 @@ from typing import Any
 from e2llm.cost.model import CostModel
 from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
 from e2llm.plan.types import Plan
+from e2llm.policy.settings import PolicySettings
 from e2llm.sim.metrics import summarize
-from e2llm.sim.simulator import SimResult, simulate
+from e2llm.sim.simulator import ServingContext, SimResult, simulate
 from e2llm.sim.validate import check_plan, check_serves
 from e2llm.specs.workload import Request, Workload, generate_requests, with_load
 
@@ -53,16 +54,26 @@ class Run:
 
 
 def run_plan(
-    plan: Plan, cost: CostModel, workload: Workload, load: Load, seed: int | None = None, where: str = "plan"
+    plan: Plan,
+    cost: CostModel,
+    workload: Workload,
+    load: Load,
+    seed: int | None = None,
+    where: str = "plan",
+    settings: PolicySettings | None = None,
 ) -> Run:
-    """Simulate `plan` on `workload` at `load`, requests drawn with `seed` (else the workload's).
+    """Simulate `plan` on `workload` at `load`, requests drawn with `seed` (else the workload's),
+    served with the policy `settings` (default: the plan's roles, fixed).
     Raises InputError for a plan that cannot run."""
-    check_plan(plan, cost, where)
+    settings = settings or PolicySettings()
+    check_plan(plan, cost, where, settings.chunk_tokens)
     w = load.apply(workload)
     requests = generate_requests(w, seed)
     check_serves(plan, cost, requests, where)
-    result = simulate(plan, cost, requests)
-    return Run(plan.system, load, plan, tuple(requests), result, summarize(result.records))
+    ctx = ServingContext(settings, min_decode_tok_s=w.min_decode_tok_s)
+    result = simulate(plan, cost, requests, ctx)
+    metrics = summarize(result.records, w.min_decode_tok_s, result.role_switches)
+    return Run(plan.system, load, plan, tuple(requests), result, metrics)
 
 
 def plan_system(
@@ -89,13 +100,15 @@ def compare(
     seed: int | None = None,
     progress: Callable[[str], None] | None = None,
     objective: str = "bottleneck",
+    settings: PolicySettings | None = None,
 ) -> list[Run]:
-    """Every system at every load (planned for `objective`); runs in (load, system) order."""
+    """Every system at every load (planned for `objective`, served with `settings`); runs in
+    (load, system) order."""
     runs = []
     for load in loads:
         for name in systems:
             if progress:
                 progress(f"{name} @ {load.label}")
             plan = plan_system(name, cost, workload, load, seed, objective)
-            runs.append(run_plan(plan, cost, workload, load, seed, where=f"{name} plan"))
+            runs.append(run_plan(plan, cost, workload, load, seed, where=f"{name} plan", settings=settings))
     return runs

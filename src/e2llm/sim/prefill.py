@@ -19,11 +19,19 @@ from e2llm.sim.network import Network
 from e2llm.sim.state import BusyLog, Job, KvSizer, prefill_stage_s
 
 PrefillDone = Callable[[float, Job], list[Event]]
+OnIdle = Callable[[float], list[Event]]
+_NOMINAL_TOKENS = 1024  # prompt length for the nominal rate of a plan that does not state one
 
 
 class PrefillPipeline:
     def __init__(
-        self, replica: Replica, cost: CostModel, network: Network, busy: BusyLog, on_done: PrefillDone
+        self,
+        replica: Replica,
+        cost: CostModel,
+        network: Network,
+        busy: BusyLog,
+        on_done: PrefillDone,
+        on_idle: OnIdle,
     ) -> None:
         self.replica = replica
         self.kv = KvSizer(cost, replica)
@@ -31,12 +39,26 @@ class PrefillPipeline:
         self._net = network
         self._busy = busy
         self._on_done = on_done
+        self._on_idle = on_idle
         n = len(replica.stages)
         self._queues: list[deque[tuple[float, Job]]] = [deque() for _ in range(n)]  # (queued at, job)
         self._idle = [True] * n
         self.pending_tokens = 0  # prompt tokens routed here and not yet prefilled
         self.backlog_s = 0.0  # estimated bottleneck-stage work routed here and not yet done
         self._svc_cache: dict[int, tuple[float, float]] = {}
+        self.nominal_tok_s = (
+            replica.prefill_capacity_tok_s or _NOMINAL_TOKENS / self.estimate(_NOMINAL_TOKENS)[0]
+        )
+
+    @property
+    def rate_tok_s(self) -> float:
+        """Prompt tokens per second while busy: of the prompts queued now (their bottleneck-stage
+        work), else the plan's capacity."""
+        return self.pending_tokens / self.backlog_s if self.backlog_s > 0 else self.nominal_tok_s
+
+    @property
+    def prompts_waiting(self) -> int:
+        return len(self._queues[0])
 
     def estimate(self, tokens: int) -> tuple[float, float]:
         """(pipelined service time = slowest stage, latency = all stages + hops) for one prompt."""
@@ -86,5 +108,9 @@ class PrefillPipeline:
         job.prefill_end_s = now
         self.pending_tokens -= job.input_tokens
         self.backlog_s -= self.estimate(job.input_tokens)[0]
+        if not self.pending_tokens:
+            self.backlog_s = 0.0  # no float residue once empty
         out += self._on_done(now, job)
+        if not self.pending_tokens:
+            out += self._on_idle(now)
         return out

@@ -1,59 +1,57 @@
-"""Where each request goes: the plan's scheduler ("jsq" or "splitwise").
+"""Where each request goes: the replicas' loads, as `policy.ReplicaLoad`s, handed to the serving
+policy. Nothing is decided here; this is only the simulator's side of the policy's interface
+(the runtime fills the same views from its live counters).
 
-- jsq (the method): a prompt goes to the prefill-capable replica with the smallest estimated
-  wait. For a PREFILL pipeline that is its backlog (bottleneck-stage seconds of the prompts routed
-  to it and not yet done) plus this prompt's own latency through it; for COLOCATED replicas it
-  is the same as for decoders, below. After prefill, the KV goes to the decoder with the fewest
-  outstanding requests (in transfer, waiting or decoding) per decode slot, ties going to the
-  decoder whose full batch generates the most tokens/s. (Ranking decoders by outstanding
-  *tokens* over that speed instead, i.e. by expected completion, was tried: it piles requests
-  onto the fastest decoder's queue while slots elsewhere are free, and the waiting time grows.)
-- splitwise (Splitwise's cluster scheduler): a prompt goes to the prompt-pool machine with the
-  fewest pending prompt tokens; the token phase goes to the token-pool machine with the least
-  KV memory in use (as a share of its KV capacity, since our pool is heterogeneous).
-
-Only replicas that could ever hold the request's KV are candidates; ties go to the replica
-listed first in the plan (deterministic).
+- "jsq" (e2llm's plans and the baselines built like them): `policy.routing`.
+- "splitwise": Splitwise's scheduler with its mixed pool, `policy.mixed_pool`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from e2llm.sim.decode import DecodeEngine
-from e2llm.sim.prefill import PrefillPipeline
+from e2llm.plan.types import Role
+from e2llm.policy import mixed_pool, routing
+from e2llm.sim.replica import ReplicaSim
 from e2llm.sim.state import Job
 
 SCHEDULERS = ("jsq", "splitwise")
 
+Target = tuple[ReplicaSim, bool]  # the replica, and whether Splitwise borrows it for this first
 
-def pick_prefill(scheduler: str, pipes: Sequence[PrefillPipeline], job: Job) -> PrefillPipeline | None:
-    best: PrefillPipeline | None = None
-    best_key = 0.0
-    for p in pipes:
-        if not p.kv.ever_fits(job.input_tokens):
-            continue
-        if scheduler == "splitwise":
-            key = float(p.pending_tokens)
+
+class Router:
+    def __init__(self, scheduler: str, replicas: Sequence[ReplicaSim]) -> None:
+        self.scheduler = scheduler
+        self.replicas = tuple(replicas)
+        self._by_id = {r.id: r for r in replicas}
+
+    def prompt(self, now: float, job: Job) -> Target | None:
+        """The replica to prefill `job`'s prompt."""
+        if self.scheduler == "splitwise":
+            route = mixed_pool.route_prompt([r.load(now) for r in self.replicas], job.input_tokens)
+            return None if route is None else (self._by_id[route.replica], route.borrow)
+        loads = [r.load(now, job.input_tokens) for r in self.replicas if r.role in (Role.PREFILL, Role.MIXED)]
+        got = routing.pick_prefill(loads, job.input_tokens, job.final_context)
+        return None if got is None else (self._by_id[got.id], False)
+
+    def decoder(self, now: float, job: Job, prefilled_on: ReplicaSim | None) -> Target | None:
+        """The replica to decode `job`, prefilled on `prefilled_on` (None: a whole request of a
+        COLOCATED plan)."""
+        if self.scheduler == "splitwise":
+            loads = [r.load(now) for r in self.replicas if r.engine is not None]
+            route = mixed_pool.route_token(loads, job.final_context)
+            if route is not None:
+                return self._by_id[route.replica], route.borrow
+            if prefilled_on is not None and prefilled_on.role is Role.COLOCATED:
+                return prefilled_on, False  # Splitwise devolves to mixed batching where it is
+            got = mixed_pool.least_memory(loads, job.final_context)
         else:
-            key = p.backlog_s + p.estimate(job.input_tokens)[1]
-        if best is None or key < best_key:
-            best, best_key = p, key
-    return best
-
-
-def pick_decoder(scheduler: str, engines: Sequence[DecodeEngine], job: Job) -> DecodeEngine | None:
-    """A decoder for the token phase, or a COLOCATED replica for the whole request."""
-    context = job.input_tokens + job.output_tokens // 2
-    best: DecodeEngine | None = None
-    best_key = (0.0, 0.0)
-    for e in engines:
-        if not e.kv.ever_fits(job.final_context):
-            continue
-        if scheduler == "splitwise":
-            key = (e.reserved_kv / max(sum(e.kv.capacity), 1.0), 0.0)
-        else:
-            key = (e.assigned / e.replica.concurrency, -e.capacity_tok_s(context))
-        if best is None or key < best_key:
-            best, best_key = e, key
-    return best
+            context = job.input_tokens + job.output_tokens // 2
+            loads = [
+                r.load(now, context=context)
+                for r in self.replicas
+                if r.engine is not None and r.role is not Role.PREFILL
+            ]
+            got = routing.pick_decoder(loads, job.final_context)
+        return None if got is None else (self._by_id[got.id], False)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.types import Replica, Stage
 from e2llm.sim.metrics import RequestRecord
-from e2llm.specs.model import ModelSpec
+from e2llm.specs.model_spec import ModelSpec
 from e2llm.specs.workload import Request
 
 
@@ -31,6 +32,7 @@ class Job:
         "prefill_queued_s",
         "prefill_replica",
         "prefill_start_s",
+        "second_token_at_s",
     )
 
     def __init__(self, req: Request) -> None:
@@ -48,6 +50,7 @@ class Job:
         self.kv_parts_left = 0
         self.decode_admit_s: float | None = None
         self.first_token_s: float | None = None
+        self.second_token_at_s: float | None = None
         self.last_token_s: float | None = None
         self.failed: str | None = None
 
@@ -70,9 +73,13 @@ class Job:
             kv_end_s=self.kv_end_s,
             decode_admit_s=self.decode_admit_s,
             first_token_s=self.first_token_s,
+            second_token_at_s=self.second_token_at_s,
             last_token_s=self.last_token_s,
             failed=self.failed,
         )
+
+
+NO_KV_LIMIT = 1 << 40  # tokens: "holds any context" (a stage whose layers keep no KV)
 
 
 class RangeKv:
@@ -84,7 +91,7 @@ class RangeKv:
 
     __slots__ = ("_capped", "_full")
 
-    _UNCAPPED = 1 << 40
+    _UNCAPPED = NO_KV_LIMIT
 
     def __init__(self, model: ModelSpec, start: int, end: int) -> None:
         groups: dict[int, float] = {}
@@ -99,6 +106,30 @@ class RangeKv:
         for cap, per_token in self._capped:
             b += per_token * (context if context < cap else cap)
         return b
+
+    def max_context(self, free_bytes: float) -> int:
+        """The longest context whose KV fits in `free_bytes` (-1 if not even an empty one does;
+        `NO_KV_LIMIT` when these layers keep no KV). `bytes` is piecewise linear and increasing,
+        so walk its pieces: below the smallest cap every group grows, past a cap that group stops."""
+        if free_bytes < 0:
+            return -1
+        slope = self._full + sum(p for _, p in self._capped)
+        if slope <= 0:
+            return NO_KV_LIMIT
+        start, used = 0, 0.0
+        for cap, per_token in sorted(self._capped):
+            end_bytes = used + slope * (cap - start)
+            if end_bytes > free_bytes:
+                break
+            start, used, slope = cap, end_bytes, slope - per_token
+        if slope <= 0:
+            return NO_KV_LIMIT
+        c = min(NO_KV_LIMIT, start + int((free_bytes - used) / slope))
+        while c > 0 and self.bytes(c) > free_bytes:  # float round-off at the boundary
+            c -= 1
+        while c < NO_KV_LIMIT and self.bytes(c + 1) <= free_bytes:
+            c += 1
+        return c
 
 
 class KvSizer:
@@ -115,13 +146,18 @@ class KvSizer:
             - RUNTIME_OVERHEAD_BYTES
             for s in replica.stages
         )
+        self.capacity_tokens = self.max_context(self.capacity)  # longest context the empty replica holds
 
     def bytes(self, context: int) -> tuple[float, ...]:
         return tuple(r.bytes(context) for r in self._ranges)
 
     def ever_fits(self, context: int) -> bool:
         """Whether one sequence of `context` tokens fits on the empty replica."""
-        return all(r.bytes(context) <= c for r, c in zip(self._ranges, self.capacity, strict=True))
+        return context <= self.capacity_tokens
+
+    def max_context(self, free: Sequence[float]) -> int:
+        """The longest context whose KV fits in `free` bytes on every stage (-1: none)."""
+        return min(r.max_context(f) for r, f in zip(self._ranges, free, strict=True))
 
 
 def prefill_stage_s(cost: CostModel, s: Stage, tokens: int) -> float:

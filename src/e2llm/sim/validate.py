@@ -2,8 +2,11 @@
 
 Checked: scheduler known; every device exists in the cluster and is used once; each replica's
 stages cover layers [0, n_layers) contiguously with exactly one embedding and one LM head; the
-weights fit each device; the plan is either disaggregated (>= 1 PREFILL and >= 1 DECODER) or
-all COLOCATED; and the decoders can hold the KV of at least the smallest request.
+weights fit each device; the plan is either all COLOCATED or has replicas for both phases
+(PREFILL or MIXED to prefill, DECODER or MIXED to decode); a MIXED replica holds the KV of one
+chunk (`PolicySettings.chunk_tokens`); a splitwise plan has a prompt pool and a token pool (its
+mixed pool is formed at run time, by borrowing); and the replicas can hold the KV of at least
+the smallest request.
 """
 
 from __future__ import annotations
@@ -15,12 +18,11 @@ from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Replica, Role
 from e2llm.sim.router import SCHEDULERS
 from e2llm.sim.state import KvSizer
+from e2llm.specs.units import GIB
 from e2llm.specs.workload import Request
 
-GB = 2**30
 
-
-def check_plan(plan: Plan, cost: CostModel, where: str = "plan") -> None:
+def check_plan(plan: Plan, cost: CostModel, where: str = "plan", chunk_tokens: int = 512) -> None:
     if plan.scheduler not in SCHEDULERS:
         raise InputError(f"{where}: scheduler", f"must be one of {', '.join(SCHEDULERS)}", plan.scheduler)
     names = set(cost.cluster.names)
@@ -46,7 +48,7 @@ def check_plan(plan: Plan, cost: CostModel, where: str = "plan") -> None:
             if need > have:
                 raise InputError(
                     f"{rw}: {s.device}",
-                    f"weights need {need / GB:.2f} GB but the device has {have / GB:.2f} GB",
+                    f"weights need {need / GIB:.2f} GiB but the device has {have / GIB:.2f} GiB",
                     [s.start, s.end],
                 )
         if layer != n_layers:
@@ -55,13 +57,27 @@ def check_plan(plan: Plan, cost: CostModel, where: str = "plan") -> None:
             count = sum(1 for s in r.stages if getattr(s, flag))
             if count != 1:
                 raise InputError(f"{rw}", f"needs exactly one stage with {flag}", count)
+        if r.role is Role.MIXED and not KvSizer(cost, r).ever_fits(chunk_tokens):
+            raise InputError(
+                f"{rw}.role",
+                f"a MIXED replica must hold the KV of one {chunk_tokens}-token chunk",
+                r.role.value,
+            )
     roles = {r.role for r in plan.replicas}
     if Role.COLOCATED in roles and roles != {Role.COLOCATED}:
-        raise InputError(where, "mixes COLOCATED with PREFILL/DECODER replicas", sorted(roles))
-    if Role.COLOCATED not in roles and roles != {Role.PREFILL, Role.DECODER}:
-        raise InputError(where, "needs at least one PREFILL and one DECODER replica", sorted(roles))
-    if plan.scheduler == "splitwise" and Role.COLOCATED in roles:
-        raise InputError(f"{where}: scheduler", "splitwise needs PREFILL and DECODER replicas", "splitwise")
+        raise InputError(where, "mixes COLOCATED with PREFILL/DECODER/MIXED replicas", sorted(roles))
+    if Role.COLOCATED not in roles and not (
+        roles & {Role.PREFILL, Role.MIXED} and roles & {Role.DECODER, Role.MIXED}
+    ):
+        raise InputError(
+            where, "needs replicas for both phases (PREFILL or MIXED, DECODER or MIXED)", sorted(roles)
+        )
+    if plan.scheduler == "splitwise" and roles != {Role.PREFILL, Role.DECODER}:
+        raise InputError(
+            f"{where}: scheduler",
+            "splitwise needs PREFILL and DECODER replicas only (its mixed pool forms at run time)",
+            "splitwise",
+        )
 
 
 def check_serves(plan: Plan, cost: CostModel, requests: Sequence[Request], where: str = "plan") -> None:
@@ -83,7 +99,7 @@ def _must_hold(replicas: Sequence[Replica], cost: CostModel, tokens: int, kind: 
     raise InputError(
         f"{where}: replica {worst.id}",
         f"no {kind} can hold the KV of even one request ({tokens} tokens need "
-        f"{max(sizer.bytes(tokens)) / GB:.3f} GB per device; {min(sizer.capacity) / GB:.3f} GB left "
+        f"{max(sizer.bytes(tokens)) / GIB:.3f} GiB per device; {min(sizer.capacity) / GIB:.3f} GiB left "
         "after weights)",
         [s.device for s in worst.stages],
     )

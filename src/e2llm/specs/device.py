@@ -5,13 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from e2llm.specs.units import GIB
+
 
 @dataclass(frozen=True, slots=True)
 class Device:
     """One edge/fog device. Numbers are what the device sustains for LLM inference."""
 
     name: str
-    memory_gb: float  # accelerator / unified memory usable for weights + KV (GiB = 2**30 bytes)
+    memory_gb: float  # accelerator / unified memory usable for weights + KV (GiB, specs/units.py)
     tflops: float  # dense FP16 (or FP32 shader, if that is what the runtime uses) TFLOP/s
     mem_bandwidth_gbs: float  # GB/s (1e9 bytes/s)
     host_memory_gb: float = 0.0
@@ -20,7 +22,7 @@ class Device:
 
     @property
     def memory_bytes(self) -> int:
-        return int(self.memory_gb * 2**30)
+        return int(self.memory_gb * GIB)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,16 +18,16 @@ from e2llm.errors import InputError
 # value type id -> struct format of one scalar (8: string, 9: array are handled apart)
 _SCALAR = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_MAX_DIMS = 4  # GGML_MAX_DIMS
 
 
-@dataclass(frozen=True, slots=True)
-class GGUFTensorInfo:
-    """Where one tensor's data lies: ggml dims (innermost first), ggml type id, byte offset from
-    the start of the data section."""
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor's entry in the header (its data is not read)."""
 
-    dims: tuple[int, ...]
-    ggml_type: int
-    offset: int
+    shape: tuple[int, ...]  # GGUF order: ne0, the length of a row, first
+    ggml_type: int  # gguf.GGMLQuantizationType value; not checked here
+    offset: int  # bytes from the start of the (aligned) data section
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,13 @@ class GGUFHeader:
 
     metadata: dict[str, int | float | bool | str]
     array_lengths: dict[str, int]
-    tensor_names: frozenset[str]
-    tensors: dict[str, GGUFTensorInfo]
-    data_start: int  # file offset of the (aligned) tensor data section
+    tensors: dict[str, GGUFTensor]
+    tensors_end: int  # where the tensor infos end; the data section starts at the next alignment
+    file_size: int
+
+    @property
+    def tensor_names(self) -> frozenset[str]:
+        return frozenset(self.tensors)
 
 
 class _Cursor:
@@ -105,17 +109,15 @@ def _parse(cur: _Cursor, where: str) -> GGUFHeader:
             metadata[key] = cur.unpack(_SCALAR[int(vtype)])[0]
         else:
             raise InputError(where, f"unsupported metadata type in {key}", vtype)
-    tensors: dict[str, GGUFTensorInfo] = {}
+    if cur.pos > len(cur.buf):  # the skips above do not read, so check they stayed inside
+        raise InputError(where, "truncated GGUF header", f"{len(cur.buf)} bytes")
+    tensors = {}
     for _ in range(int(n_tensors)):
         name = cur.string()
         (n_dims,) = cur.unpack("I")
-        if n_dims > 8:
-            raise InputError(where, f"tensor {name}: too many dimensions", n_dims)
-        dims = tuple(int(d) for d in cur.unpack("Q" * int(n_dims)))
+        if n_dims > _MAX_DIMS:
+            raise InputError(f"{where}: {name}", f"tensor has more than {_MAX_DIMS} dimensions", n_dims)
+        dims = cur.unpack("Q" * int(n_dims))
         ggml_type, offset = cur.unpack("IQ")
-        tensors[name] = GGUFTensorInfo(dims, int(ggml_type), int(offset))
-    if cur.pos > len(cur.buf):  # the skips above do not read, so check they stayed inside
-        raise InputError(where, "truncated GGUF header", f"{len(cur.buf)} bytes")
-    align = int(metadata.get("general.alignment", 32) or 32)
-    data_start = -(-cur.pos // align) * align
-    return GGUFHeader(metadata, arrays, frozenset(tensors), tensors, data_start)
+        tensors[name] = GGUFTensor(tuple(int(d) for d in dims), int(ggml_type), int(offset))
+    return GGUFHeader(metadata, arrays, tensors, cur.pos, len(cur.buf))

@@ -1,11 +1,11 @@
-"""`ModelSpec` from a Hugging Face `config.json` or a GGUF header.
+"""`ModelSpec` from model files: a Hugging Face `config.json` (or its dict) and a GGUF header.
 
-Only what the cost model needs is read: layer count, widths, heads, experts, vocabulary, context,
-sliding-window layers and the stored precision. Approximations (documented, conservative):
-Qwen2 QKV biases and MoE shared experts are not counted; a GGUF's quantisation maps to the nearest
-of our formats rounding *up* in size for 5/6-bit types (int8) and to `q4` for 1-4-bit types; a
-GGUF sliding window is honoured only for GPT-OSS (the others are treated as full attention, which
-over- rather than under-estimates KV memory).
+The planner and the runtime read a model through these same functions. Approximations
+(documented, conservative): Qwen2 QKV biases and MoE shared experts are not counted in the
+weights; a GGUF's quantisation maps to the nearest of our formats rounding *up* in size for
+5/6-bit types (int8) and to `q4` for 1-4-bit types; a GGUF sliding window is honoured only for
+GPT-OSS (the others are treated as full attention, which over- rather than under-estimates KV
+memory). Whether the runtime can execute the model is its own check (runtime/architectures.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from e2llm.errors import InputError
+from e2llm.specs.fields import field_where, get_int, get_number
 from e2llm.specs.gguf_header import read_gguf_header
 from e2llm.specs.input_file import parse_json, read_input_text
-from e2llm.specs.model import MAX_DIM, MAX_LAYERS, ModelSpec
+from e2llm.specs.model_spec import MAX_DIM, MAX_LAYERS, ModelSpec
 
 _HF_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
@@ -28,8 +29,14 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
     cfg = parse_json(read_input_text(path, "model config"), where)
     if not isinstance(cfg, dict):
         raise InputError(where, "model config must be a JSON object", type(cfg).__name__)
-    if isinstance(cfg.get("text_config"), dict):
-        cfg = {**cfg, **cfg["text_config"]}
+    name = path.parent.name if path.name == "config.json" else path.stem
+    return spec_from_hf_dict(cfg, where, name)
+
+
+def spec_from_hf_dict(raw: Mapping[str, Any], where: str, name: str) -> ModelSpec:
+    """A parsed HF config; `where` (its file) prefixes every error, `name` is used when the
+    config has no `_name_or_path`."""
+    cfg = {**raw, **raw["text_config"]} if isinstance(raw.get("text_config"), dict) else dict(raw)
 
     def need(*keys: str) -> int:
         for key in keys:
@@ -56,9 +63,12 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
     intermediate = need(*ffn_keys)
     window, sliding = _hf_sliding(cfg, n_layers)
     weights, experts = _hf_precision(cfg, where)
-    name = cfg.get("_name_or_path") or (path.parent.name if path.name == "config.json" else path.stem)
+    model_type = str(cfg.get("model_type") or "llama")
+    gpt_oss = model_type == "gpt_oss"
+    bias = bool(cfg.get("attention_bias", gpt_oss))
+    rope = _hf_rope(cfg, where)
     return ModelSpec(
-        name=str(name),
+        name=str(cfg.get("_name_or_path") or name),
         n_layers=n_layers,
         hidden=hidden,
         n_heads=n_heads,
@@ -75,7 +85,50 @@ def spec_from_hf_config(path: Path) -> ModelSpec:
         weight_precision=weights,
         expert_precision=experts,
         kv_bytes_per_value=4.0 if weights == "fp32" else 2.0,
+        model_type=model_type,
+        rms_eps=get_number(cfg, "rms_norm_eps", where, default=1e-6),
+        qkv_bias=model_type == "qwen2" or bias,
+        o_bias=model_type != "qwen2" and bias,
+        rope_theta=get_number(rope, "rope_theta", where, default=10000.0),
+        rope_type=str(rope.get("rope_type") or rope.get("type") or "default"),
+        rope_factor=get_number(rope, "factor", where, default=1.0),
+        rope_low_freq_factor=get_number(rope, "low_freq_factor", where, default=1.0),
+        rope_high_freq_factor=get_number(rope, "high_freq_factor", where, default=4.0),
+        rope_original_max_position=get_int(
+            rope, "original_max_position_embeddings", where, default=8192, maximum=MAX_DIM
+        ),
+        eos_token_ids=_token_ids(cfg.get("eos_token_id"), field_where(where, "eos_token_id")),
+        rope_beta_fast=get_number(rope, "beta_fast", where, default=32.0),
+        rope_beta_slow=get_number(rope, "beta_slow", where, default=1.0),
+        rope_truncate=bool(rope.get("truncate", True)),
+        rope_attention_factor=get_number(rope, "attention_factor", where, default=0.0),
+        attention_sinks=gpt_oss,
+        moe_bias=gpt_oss,
+        swiglu_limit=get_number(cfg, "swiglu_limit", where, default=7.0) if gpt_oss else 0.0,
+        swiglu_alpha=get_number(cfg, "swiglu_alpha", where, default=1.702),
     )
+
+
+def _hf_rope(cfg: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """RoPE settings: transformers 5 keeps them in `rope_parameters`, older files in
+    `rope_theta` / `rope_scaling`; the newer place wins."""
+    parts = []
+    for key in ("rope_scaling", "rope_parameters"):
+        value = cfg.get(key) or {}
+        if not isinstance(value, Mapping):
+            raise InputError(field_where(where, key), "must be a mapping", value)
+        parts.append(value)
+    merged = {**parts[0], **parts[1]}
+    merged.setdefault("rope_theta", cfg.get("rope_theta"))
+    return merged
+
+
+def _token_ids(value: Any, where: str) -> tuple[int, ...]:
+    """A token id or a list of them (None: none)."""
+    ids = [] if value is None else value if isinstance(value, list) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= MAX_DIM for i in ids):
+        raise InputError(where, "must be a token id or a list of token ids", value)
+    return tuple(ids)
 
 
 def _check_dim(value: object, where: str, key: str) -> None:
@@ -174,6 +227,7 @@ def spec_from_gguf(path: Path) -> ModelSpec:
     window = need("attention.sliding_window", 0) if meta.get(f"{arch}.attention.sliding_window") else 0
     sliding = tuple(range(0, n_layers, 2)) if window and arch == "gpt-oss" else ()
     weights, experts = _gguf_precision(meta.get("general.file_type", -1))
+    eos = "tokenizer.ggml.eos_token_id"
     return ModelSpec(
         name=path.stem,
         n_layers=n_layers,
@@ -192,4 +246,8 @@ def spec_from_gguf(path: Path) -> ModelSpec:
         weight_precision=weights,
         expert_precision=experts,
         kv_bytes_per_value=4.0 if weights == "fp32" else 2.0,
+        model_type=arch.replace("-", "_"),  # GGUF `gpt-oss` is HF `gpt_oss`
+        rms_eps=get_number(meta, f"{arch}.attention.layer_norm_rms_epsilon", where, default=1e-6),
+        rope_theta=get_number(meta, f"{arch}.rope.freq_base", where, default=10000.0),
+        eos_token_ids=_token_ids(meta.get(eos), f"{where}: {eos}"),
     )
