@@ -77,7 +77,7 @@ def run_e2llm(threads: int, ids: list[int]) -> dict[str, float]:
         token = stage.decode(["s"], token).argmax(-1)
     decode_s = time.perf_counter() - t0
     stage.free("s")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the all-logits pass
     with torch.inference_mode():  # all-position logits for the perplexity
         from e2llm.runtime.kv import KVCache
 
@@ -96,36 +96,35 @@ def run_e2llm(threads: int, ids: list[int]) -> dict[str, float]:
 
 
 def run_llamacpp(threads: int, ids: list[int]) -> dict[str, float]:
+    import numpy as np
     from llama_cpp import Llama
 
     from e2llm.runtime.weights import default_model_source
 
     path = str(default_model_source().path)
-    llm = Llama(
-        path,
-        n_ctx=1024,
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_batch=512,
-        logits_all=True,
-        verbose=False,
-    )
+    opts = dict(n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
+    llm = Llama(path, **opts)
     llm.eval(ids[:16])
     llm.reset()
     t0 = time.perf_counter()
     llm.eval(ids)
     prompt_s = time.perf_counter() - t0
-    import numpy as np
+    vocab = llm.n_vocab()
 
-    logits = np.array(llm.scores[: len(ids)])
-    ppl = math.exp(_nll(logits, ids))
-    token = int(logits[-1].argmax())
+    def last_logits(model: Llama) -> np.ndarray:  # without logits_all no scores are kept
+        return np.ctypeslib.as_array(model._ctx.get_logits(), shape=(vocab,))
+
+    token = int(np.argmax(last_logits(llm)))
     t0 = time.perf_counter()
     for _ in range(DECODE_TOKENS):
         llm.eval([token])
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        token = int(np.argmax(last_logits(llm)))
     decode_s = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the all-logits pass
+    del llm
+    scorer = Llama(path, logits_all=True, **opts)
+    scorer.eval(ids)
+    ppl = math.exp(_nll(np.array(scorer.scores[: len(ids)]), ids))
     return {
         "prompt_tok_s": len(ids) / prompt_s,
         "decode_tok_s": DECODE_TOKENS / decode_s,

@@ -190,7 +190,7 @@ def _stage_logits(pipe: LocalPipeline) -> torch.Tensor:
 def llama_gguf(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
     path = tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf"
     hf = write_llama_gguf(path, request.param)
-    return hf, prepare_model(ModelSource.from_path(path), cache_dir=path.parent / "cache")
+    return hf, prepare_model(ModelSource.from_path(path), cache_dir=path.parent / "cache", tokenizer=False)
 
 
 def test_gguf_read_at_fp32_equals_transformers_on_the_same_weights(llama_gguf: Any) -> None:
@@ -277,7 +277,7 @@ def test_gpt_oss_gguf_with_mxfp4_experts(tmp_path: Path) -> None:
     hf = tiny_gpt_oss()
     path = tmp_path / "tiny-gpt-oss.gguf"
     write_gpt_oss_gguf(path, hf)
-    prepared = prepare_model(ModelSource.from_path(path), cache_dir=tmp_path / "cache")
+    prepared = prepare_model(ModelSource.from_path(path), cache_dir=tmp_path / "cache", tokenizer=False)
     cfg = prepared.config
     assert (cfg.model_type, cfg.n_experts, cfg.sliding_layers, cfg.rope_type) == (
         "gpt_oss",
@@ -293,7 +293,9 @@ def test_decode_touches_only_the_selected_experts(tmp_path: Path, monkeypatch: p
     hf = tiny_gpt_oss()
     path = tmp_path / "tiny-gpt-oss.gguf"
     write_gpt_oss_gguf(path, hf)
-    pipe = LocalPipeline.build(prepare_model(ModelSource.from_path(path), cache_dir=tmp_path / "c"), [(0, 3)])
+    pipe = LocalPipeline.build(
+        prepare_model(ModelSource.from_path(path), cache_dir=tmp_path / "c", tokenizer=False), [(0, 3)]
+    )
     pipe.prefill("s", PROMPT)
     touched: list[int] = []
     for layer in pipe.stages[0].layers.values():
@@ -311,5 +313,5 @@ def test_unsupported_block_format_is_refused_naming_the_tensor(tmp_path: Path) -
     writer.add_tensor("token_embd.weight", np.zeros((4, 84), dtype=np.uint8), raw_dtype=Q.Q2_K)
     _finish(writer)
     with pytest.raises(InputError, match=r"tensor token_embd.weight: quantization type .* \(got 'Q2_K'\)"):
-        prepare_model(ModelSource.from_path(path), cache_dir=tmp_path / "cache")
+        prepare_model(ModelSource.from_path(path), cache_dir=tmp_path / "cache", tokenizer=False)
     assert not (tmp_path / "cache").exists()

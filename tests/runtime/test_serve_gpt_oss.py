@@ -12,9 +12,9 @@ from pathlib import Path
 
 import openai
 import pytest
-from serve_process import serve
 from tiny_models import save_mxfp4_checkpoint, tiny_gpt_oss
 
+from e2llm.bench.local_server import serving_plan
 from e2llm.runtime.engine import LocalPipeline
 from e2llm.runtime.sampling import SamplingParams
 from e2llm.runtime.weights import ModelSource, PreparedModel, prepare_model
@@ -80,8 +80,9 @@ def plan(prepared: PreparedModel) -> dict:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterator[str]:
     prepared = prepare_model(ModelSource.from_path(model_dir))
-    with serve(tmp_path_factory.mktemp("serve"), plan(prepared), ["--model", str(model_dir)]) as (url, _, _):
-        yield url
+    folder = tmp_path_factory.mktemp("serve")
+    with serving_plan(plan(prepared), folder, ["--model", str(model_dir)]) as server:
+        yield server.url
 
 
 def test_greedy_completions_equal_the_single_process_engine(server: str, model_dir: Path) -> None:

@@ -16,7 +16,6 @@ import torch
 from torch import Tensor
 
 from e2llm.errors import InputError
-from e2llm.specs.model_spec import ModelSpec
 from e2llm.runtime.quant import (
     GROUP,
     Int8Weight,
@@ -27,7 +26,7 @@ from e2llm.runtime.quant import (
     to_int4,
     to_int8,
 )
-from e2llm.specs.model_spec import table_precision
+from e2llm.specs.model_spec import ModelSpec, table_precision
 
 FLOAT_PRECISIONS = ("fp32", "bf16", "fp16")
 PRECISIONS = (*FLOAT_PRECISIONS, "int8", "q4", "mxfp4")

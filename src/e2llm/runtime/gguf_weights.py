@@ -85,6 +85,8 @@ class _File:
         self.header = read_gguf_header(path)
         self.metadata = self.header.metadata
         self._map: np.ndarray | None = None
+        align = int(self.metadata.get("general.alignment", 32) or 32)
+        self._data_start = -(-self.header.tensors_end // align) * align
 
     def kind(self, name: str) -> str:
         t = self.header.tensors[name].ggml_type
@@ -95,10 +97,10 @@ class _File:
         if self._map is None:
             self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         kind = GGMLQuantizationType(info.ggml_type)
-        shape = tuple(reversed(info.dims))  # GGUF lists dims innermost first
+        shape = tuple(reversed(info.shape))  # GGUF lists dims innermost first
         block, size = GGML_QUANT_SIZES[kind]
         row_bytes = shape[-1] // block * size
-        start = self.header.data_start + info.offset
+        start = self._data_start + info.offset
         rows = int(np.prod(shape[:-1], dtype=np.int64))
         data = self._map[start : start + rows * row_bytes].reshape(*shape[:-1], row_bytes)
         return _Tensor(name, kind, shape, data)
@@ -118,7 +120,9 @@ def hf_name(name: str) -> str | None:
 
 
 def check_gguf(path: Path) -> None:
-    """Refuse (InputError naming file, tensor or field, value) what this runtime cannot run."""
+    """Refuse (InputError naming file, tensor or field, value) what this runtime cannot run: an
+    architecture or a block format it lacks, and for the dense Llama family any tensor missing,
+    misshapen or past the end of the file (`architectures.check_gguf_tensors`)."""
     f = _File(path)
     arch = f.metadata.get("general.architecture")
     if arch not in ARCHITECTURES:
@@ -132,6 +136,11 @@ def check_gguf(path: Path) -> None:
                 f"tensor {name}: quantization type must be one of {', '.join(SUPPORTED_TYPES)}",
                 kind,
             )
+    if arch in ("llama", "qwen2") and not f.metadata.get(f"{arch}.expert_count"):
+        from e2llm.runtime.architectures import check_gguf_tensors
+        from e2llm.specs.model_files import spec_from_gguf
+
+        check_gguf_tensors(f.header, spec_from_gguf(path), str(path))
 
 
 def gguf_config(path: Path) -> dict[str, Any]:
@@ -171,7 +180,8 @@ def gguf_config(path: Path) -> dict[str, Any]:
         raw["sliding_window"] = int(window)
         if arch == "gpt-oss":  # llama.cpp: sliding and full attention alternate from layer 0
             raw["layer_types"] = [
-                "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(raw["num_hidden_layers"])
+                "sliding_attention" if i % 2 == 0 else "full_attention"
+                for i in range(raw["num_hidden_layers"])
             ]
     if (rope_type := get("rope.scaling.type")) not in (None, "none"):
         raw["rope_scaling"] = {

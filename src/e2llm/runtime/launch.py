@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
-from e2llm.plan.types import Plan, Stage
 from e2llm.errors import InputError
+from e2llm.plan.types import Plan, Stage
 from e2llm.runtime.actors import StageConfig, spawn_stage_actor
-from e2llm.runtime.memory import check_fits, kv_reservation, plan_spec
-from e2llm.runtime.precision import stage_precision
 from e2llm.runtime.cluster import torch_threads_per_actor
+from e2llm.runtime.memory import check_fits, kv_reservation, plan_spec
 from e2llm.runtime.metrics import ServingMetrics
+from e2llm.runtime.precision import stage_precision
 from e2llm.runtime.replica import ReplicaRunner
 from e2llm.specs.units import GIB
 

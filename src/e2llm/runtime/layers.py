@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from e2llm.specs.model_spec import ModelSpec
 from e2llm.runtime.kv import KVCache, SlotBatch
 from e2llm.runtime.quant import Mxfp4Weight, Weight, make_linear
+from e2llm.specs.model_spec import ModelSpec
 
 
 class RMSNorm(nn.Module):

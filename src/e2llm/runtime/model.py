@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from e2llm.errors import InputError
 from e2llm.runtime.backend import MemoryReport
 from e2llm.runtime.checkpoint import TORCH_DTYPES, StageTensors, stage_tensors
-from e2llm.specs.model_spec import ModelSpec
 from e2llm.runtime.kv import KVCache, SlotBatch
 from e2llm.runtime.layers import Block, Experts, RMSNorm, rope_inv_freq, rope_scale, rope_tables
 from e2llm.runtime.quant import Weight, make_linear, module_bytes
+from e2llm.specs.model_spec import ModelSpec
 
 Visibility = Literal["all", "causal", "positions"]
 

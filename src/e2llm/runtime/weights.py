@@ -157,42 +157,48 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _convert_gguf(source: ModelSource, out: Path) -> None:
+def _convert_gguf(source: ModelSource, out: Path, tokenizer: bool = True) -> None:
     """Write config.json (from the GGUF metadata), the tokenizer files and the weights pointer."""
     from transformers import AutoTokenizer
 
     raw = gguf_config(source.path)
     (out / "config.json").write_text(json.dumps(raw, indent=2))
-    folder, fname = str(source.path.parent), source.path.name
-    if has_tokenizer(source.path):
+    if tokenizer:
+        if not has_tokenizer(source.path):
+            raise ValueError("the file has no tokenizer (tokenizer.ggml.tokens)")
+        folder, fname = str(source.path.parent), source.path.name
         AutoTokenizer.from_pretrained(folder, gguf_file=fname).save_pretrained(str(out))
-    else:  # token ids only (test files)
-        logger.warning("%s has no tokenizer", source.path)
     (out / _SOURCE_FILE).write_text(json.dumps({"gguf": str(source.path)}))
 
 
-def prepare_model(source: ModelSource, cache_dir: Path | None = None) -> PreparedModel:
+def prepare_model(
+    source: ModelSource, cache_dir: Path | None = None, tokenizer: bool = True
+) -> PreparedModel:
     """Return an HF-layout directory for `source`, converting a GGUF once into the cache.
+    `tokenizer=False` prepares a GGUF without one (token ids only: tests on tiny written files).
 
     Safe when several processes prepare the same model at once: one converts under a file lock
     into a temporary directory that is renamed into place; the others wait and reuse it.
     """
     if not source.is_gguf:
         return PreparedModel(path=source.path, config=read_config(source.path), name=source.name)
-    check_gguf(source.path)  # refuse an architecture or block format before any work
+    check_gguf(source.path)  # refuse what the runtime cannot run before any work
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    final = root / _cache_key(source)
+    final = root / (_cache_key(source) + ("" if tokenizer else "-ids"))
     if not final.is_dir():
         with _locked(root / f"{final.name}.lock"):
             if not final.is_dir():
                 tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
                 try:
-                    _convert_gguf(source, tmp)
+                    if tokenizer:
+                        _convert_gguf(source, tmp)
+                    else:
+                        _convert_gguf(source, tmp, tokenizer=False)
                     os.rename(tmp, final)
                 except _CONVERSION_REFUSALS as err:
                     shutil.rmtree(tmp, ignore_errors=True)
-                    raise InputError(str(source.path), f"cannot prepare the GGUF: {err}") from err
+                    raise InputError(str(source.path), f"cannot convert the GGUF: {err}") from err
                 except BaseException:  # a bug or an interrupt: no partial cache, and no disguise
                     shutil.rmtree(tmp, ignore_errors=True)
                     raise

@@ -225,7 +225,8 @@ def model_from_dict(d: Mapping[str, Any], source: str) -> ModelSpec:
             top = MAX_LAYERS if key == "n_layers" else MAX_DIM
             kw[key] = get_int(d, key, source, default=default, minimum=1 if default else 0, maximum=top)
         elif f.type == "float":
-            kw[key] = get_number(d, key, source, default=default)
+            # fields whose default is 0 mean "off" (GPT-OSS numerics): 0 is allowed there
+            kw[key] = get_number(d, key, source, default=default, strict=default != 0)
         elif f.type == "bool":
             kw[key] = bool(d.get(key, default))
         elif f.type == "str":
