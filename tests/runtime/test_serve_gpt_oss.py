@@ -5,6 +5,7 @@ experts kept packed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +19,7 @@ from e2llm.bench.local_server import serving_plan
 from e2llm.runtime.engine import LocalPipeline
 from e2llm.runtime.sampling import SamplingParams
 from e2llm.runtime.weights import ModelSource, PreparedModel, prepare_model
-from e2llm.specs.model_spec import ModelSpec, model_to_dict
+from e2llm.specs.model_spec import model_to_dict
 
 pytestmark = pytest.mark.slow
 
@@ -40,24 +41,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_prepared: Prepar
 
 
 def plan(prepared: PreparedModel) -> dict:
-    cfg = prepared.config
-    spec = ModelSpec(
-        name="tiny-gpt-oss",
-        n_layers=cfg.n_layers,
-        hidden=cfg.hidden,
-        n_heads=cfg.n_heads,
-        n_kv_heads=cfg.n_kv_heads,
-        head_dim=cfg.head_dim,
-        intermediate=cfg.intermediate,
-        vocab=cfg.vocab,
-        max_context=cfg.max_position,
-        n_experts=cfg.n_experts,
-        experts_per_token=cfg.experts_per_token,
-        sliding_window=cfg.sliding_window,
-        sliding_layers=cfg.sliding_layers or (),
-        weight_precision="fp32",
-        expert_precision="mxfp4",
-        kv_bytes_per_value=4.0,
+    spec = dataclasses.replace(
+        prepared.config, weight_precision="fp32", expert_precision="mxfp4", kv_bytes_per_value=4.0
     )
     return {
         "system": "test",
@@ -96,10 +81,10 @@ def test_greedy_completions_equal_the_single_process_engine(server: str, model_d
     ]
     client = openai.OpenAI(base_url=f"{server}/v1", api_key="none", max_retries=0, timeout=120)
 
+    served = client.models.list().data[0].id  # `--model DIR` serves under the folder's name
+
     def complete(prompt: str) -> str:
-        reply = client.completions.create(
-            model="tiny-gpt-oss", prompt=prompt, max_tokens=MAX_TOKENS, temperature=0
-        )
+        reply = client.completions.create(model=served, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
         return reply.choices[0].text
 
     with ThreadPoolExecutor(len(PROMPTS)) as pool:  # at once: both decoders take requests
