@@ -60,10 +60,10 @@ def test_precision_setting_follows_the_plan_and_refuses_missing_kernels() -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("split", [(0, 10), (10, 20), (20, 30)])
+@pytest.mark.parametrize("split", [(0, 10), (10, 20), (20, 30), (0, 30)])
 def test_stage_memory_matches_the_cost_model(smollm2_prepared: PreparedModel, split: tuple[int, int]) -> None:
     """Resident weights + KV reserved for the planned concurrency and context, per stage of a
-    3-stage SmolLM2 Q4_1 plan, within 10% of the cost model's prediction."""
+    3-stage (and a 1-stage) SmolLM2 Q4_1 plan, within 10% of the cost model's prediction."""
     spec = _spec()
     a, b = split
     stage = load_stage(smollm2_prepared, a, b, dtype=torch.bfloat16, precision="q4", kv_dtype=torch.bfloat16)

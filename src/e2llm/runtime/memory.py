@@ -23,12 +23,7 @@ GIB = 2**30  # memory_gb in plans and clusters counts GiB (`Device.memory_bytes`
 
 def predicted_weight_bytes(spec: ModelSpec, stage: Stage) -> float:
     """The cost model's weights of `stage` (layers, embedding, final norm + LM head)."""
-    b = stage.n_layers * spec.layer_weight_bytes
-    if stage.embedding:
-        b += spec.embedding_bytes
-    if stage.lm_head:
-        b += spec.lm_head_bytes
-    return b
+    return spec.stage_weight_bytes(stage.n_layers, embedding=stage.embedding, lm_head=stage.lm_head)
 
 
 def planned_kv_bytes(spec: ModelSpec | None, stage: Stage) -> float:

@@ -158,6 +158,16 @@ class ModelSpec:
         stage that holds the head without the embedding still needs its own copy."""
         return self.embedding_bytes + self.hidden * 2
 
+    def stage_weight_bytes(self, n_layers: int, *, embedding: bool = False, lm_head: bool = False) -> float:
+        """Weights of a stage holding `n_layers` layers (+ the embedding, + final norm and LM
+        head). A tied head on the stage that also embeds shares the embedding matrix."""
+        b = n_layers * self.layer_weight_bytes
+        if embedding:
+            b += self.embedding_bytes
+        if lm_head:
+            b += self.hidden * 2 if embedding and self.tied_embeddings else self.lm_head_bytes
+        return b
+
     def kv_bytes_per_token(self, layer: int) -> float:
         """K and V of one token in one layer (GQA: n_kv_heads, not n_heads)."""
         return 2 * self.n_kv_heads * self.head_dim * self.kv_bytes_per_value
