@@ -27,7 +27,7 @@ from e2llm.report.plots import plot_sweep
 from e2llm.sim.compare import Load, Run, compare
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model
-from e2llm.specs.workload import load_workload
+from e2llm.specs.workload_file import load_workload
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -74,7 +74,9 @@ def main() -> int:
             workload,
             loads,
             args.seed,
-            progress=lambda s, n=name: print(f"{n}: {s}", file=sys.stderr),
+            progress=lambda done, total, note="", n=name: print(
+                f"{n} [{done}/{total}] {note}", file=sys.stderr
+            ),
         )
         # e2llm planned for the maximum sustainable rate instead of the method's bottleneck objective
         alt = compare(["e2llm"], cost, workload, loads, args.seed, objective="max_rate")
