@@ -18,7 +18,7 @@ from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Stage
 from e2llm.runtime.actors import StageConfig, spawn_stage_actor
 from e2llm.runtime.cluster import torch_threads_per_actor
-from e2llm.runtime.memory import check_fits, kv_reservation, plan_spec
+from e2llm.runtime.memory import check_fits, kv_reservation
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.precision import stage_precision
 from e2llm.runtime.replica import ReplicaRunner
@@ -69,7 +69,7 @@ def start_runners(
     n_actors = sum(len(r.stages) for r in plan.replicas)
     threads = options.threads or torch_threads_per_actor(n_actors)
     precision = stage_precision(plan.model_spec, options.dtype, options.torch_device)
-    spec = plan_spec(plan.model_spec)
+    spec = plan.model_spec
     actors_by_replica = []
     for replica in plan.replicas:
         actors = []

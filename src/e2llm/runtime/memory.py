@@ -60,10 +60,3 @@ def check_fits(
                 f"{need / GIB:.2f} GiB (weights {info['weight_bytes'] / GIB:.2f} GiB + planned KV + "
                 f"{RUNTIME_OVERHEAD_BYTES / GIB:.2f} GiB overhead), memory_gb limit {limit:.2f} GiB",
             )
-
-
-def plan_spec(model_spec: Mapping[str, Any]) -> ModelSpec | None:
-    """The plan's embedded model spec (None when the plan carries none)."""
-    from e2llm.specs.model_spec import model_from_dict
-
-    return model_from_dict(model_spec, "plan model_spec") if model_spec else None

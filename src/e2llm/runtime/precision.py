@@ -8,12 +8,11 @@ raised before any actor starts.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from e2llm.errors import InputError
 from e2llm.runtime.checkpoint import FLOAT_PRECISIONS, PRECISIONS
+from e2llm.specs.model_spec import ModelSpec
 
 _TORCH_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # Weight precisions each torch device type has kernels for (int4: torch's `_weight_int4pack_mm*`
@@ -33,15 +32,13 @@ class StagePrecision:
     kv: str  # torch dtype name
 
 
-def stage_precision(model_spec: Mapping[str, Any], fallback_dtype: str, device: str) -> StagePrecision:
-    """The setting for a plan's `model_spec` on torch device type `device`. A plan without a
-    precision (hand-written) runs at `fallback_dtype` throughout, as before."""
-    weights = model_spec.get("weight_precision")
-    if weights is None:
-        return StagePrecision(
-            _from_torch(fallback_dtype), _from_torch(fallback_dtype), fallback_dtype, fallback_dtype
-        )
-    experts = model_spec.get("expert_precision") or weights
+def stage_precision(spec: ModelSpec | None, fallback_dtype: str, device: str) -> StagePrecision:
+    """The setting for a plan's model spec on torch device type `device`. A plan without one
+    (hand-written) runs at `fallback_dtype` throughout, as before."""
+    if spec is None:
+        same = _from_torch(fallback_dtype)
+        return StagePrecision(same, same, fallback_dtype, fallback_dtype)
+    weights, experts = spec.weight_precision, spec.expert_precision if spec.is_moe else spec.weight_precision
     for field, value in (("weight_precision", weights), ("expert_precision", experts)):
         if value not in PRECISIONS:
             raise InputError("plan model_spec", f"{field} must be one of {', '.join(PRECISIONS)}", value)
@@ -49,17 +46,17 @@ def stage_precision(model_spec: Mapping[str, Any], fallback_dtype: str, device: 
             raise InputError(f"device {device}", f"has no kernels for {field}", value)
     # 4- and 8-bit weights multiply with bf16 activations (torch's int4 CPU kernel wants bf16);
     # fp16 on MPS, which lacks bf16 on older systems
-    activations = (
-        _TORCH_NAMES[weights] if weights in FLOAT_PRECISIONS else "float16" if device == "mps" else "bfloat16"
-    )
-    kv_bytes = float(model_spec.get("kv_bytes_per_value", 4.0 if weights == "fp32" else 2.0))
-    if kv_bytes == 4:
+    if weights in FLOAT_PRECISIONS:
+        activations = _TORCH_NAMES[weights]
+    else:
+        activations = "float16" if device == "mps" else "bfloat16"
+    if spec.kv_bytes_per_value == 4:
         kv = "float32"
-    elif kv_bytes == 2:
+    elif spec.kv_bytes_per_value == 2:
         kv = activations if activations != "float32" else "bfloat16"
     else:
         raise InputError(
-            "plan model_spec", "kv_bytes_per_value must be 2 or 4 (bf16/fp16 or fp32 KV)", kv_bytes
+            "plan model_spec", "kv_bytes_per_value must be 2 or 4 (16- or 32-bit KV)", spec.kv_bytes_per_value
         )
     return StagePrecision(weights, experts, activations, kv)
 
