@@ -3,6 +3,8 @@ cost model's prediction, and the refusal of a stage that does not fit its device
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from e2llm.runtime.memory import GIB, check_fits, kv_reservation, predicted_weig
 from e2llm.runtime.precision import stage_precision
 from e2llm.runtime.weights import PreparedModel
 from e2llm.specs.model_catalog import load_model, smollm2_gguf_path
-from e2llm.specs.model_spec import ModelSpec, model_to_dict
+from e2llm.specs.model_spec import ModelSpec
 
 CONCURRENCY, CONTEXT = 4, 512
 
@@ -51,12 +53,12 @@ def test_kv_reservation_covers_the_planned_kv() -> None:
 
 
 def test_precision_setting_follows_the_plan_and_refuses_missing_kernels() -> None:
-    setting = stage_precision(model_to_dict(_spec()), "float32", "cpu")
+    setting = stage_precision(_spec(), "float32", "cpu")
     assert (setting.weights, setting.activations, setting.kv) == ("q4", "bfloat16", "bfloat16")
     with pytest.raises(InputError, match=r"device mps: has no kernels for weight_precision \(got 'q4'\)"):
-        stage_precision(model_to_dict(_spec()), "float32", "mps")
+        stage_precision(_spec(), "float32", "mps")
     with pytest.raises(InputError, match="kv_bytes_per_value"):
-        stage_precision({**model_to_dict(_spec()), "kv_bytes_per_value": 1.0}, "float32", "cpu")
+        stage_precision(dataclasses.replace(_spec(), kv_bytes_per_value=1.0), "float32", "cpu")
 
 
 @pytest.mark.slow

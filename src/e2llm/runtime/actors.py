@@ -84,7 +84,8 @@ class StageWorker:
     def __init__(self, config: StageConfig):
         import torch
 
-        from e2llm.runtime.backend import BackendRequest, build_backend
+        from e2llm.runtime.backend import BackendRequest
+        from e2llm.runtime.engine import build_backend
         from e2llm.runtime.model import precision_of
         from e2llm.runtime.weights import read_config
 

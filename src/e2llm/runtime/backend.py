@@ -4,17 +4,16 @@ A backend holds layers [start, end) of one model (plus the embedding and/or the 
 LM head), runs prefill and decode on token ids or hidden states, keeps the KV of many sequences,
 exports and imports it by layer for the PD hand-off, and reports its memory. The torch
 `StageModel` is the first implementation and the test oracle; another engine (ggml, MLX) for a
-device class registers a builder in `BACKENDS` and the workers, the serving loop and the hand-off
-stay as they are. Inputs and outputs are torch tensors or numpy arrays: ids `[T]` / `[B]`, hidden
-`[T, H]` / `[B, H]`, logits `[vocab]` / `[B, vocab]`; KV as numpy `[kv_heads, T, head_dim]` per
-layer (bf16 as its int16 bits).
+device class registers a builder in `engine.BACKENDS`, and the workers, the serving loop and the
+hand-off stay as they are. Inputs and outputs are torch tensors or numpy arrays: ids `[T]` /
+`[B]`, hidden `[T, H]` / `[B, H]`, logits `[vocab]` / `[B, vocab]`; KV as numpy
+`[kv_heads, T, head_dim]` per layer (bf16 as its int16 bits).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -68,32 +67,3 @@ class BackendRequest:
     expert_precision: str
     activations: str  # dtype name
     kv: str  # dtype name
-
-
-def _torch_backend(req: BackendRequest) -> StageBackend:
-    import torch
-
-    from e2llm.runtime.engine import load_stage
-    from e2llm.runtime.weights import PreparedModel
-
-    return load_stage(
-        PreparedModel.at(Path(req.model_path)),
-        req.start,
-        req.end,
-        req.device,
-        getattr(torch, req.activations),
-        req.embedding,
-        req.lm_head,
-        precision=req.precision,
-        expert_precision=req.expert_precision,
-        kv_dtype=getattr(torch, req.kv),
-    )
-
-
-BACKENDS: dict[str, Callable[[BackendRequest], StageBackend]] = {"torch": _torch_backend}
-
-
-def build_backend(kind: str, req: BackendRequest) -> StageBackend:
-    if kind not in BACKENDS:
-        raise ValueError(f"unknown stage backend {kind!r}; known: {sorted(BACKENDS)}")
-    return BACKENDS[kind](req)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from e2llm.errors import InputError
+from e2llm.runtime.backend import BackendRequest, StageBackend
 from e2llm.runtime.model import StageModel
 from e2llm.runtime.sampling import SamplingParams, new_generator, sample
 from e2llm.runtime.text import IncrementalDetokenizer, StopStrings
@@ -167,3 +169,29 @@ def handoff(prefill: LocalPipeline, decode: LocalPipeline, seq_id: str, free_sou
         if missing := dst.missing_layers(seq_id):
             raise ValueError(f"hand-off of {seq_id!r} left layers {missing} without KV")
     return moved
+
+
+def torch_backend(req: BackendRequest) -> StageBackend:
+    """The torch `StageModel` as a stage backend (the first implementation, and the oracle)."""
+    return load_stage(
+        PreparedModel.at(Path(req.model_path)),
+        req.start,
+        req.end,
+        req.device,
+        getattr(torch, req.activations),
+        req.embedding,
+        req.lm_head,
+        precision=req.precision,
+        expert_precision=req.expert_precision,
+        kv_dtype=getattr(torch, req.kv),
+    )
+
+
+# Stage backends by name: a worker builds the one its `StageConfig.backend` names.
+BACKENDS: dict[str, Callable[[BackendRequest], StageBackend]] = {"torch": torch_backend}
+
+
+def build_backend(kind: str, req: BackendRequest) -> StageBackend:
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown stage backend {kind!r}; known: {sorted(BACKENDS)}")
+    return BACKENDS[kind](req)
