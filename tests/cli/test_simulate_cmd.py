@@ -201,7 +201,7 @@ def test_simulate_adapt_and_policy_file(tmp_path: Path, capsys: pytest.CaptureFi
     [
         ("adaptive: true\n", ("policy.yaml: adaptive", "unknown policy setting")),
         ("prefill_high: 0\n", ("policy.yaml: prefill_high", "out of range")),
-        ("decode_low: 3\n", ("policy.yaml: decode_low", "hysteresis")),
+        ("min_gain: -0.5\n", ("policy.yaml: min_gain", "out of range [0, 100]")),
         ("- 1\n", ("policy", "mapping")),
     ],
 )

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         before = histogram_totals(args.url, api_key=api_key)
         records = asyncio.run(run_load(requests, settings, progress))
         server = mean_deltas(before, histogram_totals(args.url, api_key=api_key))
-    doc = summarize(records)
+    doc = summarize(records, workload.min_decode_tok_s)
     if server:
         doc["server"] = {"waiting_mean_s": server.get(WAITING), "ttft_mean_s": server.get(TTFT)}
     if args.out:
