@@ -16,6 +16,7 @@ from replay import load_from_dict, observations
 
 from e2llm.plan.types import Plan, Replica, Role, Scheduler, Stage
 from e2llm.policy import mixed_pool
+from e2llm.policy.controller import Demand
 from e2llm.policy.load import ReplicaLoad
 from e2llm.policy.settings import PolicySettings
 from e2llm.runtime.adapt import RoleController
@@ -89,7 +90,7 @@ def _runtime_answer(obs: dict[str, Any]) -> Any:
         roles = RoleController(_fleet(runners), PolicySettings(**args["settings"]), _view(loads))
         roles.last_switch_s = {int(k): v for k, v in args["last_switch_s"].items()}
         roles.switching = runners[-1] if args["in_flight"] else None
-        got = roles.decide(loads, args["now_s"])
+        got = roles.decide(loads, Demand(**args["demand"]), args["now_s"])
         return None if got is None else {"replica": got.replica, "to": got.to.value}
     if name == "drained":
         load = load_from_dict(args["load"])

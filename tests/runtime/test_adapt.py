@@ -9,12 +9,15 @@ The same protocol on real stage actors is checked in test_serve_adapt.py.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
+from e2llm.cli import main
 from e2llm.plan.types import Plan, Replica, Role, Stage
+from e2llm.policy.controller import Demand
 from e2llm.policy.settings import PolicySettings
 from e2llm.runtime.adapt import DRAIN_TIMEOUT_S
 from e2llm.runtime.events import EventKind
@@ -39,13 +42,16 @@ def _gen(prompt: int = 8, max_tokens: int = 4) -> Generation:
     )
 
 
+LONG_PROMPTS = Demand(mean_input_tokens=100.0, mean_output_tokens=1.0)
+
+
 def _plan() -> Plan:
+    """One PREFILL and two DECODER replicas of equal devices: 100 prompt tok/s or 2 x 10 tok/s."""
     stages = (Stage("d", 0, 30, embedding=True, lm_head=True),)
-    replicas = (
-        Replica(0, Role.PREFILL, stages, prefill_tok_s=100.0),
-        Replica(1, Role.DECODER, stages, concurrency=2, decode_tok_s_per_request=10.0),
-        Replica(2, Role.DECODER, stages, concurrency=2, decode_tok_s_per_request=10.0),
-    )
+    rates = {"prefill_tok_s": 100.0, "decode_tok_s_per_request": 10.0, "concurrency": 2}
+    replicas = tuple(
+        Replica(i, role, stages, **rates) for i, role in enumerate([Role.PREFILL, *[Role.DECODER] * 2])
+    )  # type: ignore[arg-type]
     return Plan("e2llm", "m", 0.0, "bottleneck_s", replicas)
 
 
@@ -57,7 +63,9 @@ def _deployment(settings: PolicySettings = SETTINGS) -> Deployment:
     def no_replan(plan: Plan, generation: int) -> list[ReplicaRunner]:
         raise AssertionError("not re-planned here")
 
-    return Deployment(plan, runners, metrics, no_replan, settings)
+    d = Deployment(plan, runners, metrics, no_replan, settings)
+    d.roles.demand = lambda now: LONG_PROMPTS  # prompts of 100 tokens, one token out: prefill-bound
+    return d
 
 
 def test_the_view_is_filled_from_live_counters() -> None:
@@ -74,6 +82,7 @@ def test_the_view_is_filled_from_live_counters() -> None:
         assert (view.decode_sequences, view.concurrency) == (1, 2)
         assert (view.kv_free_tokens, view.kv_capacity_tokens) == (900, 1000)
         assert view.decode_tok_s == pytest.approx(20.0)  # 2 slots x 10 tok/s (the plan's own rates)
+        assert view.kv_used_share == pytest.approx(0.1)
 
     asyncio.run(run())
 
@@ -88,7 +97,7 @@ def test_a_decoder_switches_to_prefill_by_the_protocol_and_it_is_published() -> 
         assert roles.switching is None  # nothing queued: no switch
         p.prefill_tokens_outstanding = 500  # 5 s of prompts at 100 tok/s, budget 1 s: prefill is short
         d1.slots.queue(_gen())  # d1 decodes one sequence, d2 none: d2 drains soonest
-        roles.tick(2.0)
+        roles.tick(2.0)  # 1 -> 2 requests/s sustained (the decoders had 40): worth a switch
         assert d2.role is Role.PREFILL and d2.accepting and roles.switching is None  # already drained
         assert roles.last_switch_s == {2: 2.0}
         status = d.adaptation()
@@ -109,7 +118,7 @@ def test_a_decoder_switches_to_prefill_by_the_protocol_and_it_is_published() -> 
 
 def test_a_draining_decoder_takes_no_work_and_migrates_what_it_holds_after_the_timeout() -> None:
     async def run() -> None:
-        d = _deployment(dataclasses.replace(SETTINGS, decode_low=0.8))
+        d = _deployment()
         p, d1, d2 = d.fleet.runners
         p.prefill_tokens_outstanding = 500
         held = [_gen()]
@@ -144,8 +153,35 @@ def test_adapt_off_keeps_the_planned_roles() -> None:
         assert not d.roles.enabled
         d.start()
         await asyncio.sleep(0)
-        assert d.roles._task is None
+        assert d._control is None  # no control loop: nothing looks at the loads
         assert d.adaptation()["roles"] == {"0": "PREFILL", "1": "DECODER", "2": "DECODER"}
         await d.stop()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize(
+    ("args", "policy", "expect"),
+    [
+        (["--drift-threshold", "-1"], None, "--drift-threshold"),
+        (["--drift-window", "0"], None, "--drift-window"),
+        (["--drift-hold", "inf"], None, "--drift-hold"),
+        (["--policy", "{policy}"], "prefill_hi: 2\n", "policy.yaml: prefill_hi: unknown policy setting"),
+        (["--policy", "{policy}"], "min_gain: -1\n", "policy.yaml: min_gain: out of range"),
+        (["--policy", "{policy}"], "chunk_tokens: 0\n", "policy.yaml: chunk_tokens: out of range"),
+    ],
+)
+def test_serve_bad_adaptation_settings_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], policy: str | None, expect: str
+) -> None:
+    plan = tmp_path / "plan.json"
+    replica = {"id": 0, "role": "COLOCATED", "devices": [{"name": "cpu0", "layers": [0, 30]}]}
+    plan.write_text(
+        json.dumps({"system": "t", "model": "smollm2-135m", "objective": 0, "replicas": [replica]})
+    )
+    if policy is not None:
+        (tmp_path / "policy.yaml").write_text(policy)
+    argv = ["serve", str(plan), *[a.format(policy=tmp_path / "policy.yaml") for a in args]]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expect in err and "Traceback" not in err, err

@@ -89,6 +89,7 @@ def _record(request: Request, outcome: Outcome, t0: float) -> RequestRecord:
         outcome.tokens,
         prefill_start_s=None if outcome.queue_s is None else arrival + outcome.queue_s,
         first_token_s=outcome.first_token_s - t0,
+        second_token_at_s=None if outcome.second_token_s is None else outcome.second_token_s - t0,
         last_token_s=outcome.last_token_s - t0,
     )
 

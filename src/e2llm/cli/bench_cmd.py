@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from e2llm.cli.logs import add_log_level
-from e2llm.cli.options import add_seed
+from e2llm.cli.options import add_arrivals, add_seed, add_workload
 from e2llm.cli.progress import progress_bar
 from e2llm.errors import InputError
 
@@ -44,12 +44,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", metavar="URL", help="server base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_workload(p)
     p.add_argument("--model", help="model name to request (default: the first one the server lists)")
     add_seed(p, "the requests")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--interval", type=float, metavar="S", help="mean seconds between arrivals")
-    g.add_argument("--rate", type=float, metavar="R", help="mean arrivals per second")
+    add_arrivals(p)
     p.add_argument(
         "--requests", type=int, metavar="N", help="number of requests to generate (default: the workload's)"
     )
@@ -118,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         before = histogram_totals(args.url, api_key=api_key)
         records = asyncio.run(run_load(requests, settings, progress))
         server = mean_deltas(before, histogram_totals(args.url, api_key=api_key))
-    doc = summarize(records)
+    doc = summarize(records, workload.min_decode_tok_s)
     if server:
         doc["server"] = {"waiting_mean_s": server.get(WAITING), "ttft_mean_s": server.get(TTFT)}
     if args.out:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from e2llm.cli.options import add_mixed, add_precision, add_workload
 from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.cli.progress import progress_bar
 from e2llm.cli.sim_output import add_load_arguments, compare_json, loads_from_args, print_table, write_out
@@ -44,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("cluster", metavar="CLUSTER", help="cluster YAML")
     p.add_argument("--model", required=True, help="catalog name, HF model dir, config.json or GGUF file")
-    p.add_argument("--precision", help="weight precision override (bf16, int8, q4, ...)")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_precision(p)
+    add_workload(p)
     p.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated (default: {DEFAULT_SYSTEMS})")
     p.add_argument(
         "--objective",
@@ -53,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=Objective.BOTTLENECK.value,
         help="what the planners optimise: the method's bottleneck (default) or the maximum request rate",
     )
+    add_mixed(p)
     add_load_arguments(p, "the requests and the planners")
     add_policy_arguments(p)
     p.set_defaults(func=run)
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             progress,
             Objective(args.objective),
             policy_from_args(args),
+            mixed=args.mixed == "on",
         )
     doc = compare_json(runs, loads)
     if args.out:

@@ -30,6 +30,9 @@ FLAGS = {
     "model": "--model",
     "ray_address": "--ray-address",
     "api_key": "--api-key",
+    "drift_threshold": "--drift-threshold",
+    "drift_window_s": "--drift-window",
+    "drift_hold_s": "--drift-hold",
 }
 
 
@@ -37,6 +40,38 @@ def with_flag(error: InputError) -> InputError:
     """`error` as the CLI reports it: a parameter name replaced by its flag."""
     flag = FLAGS.get(error.where)
     return error if flag is None else error.renamed(flag)
+
+
+def add_workload(p: argparse.ArgumentParser, required: bool = True, what: str = "") -> None:
+    p.add_argument(
+        "--workload",
+        required=required,
+        metavar="W",
+        help=f"workload YAML or Azure-format trace CSV{what}",
+    )
+
+
+def add_arrivals(p: argparse.ArgumentParser, what: str = "") -> argparse._MutuallyExclusiveGroup:
+    """`--interval` / `--rate` (at most one); the group, for commands that add `--sweep` to it."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--interval", type=float, metavar="S", help=f"mean seconds between arrivals{what}")
+    g.add_argument("--rate", type=float, metavar="R", help=f"mean arrivals per second{what}")
+    return g
+
+
+def add_precision(p: argparse.ArgumentParser, what: str = "weight precision override") -> None:
+    p.add_argument("--precision", metavar="P", help=f"{what}: bf16, fp16, int8, q4, mxfp4, fp32")
+
+
+def add_mixed(p: argparse.ArgumentParser) -> None:
+    """`--mixed on|off`: may e2llm's planner assign MIXED replicas (default off)."""
+    p.add_argument(
+        "--mixed",
+        choices=("on", "off"),
+        default="off",
+        help="may e2llm assign MIXED replicas (both phases, chunked prefill)? default off: PREFILL/DECODER "
+        "only, as the method (e2llm serve does not run MIXED replicas yet)",
+    )
 
 
 def add_seed(p: argparse.ArgumentParser, what: str) -> None:

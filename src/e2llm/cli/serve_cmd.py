@@ -9,12 +9,21 @@ import sys
 from pathlib import Path
 
 from e2llm.cli.logs import add_log_level
-from e2llm.cli.options import DTYPES, add_device, add_dtype, device_choice, dtype_choice
+from e2llm.cli.options import (
+    DTYPES,
+    add_device,
+    add_dtype,
+    add_precision,
+    add_workload,
+    device_choice,
+    dtype_choice,
+)
 from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.policy.settings import PolicySettings
+from e2llm.runtime.drift import DriftSettings
 from e2llm.runtime.http_limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -51,6 +60,8 @@ EXAMPLES = """examples:
 e2llm's role controller moves replicas between PREFILL and DECODER while serving when one pool
 queues and the move raises the rate both sustain (stop routing, drain, switch, publish; weights
 stay loaded). --policy FILE sets its thresholds. /health and /metrics show roles and switches.
+With it, a lasting drift of the live workload (--drift-*) re-plans roles and concurrency for the
+observed shape, regrouping the devices only if new roles cannot absorb it.
 """
 
 
@@ -66,15 +77,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("target", nargs="?", help="cluster YAML (planned at start) or plan JSON (served as is)")
     p.add_argument("--model", help=f"catalog name ({DEFAULT_MODEL}), HF model folder or .gguf file")
     p.add_argument("--system", default="e2llm", help="planner used for a cluster YAML (default e2llm)")
-    p.add_argument(
-        "--workload",
-        metavar="W",
-        help="workload YAML or trace CSV whose shape the plan is made and re-made for "
-        f"(default: the plan's own, else {DEFAULT_WORKLOAD})",
+    add_workload(
+        p, False, f": the shape planned and re-planned for (default: the plan's own, else {DEFAULT_WORKLOAD})"
     )
-    p.add_argument(
-        "--precision", metavar="P", help="weight precision the planner plans for (bf16, int8, q4, ...)"
-    )
+    add_precision(p, "weight precision the planner plans for")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--ray-address", help="join this Ray cluster (HEAD:6379) instead of starting one")
@@ -107,6 +113,29 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="seconds to receive a request body; slower gets 408 (default %(default)s)",
     )
     add_policy_arguments(p)
+    d = DriftSettings()
+    p.add_argument(
+        "--drift-threshold",
+        type=float,
+        default=d.threshold,
+        metavar="F",
+        help="re-plan roles and concurrency (regroup only if roles cannot absorb it) when the live arrival "
+        "rate or mean input/output tokens change by this factor - 1 (0: never; default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=float,
+        default=d.window_s,
+        metavar="S",
+        help="seconds of recent requests the live workload is measured over (default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-hold",
+        type=float,
+        default=d.hold_s,
+        metavar="S",
+        help="seconds a drift must last before the re-plan (default %(default)s)",
+    )
     add_log_level(p)
     p.set_defaults(func=run)
 
@@ -124,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     dtype_choice(args.dtype)
     limits = _limits(args)
     policy = policy_from_args(args)
+    drift = DriftSettings(args.drift_threshold, args.drift_window, args.drift_hold)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     target = Path(args.target) if args.target else None
     if target is not None and not target.is_file():
@@ -153,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     plan = runnable_plan(plan, prepared.config.n_layers, where)
     _check(plan, where)
     print(describe_plan(plan), flush=True)
-    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits, policy)
+    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits, policy, drift)
 
 
 def _limits(args: argparse.Namespace) -> HttpLimits:
@@ -237,6 +267,7 @@ def _serve(
     api_key: str | None,
     limits: HttpLimits,
     policy: PolicySettings,
+    drift: DriftSettings,
 ) -> int:
     import uvicorn
 
@@ -265,7 +296,7 @@ def _serve(
     deployment = None
     try:
         print(f"e2llm serve: starting {n_actors} stage actors on {len(devices)} devices", flush=True)
-        deployment = Deployment.launch(plan, str(prepared.path), options, policy)
+        deployment = Deployment.launch(plan, str(prepared.path), options, policy, drift)
         cfg = prepared.config
         served = ServedModel(
             name=plan.model if not args.model else prepared.name,

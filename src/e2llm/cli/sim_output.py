@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from e2llm.cli.options import add_seed
+from e2llm.cli.options import add_arrivals, add_seed
 from e2llm.errors import InputError
 from e2llm.plan.plan_json import plan_to_dict
 from e2llm.report.csv_out import write_requests_csv
@@ -21,10 +21,7 @@ from e2llm.sim.compare import Load, Run
 
 def add_load_arguments(p: argparse.ArgumentParser, seeded: str = "the requests") -> None:
     add_seed(p, seeded)
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--interval", type=float, metavar="S", help="mean seconds between arrivals")
-    g.add_argument("--rate", type=float, metavar="R", help="mean arrivals per second")
-    g.add_argument(
+    add_arrivals(p).add_argument(
         "--sweep",
         metavar="LIST",
         help="comma-separated intervals in seconds (e.g. 0.5,1,2,3), or 'rate:' and rates (rate:1,2,4)",

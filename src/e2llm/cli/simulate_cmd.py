@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from e2llm.cli.options import add_workload
 from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.cli.progress import progress_bar
 from e2llm.cli.sim_output import add_load_arguments, loads_from_args, print_table, simulate_json, write_out
@@ -38,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("plan", metavar="PLAN.json", help="a plan written by `e2llm plan --out`")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_workload(p)
     add_load_arguments(p)
     add_policy_arguments(p)
     p.set_defaults(func=run)

@@ -1,9 +1,13 @@
 """Run-time role switching: the role controller's decisions (`policy.controller`), executed live.
 
 Every `CONTROL_PERIOD_S` of wall time (the simulator looks as often, in simulated time) the
-controller builds each live replica's view (`load_view.replica_load`) and asks
-`policy.controller.decide_switch` whether a replica should change role. A switch follows the
-policy's protocol, with the weights staying resident (no actor restarts, nothing reloaded):
+deployment's control loop calls `tick`: the controller builds each live replica's view
+(`load_view.replica_load`, at the recent requests' typical context) and asks
+`policy.controller.decide_switch` whether a replica should change role, for the recent requests'
+shape (`Demand`: mean prompt tokens of the recent arrivals, mean output of the recent finished
+requests, `drift.WorkloadWindow`). A drift re-plan may also set target roles (`retarget`), which
+are switched to one at a time before the policy is asked again. A switch follows the policy's
+protocol, with the weights staying resident (no actor restarts, nothing reloaded):
 
 1. stop routing to it (`accepting` false: the router skips it for new work);
 2. drain: it finishes what it holds (prompts queued there are prefilled and their KV leaves; a
@@ -22,12 +26,12 @@ own mixed pool instead (`router`), as in the simulator.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
+from collections.abc import Callable, Mapping
 
 from e2llm.plan.types import Role, Scheduler
 from e2llm.policy import controller
+from e2llm.policy.controller import Demand
 from e2llm.policy.load import ReplicaLoad
 from e2llm.policy.settings import PolicySettings
 from e2llm.runtime.fleet import Fleet
@@ -40,19 +44,27 @@ log = logging.getLogger(__name__)
 
 CONTROL_PERIOD_S = 1.0  # how often the controller looks (as `sim.simulator.CONTROL_PERIOD_S`)
 DRAIN_TIMEOUT_S = 30.0  # a draining decoder's sequences migrate after this long
+NO_DEMAND = Demand(1.0, 1.0)
 
 
 class RoleController:
-    def __init__(self, fleet: Fleet, settings: PolicySettings, view: View = replica_load):
+    def __init__(
+        self,
+        fleet: Fleet,
+        settings: PolicySettings,
+        view: View = replica_load,
+        demand: Callable[[float], Demand] = lambda now: NO_DEMAND,
+    ):
         self.fleet = fleet
         self.settings = settings
         self.view = view
+        self.demand = demand  # the recent requests' shape at a time
         self.last_switch_s: dict[int, float] = {}  # replica id -> when it last changed role
         self.switching: ReplicaRunner | None = None  # stopped taking work, draining
         self.switch_to: Role | None = None
+        self.targets: dict[int, Role] = {}  # roles a drift re-plan asked for, not reached yet
         self._drain_since = 0.0
         self._generation = fleet.generation
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -62,41 +74,34 @@ class RoleController:
         colocated = all(r.role is Role.COLOCATED for r in plan.replicas)
         return self.settings.adapt and plan.scheduler is not Scheduler.SPLITWISE and not colocated
 
-    def start(self) -> None:
-        if self.enabled and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
+    def loads(self, now: float, demand: Demand) -> list[ReplicaLoad]:
+        """Every live replica's view, its decode rate at the demand's typical context."""
+        context = round(demand.mean_input_tokens + demand.mean_output_tokens / 2)
+        return [self.view(r, now, 0, context) for r in self.fleet.runners if r.alive]
 
-    def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(CONTROL_PERIOD_S)
-            try:
-                self.tick(time.monotonic())
-            except Exception:  # a bug here must not stop serving; it is logged with its traceback
-                log.exception("role controller failed; trying again in %.0f s", CONTROL_PERIOD_S)
-
-    def loads(self, now: float) -> list[ReplicaLoad]:
-        return [self.view(r, now, 0, 0) for r in self.fleet.runners if r.alive]
-
-    def decide(self, loads: list[ReplicaLoad], now: float) -> controller.Switch | None:
+    def decide(self, loads: list[ReplicaLoad], demand: Demand, now: float) -> controller.Switch | None:
         """The policy's decision for these views (the runtime's call site of `decide_switch`)."""
         in_flight = self.switching is not None
-        return controller.decide_switch(loads, self.settings, now, self.last_switch_s, in_flight)
+        return controller.decide_switch(loads, self.settings, demand, now, self.last_switch_s, in_flight)
+
+    def retarget(self, roles: Mapping[int, Role]) -> None:
+        """Switch replicas (by id) to these roles, one at a time, by the protocol."""
+        self.targets = {i: role for i, role in roles.items()}
 
     def tick(self, now: float) -> None:
         """One look: finish the switch in flight once drained, else maybe start one."""
         if self.fleet.generation != self._generation:  # a re-made plan serves: start afresh
             self._generation = self.fleet.generation
             self.last_switch_s.clear()
+            self.targets.clear()
             self.switching = self.switch_to = None
         if self.switching is not None:
             self._drain(self.switching, now)
             return
-        switch = self.decide(self.loads(now), now)
+        switch = self._next_target()
+        if switch is None:
+            demand = self.demand(now)
+            switch = self.decide(self.loads(now, demand), demand, now)
         if switch is None:
             return
         runner = next(r for r in self.fleet.runners if r.replica.id == switch.replica)
@@ -110,6 +115,15 @@ class RoleController:
             runner.requests_here,
         )
         self._drain(runner, now)
+
+    def _next_target(self) -> controller.Switch | None:
+        for runner in self.fleet.runners:
+            role = self.targets.get(runner.replica.id)
+            if role is not None and (role is runner.role or not runner.alive):
+                del self.targets[runner.replica.id]
+            elif role is not None:
+                return controller.Switch(runner.replica.id, role)
+        return None
 
     def _drain(self, runner: ReplicaRunner, now: float) -> None:
         """2. wait until drained (migrating a decoder's sequences after the timeout), then

@@ -12,14 +12,17 @@ never finds moving it worth while).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from e2llm.cost.build import build_cost_model
 from e2llm.cost.model import CostModel
-from e2llm.plan.types import Plan, Replica
+from e2llm.plan.roles import DecodeChoice, ReplicaRates, RoleAssignment, assign_roles
+from e2llm.plan.types import Objective, Plan, Replica
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.sim.prefill import NOMINAL_PROMPT_TOKENS
 from e2llm.sim.replica import decode_slots
-from e2llm.sim.state import decode_step, kv_s_per_token, prefill_estimate
+from e2llm.sim.state import decode_batches, decode_step, kv_s_per_token, prefill_estimate
 
 CONTEXT_BUCKET = 64  # contexts are rounded to this for the decode-rate estimate (cached)
 
@@ -93,6 +96,35 @@ def plan_capacities(plan: Plan, cost: CostModel | None = None) -> dict[int, Capa
             cost=cost,
         )
     return out
+
+
+def role_rates(cap: Capacity, shape: WorkloadShape) -> ReplicaRates | None:
+    """What the replica sustains in each role for `shape`, with its layers where they are (the
+    planner's `ReplicaRates`: a role assignment over the groups already running). None without a
+    cost model."""
+    if cap.cost is None:
+        return None
+    mean_in, mean_out = max(1, round(shape.mean_input_tokens)), max(1.0, shape.mean_output_tokens)
+    kv_context = int(shape.kv_context_tokens or mean_in + mean_out)
+    context = round(mean_in + mean_out / 2)
+    choices = tuple(
+        DecodeChoice(c, c / step / mean_out, mean_out * step)
+        for c, step in decode_batches(cap.cost, cap.replica, kv_context, context, shape.min_decode_tok_s)
+    )
+    bottleneck, latency = prefill_estimate(cap.cost, cap.replica.stages, mean_in)
+    return ReplicaRates(1.0 / bottleneck if bottleneck > 0 else 0.0, latency, choices)
+
+
+def best_roles(
+    capacities: Sequence[Capacity], shape: WorkloadShape, objective: Objective
+) -> RoleAssignment | None:
+    """The planner's role and concurrency choice (`plan.roles.assign_roles`) over these replicas,
+    their groups and layers as they are, for `shape`; None if it has none (no cost model, or no
+    split with a prefill and a decode replica)."""
+    rates = [role_rates(c, shape) for c in capacities]
+    if any(r is None for r in rates):
+        return None
+    return assign_roles([r for r in rates if r is not None], shape.interval_s, objective.value)
 
 
 def from_plan(r: Replica) -> Capacity:

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 
+from e2llm.runtime.drift import WorkloadWindow
 from e2llm.runtime.events import EventKind
 from e2llm.runtime.fleet import Fleet
 from e2llm.runtime.generation import Generation
@@ -35,14 +37,17 @@ MAX_MIGRATIONS = 2  # re-prefills of one request after replica losses, before it
 class RequestLifecycle:
     """Serves requests on whatever replicas the fleet routes to at the time."""
 
-    def __init__(self, fleet: Fleet, metrics: ServingMetrics):
+    def __init__(self, fleet: Fleet, metrics: ServingMetrics, window: WorkloadWindow | None = None):
         self.fleet = fleet
         self.metrics = metrics
+        self.window = window  # the live workload: each arrival, and each finished request
         self.migrations = 0  # requests moved to another replica after a loss
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, gen: Generation) -> None:
         """Start serving `gen` in the background; results arrive on `gen.events`."""
+        if self.window is not None:
+            self.window.arrive(time.monotonic(), len(gen.prompt_ids))
         task = asyncio.get_running_loop().create_task(self._serve(gen))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -80,6 +85,8 @@ class RequestLifecycle:
             gen.fail(f"generation failed: {e}", 503)
         finally:
             self.metrics.request_finished(gen)
+            if self.window is not None and gen.finish_reason in ("stop", "length"):
+                self.window.finish(time.monotonic(), len(gen.prompt_ids), len(gen.generated))
 
     async def _serve_once(self, gen: Generation) -> None:
         """Serve `gen` (from its current context) on one prefill and one decode replica. A lost

@@ -49,5 +49,6 @@ def replica_load(runner: ReplicaRunner, now: float, prompt_tokens: int = 0, cont
         concurrency=slots.concurrency,
         kv_free_tokens=kv_free_tokens(budget, reserved) if decoding else capacity_tokens,
         kv_capacity_tokens=capacity_tokens,
+        kv_used_share=sum(reserved) / budget if budget else 0.0,
         decode_tok_s=cap.decode_tok_s(context, slots.concurrency) if context else 0.0,
     )

@@ -16,11 +16,18 @@ Tokens reach the caller through `Generation.events`; a caller that goes away cal
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+import time
 from typing import Any
 
 from e2llm.plan.types import Plan
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.policy.settings import PolicySettings
-from e2llm.runtime.adapt import RoleController
+from e2llm.runtime.adapt import CONTROL_PERIOD_S, RoleController
+from e2llm.runtime.drift import DriftSettings, WorkloadWindow
+from e2llm.runtime.drift_replan import DriftReplanner
 from e2llm.runtime.events import EventKind
 from e2llm.runtime.fleet import Fleet
 from e2llm.runtime.generation import Generation
@@ -32,6 +39,9 @@ from e2llm.runtime.replica import ReplicaRunner
 
 DEFAULT_OPTIONS = LaunchOptions()
 FIXED_ROLES = PolicySettings()  # the library default: the plan's roles stay as planned
+DEFAULT_DRIFT = DriftSettings()
+
+log = logging.getLogger(__name__)
 
 
 class Deployment:
@@ -42,15 +52,20 @@ class Deployment:
         metrics: ServingMetrics,
         start_replicas: StartReplicas,
         settings: PolicySettings = FIXED_ROLES,
+        drift: DriftSettings = DEFAULT_DRIFT,
     ):
         self.metrics = metrics
         self.settings = settings
-        self.fleet = Fleet(plan, runners, metrics.record_event)
-        self.requests = RequestLifecycle(self.fleet, metrics)
-        self.plans = PlanSwitcher(self.fleet, start_replicas, metrics.record_event)
-        self.roles = RoleController(self.fleet, settings)
-        self.fleet.on_loss = lambda runner: self.plans.schedule()
+        self.fleet = fleet = Fleet(plan, runners, metrics.record_event)
+        self.window = WorkloadWindow(drift.window_s, time.monotonic())
+        self.requests = RequestLifecycle(fleet, metrics, self.window)
+        self.plans = PlanSwitcher(fleet, start_replicas, metrics.record_event)
+        base = plan.workload or WorkloadShape(1.0, 1.0, 1.0)
+        self.roles = RoleController(fleet, settings, demand=lambda now: self.window.demand(now, base))
+        self.drift = DriftReplanner(fleet, self.plans, self.roles, self.window, drift, metrics.record_event)
+        fleet.on_loss = lambda runner: self.plans.schedule()
         self.closing = False
+        self._control: asyncio.Task[None] | None = None
 
     @classmethod
     def launch(
@@ -59,6 +74,7 @@ class Deployment:
         model_path: str,
         options: LaunchOptions = DEFAULT_OPTIONS,
         settings: PolicySettings = FIXED_ROLES,
+        drift: DriftSettings = DEFAULT_DRIFT,
     ) -> Deployment:
         """Start every stage actor (Ray must be initialised) and wait for their weights."""
         metrics = ServingMetrics()
@@ -66,12 +82,13 @@ class Deployment:
         def start(plan: Plan, generation: int) -> list[ReplicaRunner]:
             return start_runners(plan, model_path, options, metrics, generation, settings.chunk_tokens)
 
-        return cls(plan, start(plan, 0), metrics, start, settings)
+        return cls(plan, start(plan, 0), metrics, start, settings, drift)
 
     def start(self) -> None:
-        """Start the decode loops and the role controller; call from inside the serving loop."""
+        """Start the decode loops and the control loop; call from inside the serving loop."""
         self.fleet.start()
-        self.roles.start()
+        if self.roles.enabled:
+            self._control = asyncio.get_running_loop().create_task(self._control_loop())
         plan = self.fleet.plan
         self.metrics.record_event(
             EventKind.PLAN_STARTED, f"serving plan {plan.system}: {describe_plan_replicas(plan)}"
@@ -79,10 +96,23 @@ class Deployment:
 
     async def stop(self) -> None:
         self.closing = True
-        self.roles.stop()
+        if self._control is not None:
+            self._control.cancel()
+        self.drift.stop()
         self.plans.stop()
         self.requests.cancel_all()
         await self.fleet.stop()
+
+    async def _control_loop(self) -> None:
+        """Every `CONTROL_PERIOD_S`: the role controller's look, then the drift watch's."""
+        while True:
+            await asyncio.sleep(CONTROL_PERIOD_S)
+            now = time.monotonic()
+            try:
+                self.roles.tick(now)
+                self.drift.tick(now)
+            except Exception:  # a bug here must not stop serving; logged with its traceback
+                log.exception("the control loop failed; it looks again in %.0f s", CONTROL_PERIOD_S)
 
     def kill_actors(self) -> None:
         self.fleet.kill_actors()
@@ -106,12 +136,15 @@ class Deployment:
 
     def adaptation(self) -> dict[str, Any]:
         """The roles now and how they got there, for `/health`."""
-        switching = self.roles.switching
+        switching, observed = self.roles.switching, self.drift.observed
         return {
             "adapt": self.roles.enabled,  # run-time role switching on
             "roles": {r.label: r.role.value for r in self.fleet.runners},  # what each replica does now
             "role_switches": self.metrics.switch_count(),  # role changes so far (borrows included)
             "switching": None if switching is None else switching.label,  # draining for a switch
+            "workload": None if observed is None else dataclasses.asdict(observed),  # the live shape
+            "drift": round(self.drift.detector.last, 3),  # how far it is from the planned one
+            "drift_replans": self.drift.replans,
         }
 
     async def status(self) -> dict[str, Any]:

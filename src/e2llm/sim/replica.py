@@ -19,14 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from e2llm.cost.model import CostModel
-from e2llm.plan.evaluate import MAX_CONCURRENCY
 from e2llm.plan.types import Replica, Role
 from e2llm.policy.load import ReplicaLoad
 from e2llm.sim.decode import DecodeEngine, Mode, OnPrefilled
 from e2llm.sim.engine import Event
 from e2llm.sim.network import Network
 from e2llm.sim.prefill import PrefillDone, PrefillPipeline
-from e2llm.sim.state import BusyLog, Job, KvSizer, decode_step, kv_s_per_token
+from e2llm.sim.state import BusyLog, Job, KvSizer, decode_batches, kv_s_per_token
 
 _MODE = {
     Role.DECODER: Mode.DECODE,
@@ -43,16 +42,8 @@ def decode_slots(cost: CostModel, replica: Replica, context: int, min_decode_tok
     of `context` tokens, or is too slow for the floor even alone)."""
     if replica.does_decode:
         return replica.concurrency
-    kv = KvSizer(cost, replica)
-    per_seq = kv.bytes(max(context, 1))
-    best = 0
-    for c in range(1, MAX_CONCURRENCY + 1):
-        if any(c * n > cap for n, cap in zip(per_seq, kv.capacity, strict=True)):
-            break
-        if min_decode_tok_s > 0 and 1.0 / decode_step(cost, replica.stages, c, context)[0] < min_decode_tok_s:
-            break
-        best = c
-    return best
+    batches = decode_batches(cost, replica, context, context, min_decode_tok_s)
+    return batches[-1][0] if batches else 0
 
 
 class ReplicaSim:
@@ -131,6 +122,7 @@ class ReplicaSim:
             concurrency=engine.concurrency if engine else 0,
             kv_free_tokens=engine.kv_free_tokens if decoding and engine else self.kv.capacity_tokens,
             kv_capacity_tokens=self.kv.capacity_tokens,
+            kv_used_share=engine.kv_used_share if decoding and engine else 0.0,
             decode_tok_s=engine.capacity_tok_s(context) if engine and context else 0.0,
         )
 
@@ -166,11 +158,6 @@ class ReplicaSim:
         self.kv_s_per_token = kv_s_per_token(cost, self.replica, [d.replica for d in decoders])
 
     # --- roles ------------------------------------------------------------------------------------
-    @property
-    def idle(self) -> bool:
-        pipe_idle = self.pipe is None or self.pipe.pending_tokens == 0
-        return pipe_idle and self.kv_out == 0 and (self.engine is None or self.engine.idle)
-
     def become(self, role: Role, home: Role | None = None) -> None:
         """Work in `role` from now on (weights resident: only what the replica runs changes)."""
         self.role, self.home_role = role, home

@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable, Sequence
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
+from e2llm.plan.evaluate import MAX_CONCURRENCY
 from e2llm.plan.types import Replica, Stage
 from e2llm.sim.metrics import RequestRecord
 from e2llm.specs.model_spec import ModelSpec
@@ -92,14 +93,12 @@ class RangeKv:
 
     __slots__ = ("_capped", "_full")
 
-    _UNCAPPED = NO_KV_LIMIT
-
     def __init__(self, model: ModelSpec, start: int, end: int) -> None:
         groups: dict[int, float] = {}
         for i in range(start, end):
-            cap = model.kv_tokens(i, self._UNCAPPED)
+            cap = model.kv_tokens(i, NO_KV_LIMIT)
             groups[cap] = groups.get(cap, 0.0) + model.kv_bytes_per_token(i)
-        self._full = groups.pop(self._UNCAPPED, 0.0)
+        self._full = groups.pop(NO_KV_LIMIT, 0.0)
         self._capped = tuple(groups.items())
 
     def bytes(self, context: int) -> float:
@@ -219,6 +218,25 @@ def decode_step(
         lap += cost.transfer_s(stages[-1].device, stages[0].device, 4.0 * b)  # token ids back
     cycle = max(lap, m * max(times))
     return cycle, [min(1.0, m * t / cycle) if cycle > 0 else 0.0 for t in times]
+
+
+def decode_batches(
+    cost: CostModel, replica: Replica, kv_context: int, context: int, min_decode_tok_s: float
+) -> list[tuple[int, float]]:
+    """(batch, step seconds at `context`) of each decode batch 1, 2, ... up to the planner's
+    largest whose KV at `kv_context` tokens each fits the replica and whose per-request speed keeps
+    `min_decode_tok_s` (empty: not even one sequence)."""
+    kv = KvSizer(cost, replica)
+    per_seq = kv.bytes(max(kv_context, 1))
+    out = []
+    for c in range(1, MAX_CONCURRENCY + 1):
+        if any(c * n > cap for n, cap in zip(per_seq, kv.capacity, strict=True)):
+            break
+        step = decode_step(cost, replica.stages, c, context)[0]
+        if min_decode_tok_s > 0 and 1.0 / step < min_decode_tok_s:
+            break
+        out.append((c, step))
+    return out
 
 
 class BusyLog:
