@@ -9,6 +9,7 @@ The same protocol on real stage actors is checked in test_serve_adapt.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -185,3 +186,34 @@ def test_serve_bad_adaptation_settings_exit_2_with_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expect in err and "Traceback" not in err, err
+
+
+def test_target_roles_are_reached_without_ever_emptying_a_pool() -> None:
+    """A drift re-plan trading roles of a PREFILL and a DECODER replica: the decoder may only
+    leave once another replica decodes, so the PREFILL one moves first."""
+
+    async def run() -> None:
+        d = _deployment(dataclasses.replace(SETTINGS, min_dwell_s=0.0))
+        _, d1, d2 = d.fleet.runners
+        d2.become(Role.PREFILL)  # now: PREFILL, DECODER, PREFILL
+        roles = d.roles
+        roles.demand = lambda now: Demand(1.0, 1.0)  # the policy itself finds nothing to move
+        roles.retarget({0: Role.PREFILL, 1: Role.PREFILL, 2: Role.DECODER})
+        roles.tick(1.0)
+        assert (d1.role, d2.role) == (Role.DECODER, Role.DECODER)  # d2 first (drained at once)
+        roles.tick(2.0)
+        assert (d1.role, d2.role) == (Role.PREFILL, Role.DECODER) and not roles.targets
+
+    asyncio.run(run())
+
+
+def test_a_drift_assignment_keeps_alike_replicas_in_the_roles_they_have() -> None:
+    from e2llm.plan.roles import RoleAssignment
+    from e2llm.plan.workload_shape import WorkloadShape
+    from e2llm.runtime.drift_replan import fewest_switches
+
+    d = _deployment()
+    d.fleet.runners[2].become(Role.PREFILL)
+    wanted = RoleAssignment((True, True, False), (1, 1, 2), 0.0, 1.0, 1.0, 1.0)  # two P, one D
+    got = fewest_switches(d.fleet.runners, WorkloadShape(100, 10, 1.0), wanted)
+    assert got == [(True, 1), (False, 2), (True, 1)]  # d1 stays the decoder: nothing to switch

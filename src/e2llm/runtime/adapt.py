@@ -43,7 +43,7 @@ from e2llm.runtime.router import View
 log = logging.getLogger(__name__)
 
 CONTROL_PERIOD_S = 1.0  # how often the controller looks (as `sim.simulator.CONTROL_PERIOD_S`)
-DRAIN_TIMEOUT_S = 30.0  # a draining decoder's sequences migrate after this long
+DRAIN_TIMEOUT_S = 60.0  # a draining decoder's sequences migrate after this long
 NO_DEMAND = Demand(1.0, 1.0)
 
 
@@ -117,11 +117,14 @@ class RoleController:
         self._drain(runner, now)
 
     def _next_target(self) -> controller.Switch | None:
-        for runner in self.fleet.runners:
+        """The first target switch that leaves its pool another live replica (a pool is never
+        emptied, so of two replicas trading roles the one joining a pool of one moves first)."""
+        live = [r for r in self.fleet.runners if r.alive]
+        now_roles = {r.replica.id: r.role for r in live}
+        self.targets = {i: role for i, role in self.targets.items() if now_roles.get(i, role) is not role}
+        for runner in live:
             role = self.targets.get(runner.replica.id)
-            if role is not None and (role is runner.role or not runner.alive):
-                del self.targets[runner.replica.id]
-            elif role is not None:
+            if role is not None and any(r is not runner and r.role is runner.role for r in live):
                 return controller.Switch(runner.replica.id, role)
         return None
 
@@ -141,5 +144,7 @@ class RoleController:
         runner.become(self.switch_to)  # 3. switch: weights stay resident
         runner.accepting = True  # 4. publish
         self.last_switch_s[runner.replica.id] = now
+        if self.targets.get(runner.replica.id) is runner.role:
+            del self.targets[runner.replica.id]
         self.switching = self.switch_to = None
         self.fleet.role_changed(runner, before, f"drained in {now - self._drain_since:.1f} s")

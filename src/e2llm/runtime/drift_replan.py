@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Sequence
 
 from e2llm.plan.roles import RoleAssignment
 from e2llm.plan.types import Plan, Role
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.runtime.adapt import RoleController
-from e2llm.runtime.capacity import best_roles, plan_capacities
+from e2llm.runtime.capacity import best_roles, plan_capacities, role_rates
 from e2llm.runtime.drift import DriftDetector, DriftSettings, WorkloadWindow
 from e2llm.runtime.events import EventKind, RecordEvent, ignore_event
 from e2llm.runtime.fleet import Fleet
@@ -55,6 +56,24 @@ def regroup_pays(roles_only: RoleAssignment | None, regrouped: RoleAssignment | 
         return True
     margin = max(OBJECTIVE_TIE, REGROUP_MARGIN * abs(roles_only.objective))
     return regrouped.objective < roles_only.objective - margin
+
+
+def fewest_switches(
+    runners: Sequence[ReplicaRunner], shape: WorkloadShape, a: RoleAssignment
+) -> list[tuple[bool, int]]:
+    """`a`'s (PREFILL?, concurrency) per runner, exchanged between replicas that are alike (the
+    same rates in both roles for `shape`) so that as many as possible keep the role they have:
+    the assignment is the same, fewer replicas have to drain."""
+    groups: dict[object, list[int]] = {}
+    for i, r in enumerate(runners):
+        groups.setdefault(role_rates(r.capacity, shape), []).append(i)
+    out = list(zip(a.prefill, a.concurrency, strict=True))
+    for members in groups.values():
+        wanted = sorted((out[i] for i in members), key=lambda x: not x[0])  # PREFILL targets first
+        keep_prefill = sorted(members, key=lambda i: runners[i].role is not Role.PREFILL)
+        for i, target in zip(keep_prefill, wanted, strict=True):
+            out[i] = target
+    return out
 
 
 class DriftReplanner:
@@ -123,8 +142,9 @@ class DriftReplanner:
         return [r for r in self.fleet.runners if r.alive and r.role in (Role.PREFILL, Role.DECODER)]
 
     def _retarget(self, plan: Plan, shape: WorkloadShape, a: RoleAssignment) -> None:
+        runners = self._switchable()
         targets = {}
-        for runner, prefill, concurrency in zip(self._switchable(), a.prefill, a.concurrency, strict=True):
+        for runner, (prefill, concurrency) in zip(runners, fewest_switches(runners, shape, a), strict=True):
             targets[runner.replica.id] = Role.PREFILL if prefill else Role.DECODER
             if not prefill:
                 runner.slots.concurrency = concurrency
