@@ -225,58 +225,52 @@ class ReplicaRunner:
         """Run `gen`'s context through the pipeline; returns the first token, or None if the
         client left while the request was queued. The KV stays here until `release(gen)`.
         On a MIXED replica the prompt first takes a decode slot, then is prefilled by chunks."""
-        if self.role is Role.MIXED:
-            return await self._chunked_prefill(gen)
         n = len(gen.context_ids)
         self.prefill_tokens_outstanding += n
         self._set_waiting(+1)
         queued = True
-        try:
-            if self.role is Role.PREFILL and self._kv_held is not None:
-                await self._kv_held.acquire()
-                self._holding.add(gen.seq_id)  # the hold is the sequence's until `release`
-                self._kv.add(gen.seq_id)
-            async with self._prefill_slots:
-                self._set_waiting(-1)
-                queued = False
-                if gen.cancelled:
-                    return None
-                self._kv.add(gen.seq_id)  # its KV forms on the actors from here on
-                gen.prefill_start_s = time.monotonic()
-                token = int(await prefill_call(self.actors, gen))
-                self.metrics.prefill_done(self.label, n, time.monotonic() - gen.prefill_start_s)
-                return token
-        finally:
-            self.prefill_tokens_outstanding -= n
-            if queued:
-                self._set_waiting(-1)
 
-    async def _chunked_prefill(self, gen: Generation) -> int | None:
-        n = len(gen.context_ids)
-        self.prefill_tokens_outstanding += n
-        self._set_waiting(+1)
-        queued = True
-        try:
-            if self.lost is not None:
-                raise ReplicaLost(self.label, self.lost)
-            admitted = self.slots.queue(gen)
-            self._wake.set()
-            if not await admitted:
-                return None
+        def started() -> None:  # the prompt leaves the queue: its KV forms on the actors from now
+            nonlocal queued
             self._set_waiting(-1)
             queued = False
-            self._kv.add(gen.seq_id)  # its KV forms on the actors from the first chunk on
+            self._kv.add(gen.seq_id)
             gen.prefill_start_s = time.monotonic()
-            first = self.slots.start_prefill(gen)
-            self._wake.set()
-            token = await first
+
+        try:
+            run = self._chunked_prefill if self.role is Role.MIXED else self._whole_prefill
+            token = await run(gen, started)
             if token is not None:
+                assert gen.prefill_start_s is not None
                 self.metrics.prefill_done(self.label, n, time.monotonic() - gen.prefill_start_s)
             return token
         finally:
             self.prefill_tokens_outstanding -= n
             if queued:
                 self._set_waiting(-1)
+
+    async def _whole_prefill(self, gen: Generation, started: Callable[[], None]) -> int | None:
+        if self.role is Role.PREFILL and self._kv_held is not None:
+            await self._kv_held.acquire()
+            self._holding.add(gen.seq_id)  # the hold is the sequence's until `release`
+            self._kv.add(gen.seq_id)
+        async with self._prefill_slots:
+            if gen.cancelled:
+                return None
+            started()
+            return int(await prefill_call(self.actors, gen))
+
+    async def _chunked_prefill(self, gen: Generation, started: Callable[[], None]) -> int | None:
+        if self.lost is not None:
+            raise ReplicaLost(self.label, self.lost)
+        admitted = self.slots.queue(gen)
+        self._wake.set()
+        if not await admitted:
+            return None
+        started()
+        first = self.slots.start_prefill(gen)
+        self._wake.set()
+        return await first
 
     def _set_waiting(self, delta: int) -> None:
         self.prefill_waiting += delta
