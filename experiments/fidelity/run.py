@@ -41,7 +41,8 @@ from e2llm.sim.compare import Load, plan_system, run_plan
 from e2llm.sim.metrics import RequestRecord, stats, summarize
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model, with_precision
-from e2llm.specs.workload import Request, load_workload, with_load
+from e2llm.specs.workload import Request, with_load
+from e2llm.specs.workload_file import load_workload
 from e2llm.testbed.control import device_command
 from e2llm.testbed.lifecycle import down, load_state, up
 from e2llm.testbed.profiles import bridge_latency_ms, run_inside, write_cluster

@@ -9,6 +9,7 @@ from matplotlib.patches import Rectangle
 
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.report.plan_figure import BOTTLENECK_EDGE, plan_figure, replica_caption, role_colour
+from e2llm.specs.device import Cluster, Device, Link
 
 PLAN = Plan(
     system="e2llm",
@@ -33,7 +34,7 @@ PLAN = Plan(
         ),
     ),
     unused_devices=("d",),
-    cluster={"devices": [{"name": "a", "memory_gb": 2.0}]},
+    cluster=Cluster((Device("a", memory_gb=2.0, tflops=1.0, mem_bandwidth_gbs=10.0),), Link(1000.0, 0.5)),
 )
 
 

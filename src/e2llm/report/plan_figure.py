@@ -48,7 +48,9 @@ def replica_caption(r: Replica) -> str:
 def plan_figure(plan: Plan) -> Figure:
     """The deployment of `plan` as a figure (see the module docstring)."""
     n_layers = max((s.end for r in plan.replicas for s in r.stages), default=1) or 1
-    memory = {d["name"]: d.get("memory_gb") for d in plan.cluster.get("devices", [])}  # available
+    memory = (
+        {d.name: d.memory_gb for d in plan.cluster.devices} if plan.cluster is not None else {}
+    )  # available
     rows = sum(len(r.stages) for r in plan.replicas)
     height_rows = rows + (1.0 + REPLICA_GAP) * len(plan.replicas) + 1.0
     fig = Figure(figsize=(10, max(2.5, ROW_H * height_rows + 1.4)))

@@ -55,14 +55,14 @@ def start_ray(device_names: Sequence[str], address: str | None = None) -> None:
     try:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        raise InputError("--ray-address", f"cannot join the Ray cluster: {e}", address) from None
+        raise InputError("ray_address", f"cannot join the Ray cluster: {e}", address) from None
     advertised = ray.cluster_resources()
     missing = [n for n in device_names if advertised.get(device_resource(n), 0) <= 0]
     if missing:
         ray.shutdown()
         example = f"ray start --address={address} --resources='{{\"{device_resource(missing[0])}\": 1}}'"
         raise InputError(
-            "--ray-address",
+            "ray_address",
             f"no Ray node advertises device(s) {', '.join(missing)}; on each device run: {example}",
             address,
         )
