@@ -32,6 +32,7 @@ from e2llm.cost.model import CostModel
 from e2llm.plan.types import Replica
 from e2llm.policy.routing import admits
 from e2llm.sim.engine import Event
+from e2llm.sim.execution import IDEAL, Execution
 from e2llm.sim.mixed import Prefilling, mixed_step, plan_chunks
 from e2llm.sim.state import BusyLog, Job, KvSizer, decode_step, prefill_stage_s
 
@@ -70,9 +71,12 @@ class DecodeEngine:
         chunk_tokens: int,
         on_prefilled: OnPrefilled,
         on_idle: OnIdle,
+        execution: Execution = IDEAL,
     ) -> None:
         self.replica = replica
         self.concurrency = concurrency
+        self.execution = execution
+        self._importing = 0  # hand-offs whose KV is on its way here and pauses decoding
         self.mode = mode
         self.chunk_tokens = chunk_tokens
         self.kv = KvSizer(cost, replica)
@@ -142,6 +146,28 @@ class DecodeEngine:
             return []  # a boundary that is already due will look at the queue
         if self._seg_event is None:
             return self._boundary(now, 0)
+        return self._interrupt(now)
+
+    def kv_incoming(self, now: float) -> list[Event]:
+        """A hand-off towards this engine starts (see `execution.Execution`): with
+        `kv_import_pauses_decode`, decoding stops at the next step boundary until it is in."""
+        if not self.execution.kv_import_pauses_decode:
+            return []
+        self._importing += 1
+        return self._interrupt(now) if self._seg_event is not None else []
+
+    def kv_arrived(self, now: float, job: Job) -> list[Event]:
+        """The KV of `job`'s hand-off is here (every part): decoding may go on; admit the job."""
+        if self.execution.kv_import_pauses_decode:
+            self._importing -= 1
+        out = self.arrive(now, job)
+        if not self._importing and self._seg_event is None and not (self.hold or self._phase or out):
+            out += self._boundary(now, 0)
+        return out
+
+    def _interrupt(self, now: float) -> list[Event]:
+        """End the running segment at its next step boundary (once)."""
+        assert self._seg_event is not None
         if self._interrupted:
             return []
         k = int((now - self._seg_t0) / self._seg_dt) + 1 if self._seg_dt > 0 else self._seg_steps
@@ -161,7 +187,7 @@ class DecodeEngine:
     def _step(self, batch: int, context: int) -> tuple[float, list[float]]:
         got = self._step_cache.get((batch, context))
         if got is None:
-            got = decode_step(self._cost, self.replica.stages, batch, context)
+            got = decode_step(self._cost, self.replica.stages, batch, context, self.execution.step_barrier)
             self._step_cache[(batch, context)] = got
         return got
 
@@ -227,6 +253,8 @@ class DecodeEngine:
     def _start_segment(self, now: float) -> list[Event]:
         if not self.active:
             return self._on_idle(now) if self.idle else []
+        if self._importing:
+            return []  # paused until the KV on its way is in (`kv_arrived`)
         n = min(s.remaining for s in self.active)
         batch = len(self.active)
         mean_ctx = sum(s.context for s in self.active) / batch + (n - 1) / 2
