@@ -81,3 +81,21 @@ def test_every_request_completes_with_the_ray_runtime_traits() -> None:
     assert all(
         r.kv_end_s is not None and r.kv_end_s >= r.prefill_end_s for r in records if r.output_tokens > 1
     )
+
+
+def test_a_colocated_prompt_starts_at_once_and_the_step_under_way_finishes_after_it() -> None:
+    # One COLOCATED replica on one device (4 layers x 10 ms + 5 ms head = 45 ms a step). r0
+    # decodes; r1 arrives 20 ms into a step. The ideal engine starts r1 at the next step boundary;
+    # e2llm serve sends r1's stage calls at once, after the decode call under way.
+    p = plan(replica(0, Role.COLOCATED, [("a", 0, 4)], concurrency=4))
+    cost = cost_model(["a"])
+    r0_prefill = 0.4 + 0.005  # 100 tokens x 4 layers x 1 ms + the LM head's row
+    arrival = r0_prefill + 3 * 0.045 + 0.020
+    reqs = [Request(0, 0.0, 100, 40), Request(1, arrival, 50, 2)]
+    ideal = simulate(p, cost, reqs, ServingContext(execution=IDEAL)).records
+    ray = simulate(p, cost, reqs, ServingContext(execution=Execution(prompts_interleave=True))).records
+    assert ideal[1].prefill_start_s == pytest.approx(r0_prefill + 4 * 0.045)
+    assert ray[1].prefill_start_s == pytest.approx(arrival)
+    assert ray[1].first_token_s == pytest.approx(arrival + 50 * 4 * 0.001 + 0.005)
+    # r0 loses the same time either way (the prompt's), nothing else: the cut step is finished.
+    assert ray[0].last_token_s == pytest.approx(ideal[0].last_token_s)

@@ -12,6 +12,9 @@ is `e2llm serve` as measured on the testbed (experiments/fidelity/README.md):
   whose arguments Ray fetches in the actor's task order, so the decode calls behind it wait until
   the KV has crossed the link (measured: a 1.26 s gap in a running stream while 3.1 MB crossed
   a 20 Mbit/s link). The decoder pauses at its next step boundary until the KV is in.
+- `prompts_interleave`: a COLOCATED replica sends a prompt's stage calls as soon as it arrives;
+  each stage runs them after the decode call it is running, so the prompt does not wait for the
+  decode step under way to end: that step finishes after the prompt instead.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from dataclasses import dataclass
 class Execution:
     step_barrier: bool = False
     kv_import_pauses_decode: bool = False
+    prompts_interleave: bool = False
 
 
 IDEAL = Execution()
-RAY_RUNTIME = Execution(step_barrier=True, kv_import_pauses_decode=True)
+RAY_RUNTIME = Execution(step_barrier=True, kv_import_pauses_decode=True, prompts_interleave=True)
