@@ -1,6 +1,6 @@
 """Simulator fidelity on the testbed: predicted vs measured latency of the same requests.
 
-    .venv/bin/python experiments/fidelity/run.py          # root, Linux; ~20 min on a 2-core box
+    .venv/bin/python experiments/fidelity/run.py          # root, Linux; ~13 min on a 2-core box
 
 1. `testbed up` of a 4-device cluster (experiments/fidelity/testbed-4.yaml: two devices at
    relative speed 1, two at 0.5; 100 Mbit/s links) — one network namespace, CPU quota, memory
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import subprocess
@@ -38,6 +39,7 @@ from e2llm.bench.server_metrics import WAITING, histogram_totals, mean_deltas, m
 from e2llm.cost.build import build_cost_model
 from e2llm.plan.plan_json import save_plan
 from e2llm.sim.compare import Load, plan_system, run_plan
+from e2llm.sim.execution import IDEAL, RAY_RUNTIME
 from e2llm.sim.metrics import RequestRecord, stats, summarize
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model, with_precision
@@ -58,7 +60,12 @@ METRICS = (
     ("TBT", "tbt_s"),
     ("E2E", "e2e_s"),
 )
-SERVER_HISTOGRAMS = (WAITING, "e2llm_kv_transfer_seconds", "e2llm_decode_step_seconds")
+SERVER_HISTOGRAMS = (
+    WAITING,
+    "e2llm_kv_transfer_seconds",
+    "e2llm_decode_step_seconds",
+    "e2llm_prefill_seconds",
+)
 
 
 def log(msg: str) -> None:
@@ -76,10 +83,20 @@ def kv_times(records: tuple[RequestRecord, ...]) -> list[float]:
 
 def capacity_rps(plan: Any, cost: Any, workload: Any) -> float:
     """Requests per second the simulator serves `plan` at under overload (60 requests at 50/s)."""
-    run = run_plan(plan, cost, with_load(workload, requests=60), Load(rate_per_s=50.0))
+    run = run_plan(plan, cost, with_load(workload, requests=60), Load(rate_per_s=50.0), execution=RAY_RUNTIME)
     done = [r for r in run.result.records if r.completed and r.last_token_s is not None]
     span = max(r.last_token_s for r in done if r.last_token_s is not None) - min(r.arrival_s for r in done)
     return len(done) / span
+
+
+def predictions(run: Any) -> dict[str, Any]:
+    """The simulator's metrics plus the figures the server reports per request or as means."""
+    records = run.result.records
+    metrics = dict(run.metrics)
+    metrics["prefill_wait_s"] = stats(prefill_waits(records))
+    metrics["kv_transfer_s"] = stats(kv_times(records))
+    metrics["prefill_s"] = stats([r.prefill_end_s - r.prefill_start_s for r in records if r.prefill_end_s])
+    return metrics
 
 
 def bench(url: str, requests: tuple[Request, ...], max_seconds: float) -> list[RequestRecord]:
@@ -121,10 +138,9 @@ def measure_plan(
         bench(server.url, tuple(Request(i, 0.5 * i, 64, 8) for i in range(4)), 120)  # warm-up
         for name, share in LOADS:
             load = Load(rate_per_s=share * capacity)
-            run = run_plan(plan, cost, workload, load)
-            predicted = dict(run.metrics)
-            predicted["prefill_wait_s"] = stats(prefill_waits(run.result.records))
-            predicted["kv_transfer_s"] = stats(kv_times(run.result.records))
+            run = run_plan(plan, cost, workload, load, execution=RAY_RUNTIME)
+            predicted = predictions(run)
+            ideal = predictions(run_plan(plan, cost, workload, load, execution=IDEAL))
             before, counters = histogram_totals(server.url, SERVER_HISTOGRAMS), server_counters(server.url)
             load_avg = os.getloadavg()[0]
             span = run.requests[-1].arrival_s
@@ -140,8 +156,13 @@ def measure_plan(
             }
             loads[name] = {
                 "rate_per_s": load.rate_per_s,
+                "records": {
+                    "measured": [dataclasses.asdict(r) for r in records],
+                    "predicted": [dataclasses.asdict(r) for r in run.result.records],
+                },
                 "share_of_capacity": share,
                 "predicted": predicted,
+                "predicted_ideal_engine": ideal,
                 "measured": measured,
                 "loadavg_1min": [load_avg, os.getloadavg()[0]],
             }
@@ -211,19 +232,23 @@ def error_pct(pred: float | None, meas: float | None) -> str:
 
 
 def table(load: dict[str, Any]) -> list[str]:
-    meas, pred = load["measured"], load["predicted"]
+    """Measured vs predicted (the simulator told how e2llm serve runs a plan, RAY_RUNTIME), and
+    the mean an ideal pipelined engine would give (IDEAL, the simulator's default)."""
+    meas, pred, ideal = load["measured"], load["predicted"], load["predicted_ideal_engine"]
     rows = [
-        "| metric | measured mean | predicted mean | error | measured p90 | predicted p90 | error |",
-        "|---|---|---|---|---|---|---|",
+        "| metric | measured mean | predicted mean | error | measured p90 | predicted p90 | error "
+        "| ideal-engine mean | error |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, key in METRICS:
-        m, p = meas[key], pred[key]
+        m, p, i = meas[key], pred[key], ideal[key]
         if m["mean"] is None or p["mean"] is None:
-            rows.append(f"| {label} | - | - | - | - | - | - |")
+            rows.append(f"| {label} |" + " - |" * 8)
             continue
         rows.append(
             f"| {label} | {m['mean']:.3f} | {p['mean']:.3f} | {error_pct(p['mean'], m['mean'])} "
-            f"| {m['p90']:.3f} | {p['p90']:.3f} | {error_pct(p['p90'], m['p90'])} |"
+            f"| {m['p90']:.3f} | {p['p90']:.3f} | {error_pct(p['p90'], m['p90'])} "
+            f"| {i['mean']:.3f} | {error_pct(i['mean'], m['mean'])} |"
         )
     return rows
 
@@ -271,7 +296,9 @@ def write_results(results: dict[str, Any], path: Path) -> None:
                 f"({load['share_of_capacity']:.0%} of the predicted {r['capacity_rps']:.2f}; "
                 f"{meas['completed']}/{meas['requests']} completed, {meas['failed']} failed)",
                 "",
-                f"Load average before / after: {la[0]:.1f} / {la[1]:.1f}. Server: decode step "
+                f"Load average before / after: {la[0]:.1f} / {la[1]:.1f}. Server: prefill "
+                f"{_ms(server.get('e2llm_prefill_seconds'))} (predicted {_ms(pred['prefill_s']['mean'])}), "
+                "decode step "
                 f"{_ms(server.get('e2llm_decode_step_seconds'))}, KV hand-off "
                 f"{_ms(server.get('e2llm_kv_transfer_seconds'))} "
                 f"(predicted {_ms(pred['kv_transfer_s']['mean'])}), total waiting "
