@@ -89,10 +89,12 @@ def plan_system(
     load: Load,
     seed: int | None = None,
     objective: Objective = Objective.BOTTLENECK,
+    mixed: bool = False,
 ) -> Plan:
-    """Plan with system `name` for `workload` at `load` (planner seed: `seed`, else the workload's)."""
+    """Plan with system `name` for `workload` at `load` (planner seed: `seed`, else the workload's;
+    `mixed`: may e2llm's planner assign MIXED replicas)."""
     w = load.apply(workload)
-    params = PlannerParams(seed=w.seed if seed is None else seed, objective=objective)
+    params = PlannerParams(seed=w.seed if seed is None else seed, objective=objective, mixed=mixed)
     return get_system(name)(PlanRequest(cost, WorkloadShape.of(w), params))
 
 
@@ -105,6 +107,7 @@ def compare(
     progress: Progress | None = None,
     objective: Objective = Objective.BOTTLENECK,
     settings: PolicySettings | None = None,
+    mixed: bool = False,
 ) -> list[Run]:
     """Every system at every load (planned for `objective`, served with `settings`); runs in
     (load, system) order."""
@@ -114,7 +117,7 @@ def compare(
         for name in systems:
             if progress:
                 progress(len(runs), total, f"{name} @ {load.label}")
-            plan = plan_system(name, cost, workload, load, seed, objective)
+            plan = plan_system(name, cost, workload, load, seed, objective, mixed)
             runs.append(run_plan(plan, cost, workload, load, seed, where=f"{name} plan", settings=settings))
     if progress:
         progress(total, total)

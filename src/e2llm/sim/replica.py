@@ -186,11 +186,6 @@ class ReplicaSim:
         self.kv_s_per_token = (best or 0.0) / _KV_PROBE_TOKENS
 
     # --- roles ------------------------------------------------------------------------------------
-    @property
-    def idle(self) -> bool:
-        pipe_idle = self.pipe is None or self.pipe.pending_tokens == 0
-        return pipe_idle and self.kv_out == 0 and (self.engine is None or self.engine.idle)
-
     def become(self, role: Role, home: Role | None = None) -> None:
         """Work in `role` from now on (weights resident: only what the replica runs changes)."""
         self.role, self.home_role = role, home

@@ -91,14 +91,12 @@ class RangeKv:
 
     __slots__ = ("_capped", "_full")
 
-    _UNCAPPED = NO_KV_LIMIT
-
     def __init__(self, model: ModelSpec, start: int, end: int) -> None:
         groups: dict[int, float] = {}
         for i in range(start, end):
-            cap = model.kv_tokens(i, self._UNCAPPED)
+            cap = model.kv_tokens(i, NO_KV_LIMIT)
             groups[cap] = groups.get(cap, 0.0) + model.kv_bytes_per_token(i)
-        self._full = groups.pop(self._UNCAPPED, 0.0)
+        self._full = groups.pop(NO_KV_LIMIT, 0.0)
         self._capped = tuple(groups.items())
 
     def bytes(self, context: int) -> float:
