@@ -13,8 +13,8 @@
    overload); the loads are 30% / 55% / 80% of it.
 4. Per plan: `e2llm serve PLAN --ray-address` on the testbed, 4 warm-up requests; per load: the
    simulator's prediction (told how e2llm serve executes a plan, `sim.execution.RAY_RUNTIME`;
-   the ideal engine's too, as a what-if), then the very same requests (ids, arrival times, token counts) replayed
-   by the bench client (open loop, streaming, ignore_eos).
+   the ideal engine's too, as a what-if), then the very same requests (ids, arrival times,
+   token counts) replayed by the bench client (open loop, streaming, ignore_eos).
 5. `results.md`: measured vs predicted mean and p90 of the prefill waiting time, TTFT, TBT and
    E2E, with errors; `out/results.json` has everything, including the server's own counters.
 
