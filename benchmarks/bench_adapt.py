@@ -29,7 +29,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +153,9 @@ def main() -> int:
             loads[adapt].append(os.getloadavg()[0])
             runs[adapt].append(measured(plan_path, OUT / "shift.yaml", adapt, OUT))
             print(_row(f"measured, adapt {adapt}", runs[adapt][-1]), file=sys.stderr, flush=True)
-    sim = {a: predicted(plan_path, requests, dataclasses.replace(base, adapt=a == "on")) for a in ("off", "on")}
+    sim = {
+        a: predicted(plan_path, requests, dataclasses.replace(base, adapt=a == "on")) for a in ("off", "on")
+    }
     median = {a: statistics.median(r["waiting_time_s"]["mean"] for r in runs[a]) for a in runs}
     doc = {
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",

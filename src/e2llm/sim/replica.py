@@ -23,6 +23,7 @@ from e2llm.plan.types import Replica, Role
 from e2llm.policy.load import ReplicaLoad
 from e2llm.sim.decode import DecodeEngine, Mode, OnPrefilled
 from e2llm.sim.engine import Event
+from e2llm.sim.execution import IDEAL, Execution
 from e2llm.sim.network import Network
 from e2llm.sim.prefill import PrefillDone, PrefillPipeline
 from e2llm.sim.state import BusyLog, Job, KvSizer, decode_batches, kv_s_per_token
@@ -37,12 +38,14 @@ _MODE = {
 OnIdle = Callable[[float, "ReplicaSim"], list[Event]]
 
 
-def decode_slots(cost: CostModel, replica: Replica, context: int, min_decode_tok_s: float) -> int:
+def decode_slots(
+    cost: CostModel, replica: Replica, context: int, min_decode_tok_s: float, execution: Execution = IDEAL
+) -> int:
     """Decode batch of a replica the plan did not make a decoder (0: it cannot hold one sequence
     of `context` tokens, or is too slow for the floor even alone)."""
     if replica.does_decode:
         return replica.concurrency
-    batches = decode_batches(cost, replica, context, context, min_decode_tok_s)
+    batches = decode_batches(cost, replica, context, context, min_decode_tok_s, execution.step_barrier)
     return batches[-1][0] if batches else 0
 
 
@@ -59,6 +62,7 @@ class ReplicaSim:
         on_prefill_done: PrefillDone,
         on_prefilled: OnPrefilled,
         on_idle: OnIdle,
+        execution: Execution = IDEAL,
     ) -> None:
         self.replica = replica
         self.id = replica.id
@@ -82,6 +86,7 @@ class ReplicaSim:
                 chunk_tokens=chunk_tokens,
                 on_prefilled=on_prefilled,
                 on_idle=self._idle,
+                execution=execution,
             )
             if slots > 0
             else None

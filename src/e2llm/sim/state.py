@@ -193,16 +193,18 @@ def kv_s_per_token(cost: CostModel, src: Replica, decoders: Iterable[Replica]) -
 
 
 def decode_step(
-    cost: CostModel, stages: tuple[Stage, ...], batch: int, context: int
+    cost: CostModel, stages: tuple[Stage, ...], batch: int, context: int, barrier: bool = False
 ) -> tuple[float, list[float]]:
     """Time for every sequence of a decode batch to gain one token, and each stage's busy share.
 
     The batch of `batch` sequences is split into M = min(batch, stages) micro-batches that cycle
-    through the pipeline (llama.cpp / our runtime keep one micro-batch per stage in flight). In
-    steady state a micro-batch completes one lap per cycle = max(lap latency, M x slowest stage):
-    the lap is the sum of stage times and hops (including the sampled token ids going back to the
-    first stage); a stage serves all M micro-batches each cycle. Deterministic service, so this
-    cyclic flow shop has exactly that period.
+    through the pipeline (one micro-batch per stage in flight). In steady state a micro-batch
+    completes one lap per cycle = max(lap latency, M x slowest stage): the lap is the sum of stage
+    times and hops (including the sampled token ids going back to the first stage); a stage serves
+    all M micro-batches each cycle. Deterministic service, so this cyclic flow shop has exactly
+    that period. With `barrier` (`execution.Execution.step_barrier`) the micro-batches of a step
+    all finish before the next step starts: a flow shop of M equal jobs each step, whose makespan
+    is one lap plus (M - 1) x slowest stage.
     """
     k = len(stages)
     m = min(batch, k)
@@ -216,23 +218,28 @@ def decode_step(
         lap += cost.hop_s(stages[i].device, stages[i + 1].device, b)
     if k > 1:
         lap += cost.transfer_s(stages[-1].device, stages[0].device, 4.0 * b)  # token ids back
-    cycle = max(lap, m * max(times))
+    cycle = lap + (m - 1) * max(times) if barrier else max(lap, m * max(times))
     return cycle, [min(1.0, m * t / cycle) if cycle > 0 else 0.0 for t in times]
 
 
 def decode_batches(
-    cost: CostModel, replica: Replica, kv_context: int, context: int, min_decode_tok_s: float
+    cost: CostModel,
+    replica: Replica,
+    kv_context: int,
+    context: int,
+    min_decode_tok_s: float,
+    barrier: bool = False,
 ) -> list[tuple[int, float]]:
     """(batch, step seconds at `context`) of each decode batch 1, 2, ... up to the planner's
     largest whose KV at `kv_context` tokens each fits the replica and whose per-request speed keeps
-    `min_decode_tok_s` (empty: not even one sequence)."""
+    `min_decode_tok_s` (empty: not even one sequence); `barrier` as in `decode_step`."""
     kv = KvSizer(cost, replica)
     per_seq = kv.bytes(max(kv_context, 1))
     out = []
     for c in range(1, MAX_CONCURRENCY + 1):
         if any(c * n > cap for n, cap in zip(per_seq, kv.capacity, strict=True)):
             break
-        step = decode_step(cost, replica.stages, c, context)[0]
+        step = decode_step(cost, replica.stages, c, context, barrier)[0]
         if min_decode_tok_s > 0 and 1.0 / step < min_decode_tok_s:
             break
         out.append((c, step))
