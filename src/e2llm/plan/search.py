@@ -26,6 +26,7 @@ from e2llm.plan.kv_links import KvLinks, Stages, stages_of
 from e2llm.plan.request import PlanRequest
 from e2llm.plan.roles import ReplicaRates, RoleAssignment, assign_roles
 from e2llm.plan.sizer import MemorySizer
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.units import GIB
 
 _T = TypeVar("_T")
@@ -41,6 +42,7 @@ class Grouping:
     unused: tuple[str, ...]
     evaluations: int  # groupings scored (GA fitness calls not answered by the cache; or arrangements)
     generations: int  # GA generations run (0 for the exhaustive search)
+    shape: WorkloadShape | None = None  # the shape the groups were scored on (None: the request's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,7 @@ class RoleScorer:
 
 def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None = None) -> Grouping:
     """Raises InputError when the model fits in no grouping, or no grouping has a decoder."""
-    cost, shape = req.cost, req.workload
+    cost, shape = req.cost, req.workload.robust()  # scored on longer-than-average lengths
     ev = GroupEvaluator(cost, shape, split)
     names = cost.cluster.names
     free = tuple(ev.free_bytes(n) for n in names)
@@ -178,7 +180,8 @@ def _grouping(
     generations: int,
 ) -> Grouping:
     evals = tuple(_must(scorer.ev.evaluate(g)) for g in groups)
-    return Grouping(groups, evals, _must(scorer.assign(groups)), unused, evaluations, generations)
+    assignment = _must(scorer.assign(groups))
+    return Grouping(groups, evals, assignment, unused, evaluations, generations, scorer.ev.shape)
 
 
 def fits_nowhere(ev: GroupEvaluator) -> InputError:
