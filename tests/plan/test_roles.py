@@ -14,6 +14,7 @@ from e2llm.plan.roles import (
     DecodeChoice,
     MixedChoice,
     ReplicaRates,
+    RoleAssignment,
     assign_roles,
     assign_roles_exhaustive,
     objective_value,
@@ -235,3 +236,25 @@ def test_handoff_limit_moves_prefill_off_a_badly_connected_replica() -> None:
     assert free is not None and free.rate_rps == pytest.approx(2.0)
     assert cut is not None and cut.prefill_rps == pytest.approx(0.2 + 1.5)
     assert cut.rate_rps == pytest.approx(1.7)
+    heuristic = assign_roles([fast_but_cut_off, slower_wired, decoder], 0.1, "max_rate", kv, exact_rows=0)
+    assert heuristic is not None and heuristic.rate_rps == pytest.approx(1.7)
+
+
+def test_heuristic_with_link_limits_scores_the_true_capacity() -> None:
+    rng = random.Random(31)
+    for _ in range(30):
+        replicas = [random_replica_mixed(rng) for _ in range(rng.randint(8, 12))]
+        n = len(replicas)
+        kv = np.array([[rng.choice((np.inf, rng.uniform(0.05, 1.0))) for _ in range(n)] for _ in range(n)])
+        got = assign_roles(replicas, 0.3, "max_rate", kv, exact_rows=0)
+        exact = assign_roles(replicas, 0.3, "max_rate", kv, exact_rows=1 << 30)
+        assert (got is None) == (exact is None)
+        if got is not None and exact is not None:
+            assert got.objective >= exact.objective - 1e-9  # never better than the optimum
+            want = score_by_hand(replicas, _codes(got), 0.3, "max_rate", kv)
+            assert want is not None and got.objective == pytest.approx(want[0], abs=1e-9)
+
+
+def _codes(a: RoleAssignment) -> tuple[int, ...]:
+    mixed = a.mixed or (False,) * len(a.prefill)
+    return tuple(0 if p else 2 if m else 1 for p, m in zip(a.prefill, mixed, strict=True))

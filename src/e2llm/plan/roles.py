@@ -334,7 +334,9 @@ def assign_roles(
             best = (key, found)
         if kv is None:
             break
-        caps = _handoff_caps(found[None, :] == _DECODER, a.d, np.array([a.d[found == _DECODER].sum()]), kv)[0]
+        is_d = found[None, :] == _DECODER
+        d_sum = np.array([[a.d[found == _DECODER].sum()]])
+        caps = _handoff_caps(is_d, a.d[None, :], d_sum, kv[None])[0, 0]
         search = a.with_prefill(np.minimum(a.p, caps))
     if best is None or not np.isfinite(best[0][0]):
         return None
