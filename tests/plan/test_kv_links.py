@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from test_search import TINY
 
 from e2llm.cost.build import build_cost_model
-from e2llm.plan.kv_links import KvLinks
+from e2llm.plan.kv_links import Handoff, KvLinks
 from e2llm.specs.device import Cluster, Device, Link
 
 
@@ -52,6 +53,9 @@ def test_floor_is_below_every_pair_and_screens_the_matrix() -> None:
         dec = ((names[2], 0, rng.randint(1, 7)),)
         dec = (*dec, (names[3], dec[0][2], 8))
         assert links.floor(pre) <= links.capacity(pre, dec) * (1 + 1e-12)
-        kv = links.matrix([pre, dec], [None, dec], [links.floor(pre) * 2, 0.0])
+        busy = [Handoff(0, pre, None, links.floor(pre) * 2), Handoff(1, dec, dec, 0.0)]
+        kv = links.matrix(busy)
         assert kv is not None and kv[0, 1] == pytest.approx(links.capacity(pre, dec))
-        assert links.matrix([pre, dec], [None, dec], [links.floor(pre) * 0.5, 0.0]) is None
+        assert np.isinf(kv[1, 0]) and np.isinf(kv[0, 0])  # replica 0 cannot decode; no self hand-off
+        idle = [Handoff(2, pre, None, links.floor(pre) * 0.5), Handoff(1, dec, dec, 0.0)]
+        assert links.matrix(idle) is None  # the floor shows no pair can bind

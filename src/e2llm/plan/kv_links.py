@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,52 +39,66 @@ class KvLinks:
             n: min((cl.link(n, o).bandwidth_mbps for o in cl.names if o != n), default=math.inf)
             for n in cl.names
         }
-        self._pairs: dict[tuple[Stages, Stages], float] = {}
-        self._floors: dict[Stages, float] = {}
+        self._pairs: dict[tuple[int, int], float] = {}  # by the callers' replica keys
+        self._floors: dict[int, float] = {}
 
     def _bytes(self, start: int, end: int) -> float:
         return self.cost.kv_bytes(start, end, self._tokens)
 
     def capacity(self, prefill: Stages, decoder: Stages) -> float:
         """Prompts per second the links from `prefill`'s devices to `decoder`'s carry."""
-        key = (prefill, decoder)
-        if key not in self._pairs:
-            cap = math.inf
-            for a, s0, e0 in prefill:
-                for b, s1, e1 in decoder:
-                    lo, hi = max(s0, s1), min(e0, e1)
-                    if lo < hi and a != b:
-                        n_bytes = self._bytes(lo, hi)
-                        if n_bytes > 0:
-                            bw = self.cost.cluster.link(a, b).bandwidth_mbps * 1e6 / 8
-                            cap = min(cap, bw / n_bytes)
-            self._pairs[key] = cap
-        return self._pairs[key]
+        cap = math.inf
+        for a, s0, e0 in prefill:
+            for b, s1, e1 in decoder:
+                lo, hi = max(s0, s1), min(e0, e1)
+                if lo < hi and a != b:
+                    n_bytes = self._bytes(lo, hi)
+                    if n_bytes > 0:
+                        bw = self.cost.cluster.link(a, b).bandwidth_mbps * 1e6 / 8
+                        cap = min(cap, bw / n_bytes)
+        return cap
 
     def floor(self, prefill: Stages) -> float:
         """A lower bound of `capacity(prefill, d)` for every decoder d."""
-        if prefill not in self._floors:
-            self._floors[prefill] = min(
-                (self._slowest[a] * 1e6 / 8 / b if (b := self._bytes(s, e)) > 0 else math.inf)
-                for a, s, e in prefill
-            )
-        return self._floors[prefill]
+        return min(
+            (self._slowest[a] * 1e6 / 8 / b if (b := self._bytes(s, e)) > 0 else math.inf)
+            for a, s, e in prefill
+        )
 
-    def matrix(
-        self, prefill: Sequence[Stages], decoder: Sequence[Stages | None], prefill_rps: Sequence[float]
-    ) -> np.ndarray | None:
+    def matrix(self, replicas: Sequence[Handoff]) -> np.ndarray | None:
         """kv[i, j]: replica i as PREFILL to replica j as DECODER (inf where it cannot bind or j
-        cannot decode); None when no pair can bind."""
-        rows = [i for i, (st, p) in enumerate(zip(prefill, prefill_rps, strict=True)) if self.floor(st) < p]
+        cannot decode); None when no pair can bind. Cached by the replicas' keys."""
+        rows = []
+        for i, r in enumerate(replicas):
+            if r.key not in self._floors:
+                self._floors[r.key] = self.floor(r.prefill)
+            if self._floors[r.key] < r.prefill_rps:
+                rows.append(i)
         if not rows:
             return None
-        n = len(prefill)
+        n = len(replicas)
         kv = np.full((n, n), np.inf)
+        pairs = self._pairs
         for i in rows:
-            for j, dec in enumerate(decoder):
-                if j != i and dec is not None:
-                    kv[i, j] = self.capacity(prefill[i], dec)
+            pre = replicas[i]
+            for j, dec in enumerate(replicas):
+                if j != i and dec.decoder is not None:
+                    key = (pre.key, dec.key)
+                    cap = pairs.get(key)
+                    if cap is None:
+                        cap = pairs[key] = self.capacity(pre.prefill, dec.decoder)
+                    kv[i, j] = cap
         return kv
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """One replica as the hand-off sees it."""
+
+    key: int  # unique per replica (its devices in order): the caches' key
+    prefill: Stages  # its devices and layers as PREFILL
+    decoder: Stages | None  # ... as DECODER; None: it cannot decode
+    prefill_rps: float  # its own prefill rate (a pair below it may bind)
 
 
 def stages_of(group: Sequence[str], ranges: Sequence[tuple[int, int]]) -> Stages:

@@ -60,7 +60,8 @@ from e2llm.plan.types import Objective, Role
 
 OBJECTIVES = tuple(Objective)
 Num = TypeVar("Num", float, np.ndarray)
-EXACT_ROWS = 4096  # role vectors scored at once by the exact path
+EXACT_ROWS = 4096  # role vectors scored at once by the exact path ...
+EXACT_CELLS_PER_ROW = 32  # ... and with link limits at most 32 x 4096 (rows x R x R) cells: R <= 7
 _PREFILL, _DECODER, _MIXED = 0, 1, 2
 _CODES = {_PREFILL: Role.PREFILL, _DECODER: Role.DECODER, _MIXED: Role.MIXED}
 _MAX_PASSES = 64
@@ -315,7 +316,9 @@ def assign_roles(
     a = _Arrays.of(replicas)
     if kv is not None and np.isinf(kv).all():
         kv = None
-    if _rows(a.allowed) <= exact_rows:
+    rows = _rows(a.allowed)
+    # with link limits the exact path's temporaries are rows x R x R (`_handoff_caps`)
+    if rows <= exact_rows and (kv is None or rows * len(replicas) ** 2 <= exact_rows * EXACT_CELLS_PER_ROW):
         codes = role_vectors(a.allowed)
         obj, lat, *_ = score_roles(codes, a, interval_s, objective, kv)
         pick = int(np.lexsort((lat, obj))[0])

@@ -22,7 +22,7 @@ from e2llm.errors import InputError
 from e2llm.plan.evaluate import GroupEval, GroupEvaluator, Splitter
 from e2llm.plan.exhaustive import MAX_DEVICES, Arrangement, search_exhaustive
 from e2llm.plan.ga import INFEASIBLE, GAParams, Individual, Key, evolve
-from e2llm.plan.kv_links import KvLinks, Stages, stages_of
+from e2llm.plan.kv_links import Handoff, KvLinks, stages_of
 from e2llm.plan.request import PlanRequest
 from e2llm.plan.roles import ReplicaRates, RoleAssignment, assign_roles
 from e2llm.plan.sizer import MemorySizer
@@ -48,8 +48,7 @@ class Grouping:
 @dataclass(frozen=True, slots=True)
 class _Replica:
     rates: ReplicaRates
-    prefill: Stages  # its devices and layers as PREFILL
-    decoder: Stages | None  # ... as DECODER at its best concurrency; None: cannot decode
+    handoff: Handoff  # its stages as PREFILL and as DECODER (at its best concurrency)
 
 
 class RoleScorer:
@@ -78,11 +77,13 @@ class RoleScorer:
                     rates = dataclasses.replace(rates, mixed=None)
                 best = rates.best_decode()
                 dec = ev.phase(False, best.concurrency).partition.ranges if best else None
-                self._replicas[names] = _Replica(
-                    rates,
+                handoff = Handoff(
+                    len(self._replicas),
                     stages_of(names, ev.prefill.partition.ranges),
                     stages_of(names, dec) if dec is not None else None,
+                    rates.prefill_rps,
                 )
+                self._replicas[names] = _Replica(rates, handoff)
         return self._replicas[names]
 
     def replicas(self, groups: Sequence[Sequence[str]]) -> list[_Replica] | None:
@@ -96,9 +97,7 @@ class RoleScorer:
 
     def kv(self, reps: Sequence[_Replica]) -> np.ndarray | None:
         """The hand-off limits between the replicas (None: none can bind)."""
-        return self.links.matrix(
-            [r.prefill for r in reps], [r.decoder for r in reps], [r.rates.prefill_rps for r in reps]
-        )
+        return self.links.matrix([r.handoff for r in reps])
 
     def assign(self, groups: Sequence[Sequence[str]]) -> RoleAssignment | None:
         reps = self.replicas(groups)
