@@ -17,7 +17,7 @@ already above the replica's own prefill rate, its pairs can never bind and are n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,28 +65,38 @@ class KvLinks:
             for a, s, e in prefill
         )
 
-    def matrix(self, replicas: Sequence[Handoff]) -> np.ndarray | None:
-        """kv[i, j]: replica i as PREFILL to replica j as DECODER (inf where it cannot bind or j
-        cannot decode); None when no pair can bind. Cached by the replicas' keys."""
-        rows = []
-        for i, r in enumerate(replicas):
+    def matrix(
+        self,
+        replicas: Sequence[Handoff],
+        rows: Iterable[int] | None = None,
+        cols: Iterable[int] | None = None,
+    ) -> np.ndarray | None:
+        """kv[i, j]: replica i as PREFILL to replica j as DECODER, for the `rows` and `cols` asked
+        (default all; inf elsewhere, where it cannot bind or j cannot decode); None when the
+        floor shows that none of the rows can bind, whatever it pairs with. Cached by the
+        replicas' keys."""
+        n = len(replicas)
+        binding = []
+        for i in range(n) if rows is None else rows:
+            r = replicas[i]
             if r.key not in self._floors:
                 self._floors[r.key] = self.floor(r.prefill)
             if self._floors[r.key] < r.prefill_rps:
-                rows.append(i)
-        if not rows:
+                binding.append(i)
+        if not binding:
             return None
-        n = len(replicas)
+        columns = [j for j in (range(n) if cols is None else cols) if replicas[j].decoder is not None]
         kv = np.full((n, n), np.inf)
         pairs = self._pairs
-        for i in rows:
+        for i in binding:
             pre = replicas[i]
-            for j, dec in enumerate(replicas):
-                if j != i and dec.decoder is not None:
+            for j in columns:
+                if j != i:
+                    dec = replicas[j]
                     key = (pre.key, dec.key)
                     cap = pairs.get(key)
                     if cap is None:
-                        cap = pairs[key] = self.capacity(pre.prefill, dec.decoder)
+                        cap = pairs[key] = self.capacity(pre.prefill, dec.decoder)  # type: ignore[arg-type]
                     kv[i, j] = cap
         return kv
 

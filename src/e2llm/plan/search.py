@@ -24,7 +24,7 @@ from e2llm.plan.exhaustive import MAX_DEVICES, Arrangement, search_exhaustive
 from e2llm.plan.ga import INFEASIBLE, GAParams, Individual, Key, evolve
 from e2llm.plan.kv_links import Handoff, KvLinks, stages_of
 from e2llm.plan.request import PlanRequest
-from e2llm.plan.roles import ReplicaRates, RoleAssignment, assign_roles
+from e2llm.plan.roles import KvSource, ReplicaRates, RoleAssignment, assign_roles
 from e2llm.plan.sizer import MemorySizer
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.units import GIB
@@ -99,12 +99,17 @@ class RoleScorer:
         """The hand-off limits between the replicas (None: none can bind)."""
         return self.links.matrix([r.handoff for r in reps])
 
+    def kv_source(self, reps: Sequence[_Replica]) -> KvSource:
+        """The same, computed for the PREFILL rows and DECODER columns the role search asks."""
+        handoffs = [r.handoff for r in reps]
+        return lambda rows, cols: self.links.matrix(handoffs, rows, cols)
+
     def assign(self, groups: Sequence[Sequence[str]]) -> RoleAssignment | None:
         reps = self.replicas(groups)
         if reps is None:
             return None
         rates = [r.rates for r in reps]
-        return assign_roles(rates, self.interval_s, self.objective, self.kv(reps), **self._exact)
+        return assign_roles(rates, self.interval_s, self.objective, self.kv_source(reps), **self._exact)
 
 
 def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None = None) -> Grouping:
