@@ -33,6 +33,9 @@ FLAGS = {
     "drift_threshold": "--drift-threshold",
     "drift_window_s": "--drift-window",
     "drift_hold_s": "--drift-hold",
+    "scale": "--scale",
+    "memory_scale": "--memory-scale",
+    "cpu_budget_cores": "--cpu-budget",
 }
 
 
