@@ -216,6 +216,17 @@ def test_hand_plan_is_prefill_plus_decoder_and_described() -> None:
     assert split_layers(30, 4) == [(0, 8), (8, 16), (16, 23), (23, 30)]
 
 
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "examples" / "plans").glob("*.json")), ids=lambda p: p.name
+)
+def test_example_plans_load_and_run_the_built_in_model(path: Path) -> None:
+    from e2llm.plan.plan_json import load_plan
+
+    plan = load_plan(path)
+    runnable_plan(plan, 30, str(path))  # layers tile the model: `e2llm serve` takes it
+    assert plan.model == "smollm2-135m"
+
+
 def test_cluster_helpers() -> None:
     assert device_resource("jetson-1") == "device:jetson-1"
     assert torch_threads_per_actor(4, cores=2) == 1

@@ -14,6 +14,7 @@ waiting time reads (the bench cannot see the split between prefill and decode qu
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from e2llm.bench.client import Outcome, completion_payload, stream_completion
 from e2llm.errors import InputError
 from e2llm.sim.metrics import RequestRecord
 from e2llm.specs.workload import Request
+
+log = logging.getLogger(__name__)
 
 # Prompt token ids are drawn from this range: ordinary vocabulary entries in every real LLM
 # (the first ids hold special tokens), never EOS. Attention and MLP cost do not depend on which
@@ -113,6 +116,13 @@ async def run_load(
         async def one(req: Request) -> None:
             payload = completion_payload(settings.model, prompt_ids(req), req.output_tokens)
             outcome = await stream_completion(client, url, payload)
+            if outcome.error is not None:
+                log.warning(
+                    "request %d failed after %.1f s: %s",
+                    req.id,
+                    time.perf_counter() - outcome.sent_s,
+                    outcome.error,
+                )
             records[req.id] = _record(req, outcome, t0)
             progress(records[req.id])
 

@@ -15,6 +15,7 @@ from e2llm.errors import InputError
 from e2llm.plan.plan_json import plan_to_dict, save_plan
 from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
 from e2llm.plan.types import Plan, Replica
+from e2llm.report.plan_figure import plan_figure
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model
 from e2llm.specs.workload import load_workload
@@ -25,6 +26,8 @@ EXAMPLES = """examples:
   e2llm plan examples/clusters/wifi-edge-fog.yaml --model llama-3.1-8b --precision q4 \\
       --workload examples/workloads/longreason-custom.yaml --interval 1.0 --out plan.json
   e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
+      --workload examples/workloads/longreason-extended.yaml --out plan.png   # a picture
+  e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
       --workload examples/workloads/longreason-extended.yaml --objective max_rate --json
   e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
       --workload examples/workloads/longreason-extended.yaml --exhaustive   # <= 7 devices
@@ -33,6 +36,7 @@ Objectives: "bottleneck" (the method's: seconds by which the slower phase's time
 exceeds the arrival interval; 0 = keeps up, then lower predicted latency wins) or "max_rate"
 (highest sustainable request rate, reported negated). Lower is better for both."""
 
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 SLOW_RUN_S = 2.0  # show a progress bar when not on a terminal only after this long
 
 
@@ -65,7 +69,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     load.add_argument("--rate", type=float, metavar="R", help="arrivals per second (overrides W)")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
-    p.add_argument("--out", metavar="PLAN.json", help="also write the plan JSON to this file")
+    p.add_argument(
+        "--out",
+        metavar="PATH",
+        help="also write the plan: its JSON (PLAN.json), or a picture by suffix (.png, .svg, .pdf)",
+    )
     p.set_defaults(func=run)
 
 
@@ -91,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         close()
     if args.out:
-        try:
-            save_plan(plan, args.out)
-        except OSError as e:
-            raise InputError(str(args.out), f"cannot write the plan: {e.strerror}") from None
+        _write_out(plan, Path(args.out))
     if args.json:
         print(json.dumps(plan_to_dict(plan), indent=2))
     else:
@@ -102,6 +107,17 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             print(f"wrote {Path(args.out)}")
     return 0
+
+
+def _write_out(plan: Plan, path: Path) -> None:
+    """The plan JSON, or its picture when `path` names an image format."""
+    try:
+        if path.suffix.lower() in PICTURE_SUFFIXES:
+            plan_figure(plan).savefig(path, dpi=120)
+        else:
+            save_plan(plan, path)
+    except OSError as e:
+        raise InputError(str(path), f"cannot write the plan: {e.strerror}") from None
 
 
 def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:

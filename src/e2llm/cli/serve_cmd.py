@@ -198,7 +198,8 @@ def _serve(
         )
         app = create_app(deployment, served, api_key, limits)
         auth = "API key required" if api_key else "no API key"
-        print(f"e2llm serve: {served.name} on http://{args.host}:{args.port}/v1 ({auth})", flush=True)
+        base = f"http://{args.host}:{args.port}"
+        print(f"e2llm serve: {served.name} on {base}/v1 ({auth}); dashboard at {base}/", flush=True)
         uvicorn.run(
             app,
             host=args.host,

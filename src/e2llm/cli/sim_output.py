@@ -12,6 +12,7 @@ from typing import Any
 from e2llm.errors import InputError
 from e2llm.plan.plan_json import plan_to_dict
 from e2llm.report.csv_out import write_requests_csv
+from e2llm.report.plan_figure import plan_figure
 from e2llm.report.plots import plot_cdfs, plot_sweep, plot_utilisation
 from e2llm.report.table import metrics_table
 from e2llm.sim.compare import Load, Run
@@ -107,7 +108,7 @@ def out_folder(out: str) -> Path:
 
 def write_out(out: str, runs: Sequence[Run], loads: Sequence[Load], devices: Sequence[str], doc: Any) -> None:
     """metrics.json, requests_<system>_<load>.csv, utilisation_<system>_<load>.png,
-    cdf_<load>.png and, for a sweep, sweep.png."""
+    plan_<system>_<load>.png (the plan simulated), cdf_<load>.png and, for a sweep, sweep.png."""
     d = out_folder(out)
     (d / "metrics.json").write_text(json.dumps(doc, indent=2) + "\n")
     for load in loads:
@@ -122,6 +123,8 @@ def write_out(out: str, runs: Sequence[Run], loads: Sequence[Load], devices: Seq
                 d / f"utilisation_{r.system}_{tag}.png",
                 f"{r.system}, {load.label}",
             )
+            figure = plan_figure(r.plan)
+            figure.savefig(d / f"plan_{r.system}_{tag}.png", dpi=120)
         plot_cdfs({r.system: r.result.records for r in here}, d / f"cdf_{tag}.png", load.label)
     if len(loads) > 1:
         systems = list(dict.fromkeys(r.system for r in runs))

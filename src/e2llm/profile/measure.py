@@ -9,6 +9,7 @@ Points whose context exceeds the model's `max_context` are left out.
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from e2llm.cost.profile import ProfileSamples
 from e2llm.profile.target import LayerStack
 from e2llm.profile.timing import time_calls
 from e2llm.specs.model_spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 Builder = Callable[[], Callable[[], object]]
 
@@ -121,6 +124,7 @@ def measure(
     per_call: dict[str, list[Any]] = {curve: [] for curve in ("prefill", "decode", "head", "embed")}
     for (curve, sizes, _), times in zip(points, calls, strict=True):
         seconds = statistics.median(times)
+        log.debug("%s %s: %.3f ms per call, median of %d", curve, sizes, seconds * 1e3, len(times))
         per_call[curve].append((*sizes, seconds / grid.layers if curve in ("prefill", "decode") else seconds))
     return ProfileSamples(
         prefill=tuple(per_call["prefill"]),

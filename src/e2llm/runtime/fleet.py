@@ -2,8 +2,9 @@
 retiring ones of earlier plans, which only finish the requests they hold.
 
 The fleet attributes a loss to the replica that owned the dead actor (`lost`; Ray names the
-actor where it can), logs it, and tells the deployment when a replica of the current plan is
-lost (`on_loss`: it re-plans). `switch` puts a new plan's replicas in front; the old ones retire.
+actor where it can), logs and records it (`record_event`, the dashboard's event log), and tells
+the deployment when a replica of the current plan is lost (`on_loss`: it re-plans). `switch`
+puts a new plan's replicas in front; the old ones retire.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from e2llm.plan.types import Plan
+from e2llm.runtime.events import EventKind, RecordEvent, ignore_event
 from e2llm.runtime.loss import ReplicaLost, is_actor_loss, lost_actor_id
 from e2llm.runtime.plans import plan_devices
 from e2llm.runtime.replica import ReplicaRunner
@@ -24,7 +26,10 @@ log = logging.getLogger(__name__)
 
 
 class Fleet:
-    def __init__(self, plan: Plan, runners: Sequence[ReplicaRunner]):
+    def __init__(
+        self, plan: Plan, runners: Sequence[ReplicaRunner], record_event: RecordEvent = ignore_event
+    ):
+        self.record_event = record_event
         self.generation = 0  # + 1 at each switch to a re-made plan
         self.retiring: list[ReplicaRunner] = []  # earlier plans' replicas finishing their work
         self.on_loss: Callable[[ReplicaRunner], None] = lambda runner: None  # re-plan
@@ -58,13 +63,12 @@ class Fleet:
         if runner not in self.everyone:
             return  # retired: taken out on purpose (see `plan_switch`)
         devices = ",".join(runner.replica.devices)
-        log.warning(
-            "replica %s (devices %s) lost: %s; %d requests there migrate or fail",
-            runner.label,
-            devices,
-            runner.lost,
-            held,
+        text = (
+            f"replica {runner.label} (devices {devices}) lost: {runner.lost}; "
+            f"{held} requests there migrate or fail"
         )
+        log.warning("%s", text)
+        self.record_event(EventKind.DEVICE_LOST, text)
         if runner in self.runners:
             self.on_loss(runner)
 
@@ -116,7 +120,9 @@ class Fleet:
                 self.lost(e, [runner])
                 continue
             for stage, s in zip(runner.replica.stages, stats, strict=True):
-                rows.append({"replica": runner.replica.id, "device": stage.device, **s})
+                rows.append(
+                    {"replica": runner.replica.id, "label": runner.label, "device": stage.device, **s}
+                )
         return rows
 
     # ---- shutdown --------------------------------------------------------------------------

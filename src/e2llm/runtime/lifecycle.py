@@ -18,6 +18,7 @@ import asyncio
 import functools
 import logging
 
+from e2llm.runtime.events import EventKind
 from e2llm.runtime.fleet import Fleet
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.handoff import hand_off
@@ -66,14 +67,12 @@ class RequestLifecycle:
                         return
                     gen.migrations += 1
                     self.migrations += 1
-                    log.info(
-                        "request %s migrates after %s (migration %d/%d, %d tokens generated so far)",
-                        gen.seq_id,
-                        e,
-                        gen.migrations,
-                        MAX_MIGRATIONS,
-                        len(gen.generated),
+                    text = (
+                        f"request {gen.seq_id} migrates after {e} (migration {gen.migrations}/"
+                        f"{MAX_MIGRATIONS}, {len(gen.generated)} tokens generated so far)"
                     )
+                    log.info("%s", text)
+                    self.metrics.record_event(EventKind.MIGRATION, text)
         except NoLiveReplica as e:
             log.warning("request %s failed: %s", gen.seq_id, e)
             gen.fail(f"generation failed: {e}", 503)

@@ -1,9 +1,12 @@
-"""Prometheus metrics of the serving layer (`/metrics`).
+"""Prometheus metrics of the serving layer (`/metrics`), live per-replica rates, and events.
 
 Counters and histograms are updated by the serving loop as things happen. Per-stage figures
 (compute seconds, KV bytes held) live in the stage actors; the `/metrics` handler fetches them
 (`set_stage_stats`) just before rendering. Each `ServingMetrics` owns its registry, so two
-servers in one process never share counters.
+servers in one process never share counters. Per replica, a sliding window of the last
+`TOKENS_PER_S_WINDOW_S` seconds gives the observed rates that `GET /v1/status` sets beside the
+plan's predictions; `record_event` is the one call that notes a notable event for the dashboard
+(`events`) and counts it (the caller logs it with its own logger, as it logs everything else).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from e2llm.runtime.events import Event, EventKind, EventLog
 
 TOKENS_PER_S_WINDOW_S = 10.0
 
@@ -50,6 +55,34 @@ class _StageCollector:
         yield kv
 
 
+class Window:
+    """(tokens, busy seconds, count) added over the last `span_s` seconds."""
+
+    def __init__(self, span_s: float = TOKENS_PER_S_WINDOW_S):
+        self.span_s = span_s
+        self._items: collections.deque[tuple[float, int, float]] = collections.deque()
+        self.total_tokens = 0  # since start, never dropped
+
+    def add(self, tokens: int, busy_s: float) -> None:
+        self._items.append((time.monotonic(), tokens, busy_s))
+        self.total_tokens += tokens
+
+    def sums(self) -> tuple[int, float, int]:
+        """Tokens, busy seconds and entries within the window."""
+        cutoff = time.monotonic() - self.span_s
+        while self._items and self._items[0][0] < cutoff:
+            self._items.popleft()
+        return sum(i[1] for i in self._items), sum(i[2] for i in self._items), len(self._items)
+
+
+class ReplicaRates:
+    """One replica's recent work: prompts prefilled and decode steps run."""
+
+    def __init__(self) -> None:
+        self.prefill = Window()  # per prompt: its tokens and its prefill time
+        self.decode = Window()  # per step: the batch size (tokens made) and the step time
+
+
 class ServingMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -74,20 +107,25 @@ class ServingMetrics:
         self.ttft = Histogram("e2llm_ttft_seconds", "Time to first token", registry=r)
         self.waiting = Histogram("e2llm_waiting_seconds", "Time queued and not served", registry=r)
         self.tok_s = Gauge("e2llm_tokens_per_second", "Generated tokens/s over the last 10 s", registry=r)
-        self.tok_s.set_function(self._tokens_per_s)
+        self.tok_s.set_function(self.tokens_per_s)
+        self.event_count = Counter("e2llm_events", "Notable events by kind", ["kind"], registry=r)
         self.stages = _StageCollector()
         r.register(self.stages)
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self.events = EventLog()
+        self.rates: collections.defaultdict[str, ReplicaRates] = collections.defaultdict(ReplicaRates)
 
     # ---- events from the serving loop ----------------------------------------------------
     def prefill_done(self, replica: str, tokens: int, seconds: float) -> None:
         self.prompt_tokens.inc(tokens)
         self.prefill_seconds.labels(replica).observe(seconds)
+        self.rates[replica].prefill.add(tokens, seconds)
         self._count_tokens(1)  # the first token comes out of the prefill
 
     def decode_step(self, replica: str, batch: int, seconds: float) -> None:
         self.step_seconds.labels(replica).observe(seconds)
         self.batch_size.labels(replica).set(batch)
+        self.rates[replica].decode.add(batch, seconds)
         if batch > self._peaks.get(replica, 0):
             self._peaks[replica] = batch
             self.batch_peak.labels(replica).set(batch)
@@ -112,6 +150,20 @@ class ServingMetrics:
         if t["ttft_s"] is not None:
             self.ttft.observe(t["ttft_s"])
 
+    def record_event(self, kind: EventKind, text: str) -> Event:
+        """Note a notable event: kept for the dashboard (`GET /v1/status`) and counted."""
+        self.event_count.labels(kind.value).inc()
+        return self.events.record(kind, text)
+
+    def requests_by_outcome(self) -> dict[str, int]:
+        """Finished requests so far, by outcome (stop, length, error, cancelled, ...)."""
+        counts = {}
+        for metric in self.requests.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["outcome"]] = int(sample.value)
+        return counts
+
     def set_stage_stats(self, rows: list[dict[str, Any]]) -> None:
         self.stages.rows = rows
 
@@ -123,7 +175,8 @@ class ServingMetrics:
         self.generated_tokens.inc(n)
         self._recent.append((time.monotonic(), n))
 
-    def _tokens_per_s(self) -> float:
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second over the last `TOKENS_PER_S_WINDOW_S`, whole deployment."""
         cutoff = time.monotonic() - TOKENS_PER_S_WINDOW_S
         while self._recent and self._recent[0][0] < cutoff:
             self._recent.popleft()

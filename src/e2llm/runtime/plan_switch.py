@@ -19,8 +19,9 @@ from collections.abc import Callable
 
 from e2llm.plan.types import Plan
 from e2llm.runtime.cluster import advertised_devices
+from e2llm.runtime.events import EventKind, RecordEvent, ignore_event
 from e2llm.runtime.fleet import Fleet
-from e2llm.runtime.plans import plan_devices
+from e2llm.runtime.plans import describe_replica, plan_devices
 from e2llm.runtime.replan import can_replan, replanned
 from e2llm.runtime.replica import ReplicaRunner
 
@@ -35,10 +36,16 @@ NO_REPLAN = "the plan embeds no cluster and model spec: re-planning is not possi
 StartReplicas = Callable[[Plan, int], list[ReplicaRunner]]
 
 
+def describe_plan_replicas(plan: Plan) -> str:
+    """Each replica of `plan` on one line, `; `-separated (for the event log)."""
+    return "; ".join(describe_replica(r) for r in plan.replicas)
+
+
 class PlanSwitcher:
-    def __init__(self, fleet: Fleet, start_replicas: StartReplicas):
+    def __init__(self, fleet: Fleet, start_replicas: StartReplicas, record_event: RecordEvent = ignore_event):
         self.fleet = fleet
         self._start_replicas = start_replicas
+        self.record_event = record_event
         self.replanning = False
         self.error: str | None = None if can_replan(fleet.plan) else NO_REPLAN  # why the last failed
         self.last_switch_s: float | None = None  # loss (or request) -> new plan serving
@@ -49,6 +56,11 @@ class PlanSwitcher:
         self._due = 0.0
         self._pending: asyncio.Task[None] | None = None
         self._retirements: set[asyncio.Task[None]] = set()
+
+    @property
+    def first_devices(self) -> list[str]:
+        """The devices the first plan used (a re-plan takes back those that return)."""
+        return list(self._first_devices)
 
     def devices_left_out(self) -> list[str]:
         """Devices the first plan used that the current one does not (lost, not yet back)."""
@@ -104,7 +116,9 @@ class PlanSwitcher:
                 runners = await asyncio.to_thread(self._start_replicas, plan, fleet.generation + 1)
             except Exception as e:
                 self.error = f"re-planning failed: {type(e).__name__}: {e}"
-                log.error("%s; serving on with plan generation %d", self.error, fleet.generation)
+                text = f"{self.error}; serving on with plan generation {fleet.generation}"
+                log.error("%s", text)
+                self.record_event(EventKind.REPLAN_FAILED, text)
                 return False
             finally:
                 self.replanning = False
@@ -117,15 +131,14 @@ class PlanSwitcher:
             old = fleet.switch(plan, runners)
             self.error = None
             self.last_switch_s = loop.time() - since
-            log.info(
-                "switched to plan generation %d: %d replicas on devices %s (left out: %s), "
-                "%.1f s after the trigger",
-                fleet.generation,
-                len(runners),
-                ",".join(fleet.devices_in_use()),
-                ",".join(self.devices_left_out()) or "none",
-                self.last_switch_s,
+            left_out = ",".join(self.devices_left_out()) or "none"
+            text = (
+                f"switched to plan generation {fleet.generation}: {len(runners)} replicas on devices "
+                f"{','.join(fleet.devices_in_use())} (left out: {left_out}), "
+                f"{self.last_switch_s:.1f} s after the trigger"
             )
+            log.info("%s", text)
+            self.record_event(EventKind.REPLAN, f"{text}: {describe_plan_replicas(plan)}")
             task = loop.create_task(self._retire(old, fleet.generation))
             self._retirements.add(task)
             task.add_done_callback(self._retirements.discard)

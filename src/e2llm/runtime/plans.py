@@ -83,16 +83,22 @@ def describe_plan(plan: Plan) -> str:
     head = f"plan: system={plan.system} model={plan.model} replicas={len(plan.replicas)}"
     lines = [f"{head} scheduler={plan.scheduler}"]
     for r in plan.replicas:
-        parts = []
-        for s in r.stages:
-            extras = "+emb" if s.embedding else ""
-            extras += "+head" if s.lm_head else ""
-            parts.append(f"{s.device}[{s.start},{s.end}){extras}")
-        conc = f" concurrency={r.concurrency}" if r.does_decode else ""
-        lines.append(f"  replica {r.id} {r.role.value:<9}{conc}: " + " -> ".join(parts))
+        lines.append(f"  {describe_replica(r, pad=True)}")
     if plan.unused_devices:
         lines.append(f"  unused: {', '.join(plan.unused_devices)}")
     return "\n".join(lines)
+
+
+def describe_replica(r: Replica, pad: bool = False) -> str:
+    """One replica on one line: role, concurrency, and each device's layers in pipeline order."""
+    parts = []
+    for s in r.stages:
+        extras = "+emb" if s.embedding else ""
+        extras += "+head" if s.lm_head else ""
+        parts.append(f"{s.device}[{s.start},{s.end}){extras}")
+    conc = f" concurrency={r.concurrency}" if r.does_decode else ""
+    role = f"{r.role.value:<9}" if pad else r.role.value
+    return f"replica {r.id} {role}{conc}: " + " -> ".join(parts)
 
 
 def plan_devices(plan: Plan) -> list[str]:

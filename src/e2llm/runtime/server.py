@@ -3,7 +3,9 @@
 Errors are OpenAI error objects (`{"error": {"message", "type", "param", "code"}}`) and never take
 the server down. A request's server-side waiting time is returned in the `x-e2llm-queue-s`
 header (for streams: the wait before the prefill started, since headers go out with the first
-token). With an API key set, every route except `/health` needs `Authorization: Bearer KEY`.
+token). With an API key set, every route except `/health` and the dashboard's static files
+(`/`, `/dashboard/*`: no data in them) needs `Authorization: Bearer KEY`; so does
+`GET /v1/status`, the JSON the dashboard polls (`runtime.status`).
 Body size, body read time and requests in flight are bounded (`http_limits`): 413, 408, 429/503.
 """
 
@@ -28,13 +30,17 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from e2llm.errors import InputError
 from e2llm.runtime import openai_protocol as oa
+from e2llm.runtime.dashboard import PUBLIC_PATHS as DASHBOARD_FILES
+from e2llm.runtime.dashboard import add_dashboard
 from e2llm.runtime.generation import Generation, TextStream, TokenEvent
 from e2llm.runtime.http_limits import HttpLimits, InflightLimiter, read_json_body
 from e2llm.runtime.service import Deployment
+from e2llm.runtime.status import Status, deployment_status
 
 log = logging.getLogger(__name__)
 
 QUEUE_HEADER = "x-e2llm-queue-s"
+PUBLIC_PATHS = frozenset({"/health", *DASHBOARD_FILES})  # served without the API key
 _M = TypeVar("_M", bound=BaseModel)
 _Req = oa.ChatRequest | oa.CompletionRequest
 _INVALID = "invalid_request_error"
@@ -71,7 +77,7 @@ def create_app(
 
     @app.middleware("http")
     async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if api_key and request.url.path != "/health":
+        if api_key and request.url.path not in PUBLIC_PATHS:
             given = request.headers.get("authorization", "")
             if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
                 error = oa.ApiError(
@@ -99,6 +105,13 @@ def create_app(
     async def health() -> dict[str, Any]:
         status = await deployment.status()
         return {**status, "model": served.name, "uptime_s": round(time.time() - started, 3)}
+
+    @app.get("/v1/status")
+    async def status_route() -> Status:
+        """The plan, the cluster, live per-replica figures and recent events (the dashboard's data)."""
+        return deployment_status(deployment, await deployment.stage_stats(), served.name, started)
+
+    add_dashboard(app)
 
     @app.post("/admin/replan")
     async def replan() -> JSONResponse:

@@ -18,12 +18,13 @@ from __future__ import annotations
 from typing import Any
 
 from e2llm.plan.types import Plan
+from e2llm.runtime.events import EventKind
 from e2llm.runtime.fleet import Fleet
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.launch import LaunchOptions, start_runners
 from e2llm.runtime.lifecycle import RequestLifecycle
 from e2llm.runtime.metrics import ServingMetrics
-from e2llm.runtime.plan_switch import PlanSwitcher, StartReplicas
+from e2llm.runtime.plan_switch import PlanSwitcher, StartReplicas, describe_plan_replicas
 from e2llm.runtime.replica import ReplicaRunner
 
 DEFAULT_OPTIONS = LaunchOptions()
@@ -38,9 +39,9 @@ class Deployment:
         start_replicas: StartReplicas,
     ):
         self.metrics = metrics
-        self.fleet = Fleet(plan, runners)
+        self.fleet = Fleet(plan, runners, metrics.record_event)
         self.requests = RequestLifecycle(self.fleet, metrics)
-        self.plans = PlanSwitcher(self.fleet, start_replicas)
+        self.plans = PlanSwitcher(self.fleet, start_replicas, metrics.record_event)
         self.fleet.on_loss = lambda runner: self.plans.schedule()
         self.closing = False
 
@@ -57,6 +58,10 @@ class Deployment:
     def start(self) -> None:
         """Start the decode loops; call from inside the serving event loop."""
         self.fleet.start()
+        plan = self.fleet.plan
+        self.metrics.record_event(
+            EventKind.PLAN_STARTED, f"serving plan {plan.system}: {describe_plan_replicas(plan)}"
+        )
 
     async def stop(self) -> None:
         self.closing = True
