@@ -94,9 +94,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running(app: FastAPI, limits: HttpLimits = HttpLimits(), port: int | None = None) -> Iterator[str]:
+def running(app: FastAPI, limits: HttpLimits | None = None, port: int | None = None) -> Iterator[str]:
     """Serve `app` on 127.0.0.1 in a thread for the `with` block; yields its base URL."""
     port = port or free_port()
+    limits = limits or HttpLimits()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", http=hardened_h11(limits.header_timeout_s)
     )

@@ -19,17 +19,18 @@ import httpx
 import pytest
 from httpkit import MODEL, SlowEcho, free_port, running, served_model
 
+from e2llm.runtime.http_access import LOOPBACK_HOSTS
 from e2llm.runtime.http_limits import HttpLimits
 from e2llm.runtime.server import create_app
 
 KEY = "k3y"
 LIMITS = HttpLimits(max_body_bytes=8192, max_inflight=2, header_timeout_s=0.6, body_timeout_s=0.6)
-AUTH = {"authorization": f"Bearer {KEY}"}
+AUTH = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, int]]:
-    app = create_app(SlowEcho(), served_model(), KEY, LIMITS)  # type: ignore[arg-type]
+    app = create_app(SlowEcho(), served_model(), KEY, LIMITS, LOOPBACK_HOSTS)  # type: ignore[arg-type]
     port = free_port()
     with running(app, LIMITS, port) as url:
         yield url, port
@@ -160,7 +161,7 @@ def test_slow_headers_are_cut_off(server: tuple[str, int]) -> None:
     url, port = server
     with socket.create_connection(("127.0.0.1", port)) as sock:
         t0 = time.monotonic()
-        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
         cut = False
         for byte in head:  # one byte every 0.1 s keeps stock uvicorn waiting forever
             try:
@@ -185,7 +186,7 @@ def test_slow_body_gets_408(server: tuple[str, int]) -> None:
     url, port = server
     body = json.dumps({"model": MODEL, "prompt": "hi"}).encode()
     head = (
-        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -199,7 +200,7 @@ def test_slow_body_gets_408(server: tuple[str, int]) -> None:
 def test_keep_alive_connection_gets_a_new_head_deadline(server: tuple[str, int]) -> None:
     url, port = server
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         sock.sendall(b"GET /health HTTP/1.1\r\n")  # the next request's head never completes

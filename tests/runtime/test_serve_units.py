@@ -15,6 +15,7 @@ from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.runtime.batch import DecodeSlots, fits
 from e2llm.runtime.cluster import device_resource, torch_threads_per_actor
+from e2llm.runtime.draw import TokenDraw
 from e2llm.runtime.generation import Generation, TextStream
 from e2llm.runtime.handoff import kv_routes
 from e2llm.runtime.loss import ReplicaLost
@@ -183,10 +184,10 @@ def test_generation_finishes_on_length_eos_and_stop() -> None:
 
 def test_generation_sampling_bans_eos_until_min_tokens() -> None:
     g = _gen(min_tokens=2)
-    assert g.sampling()[-1] is True
+    assert g.draw().ban_eos is True
     g.add_token(ord("a"))
     g.add_token(ord("b"))
-    assert g.sampling() == (0.0, 1.0, None, 2, False)
+    assert g.draw() == TokenDraw(0.0, 1.0, None, 2, False)
 
 
 # ---- plans ----------------------------------------------------------------------------------------
@@ -283,20 +284,23 @@ def test_serve_bad_input_exits_2_with_one_line(
 def test_pick_tokens_greedy_banned_eos_and_seeded_rows_independent_of_batch() -> None:
     import torch
 
-    from e2llm.runtime.actors import pick_tokens
+    from e2llm.runtime.sampling import pick_tokens
+
+    def draw(t: float, p: float, seed: int | None, step: int, ban: bool) -> TokenDraw:
+        return TokenDraw(t, p, seed, step, ban)
 
     logits = torch.tensor([[0.0, 5.0, 1.0, 0.5], [3.0, 0.0, 1.0, 0.5]])
-    assert pick_tokens(logits, [(0.0, 1.0, None, 0, False)] * 2, eos_ids=[1]).tolist() == [1, 0]
-    assert pick_tokens(logits[:1], [(0.0, 1.0, None, 0, True)], eos_ids=[1]).tolist() == [2]  # EOS banned
+    assert pick_tokens(logits, [draw(0.0, 1.0, None, 0, False)] * 2, eos_ids=[1]).tokens == (1, 0)
+    assert pick_tokens(logits[:1], [draw(0.0, 1.0, None, 0, True)], eos_ids=[1]).tokens == (2,)  # EOS banned
     flat = torch.zeros(1, 1000)
-    alone = pick_tokens(flat, [(1.0, 1.0, 42, 3, False)], eos_ids=[])
+    alone = pick_tokens(flat, [draw(1.0, 1.0, 42, 3, False)], eos_ids=[]).tokens
     batched = pick_tokens(
         flat.repeat(3, 1),
-        [(1.0, 1.0, 7, 0, False), (1.0, 1.0, 42, 3, False), (0.5, 0.9, 1, 1, False)],
+        [draw(1.0, 1.0, 7, 0, False), draw(1.0, 1.0, 42, 3, False), draw(0.5, 0.9, 1, 1, False)],
         eos_ids=[],
-    )
+    ).tokens
     assert batched[1] == alone[0]  # same (seed, step): same draw, wherever the row sits
-    steps = {int(pick_tokens(flat, [(1.0, 1.0, 42, s, False)], eos_ids=[])[0]) for s in range(8)}
+    steps = {pick_tokens(flat, [draw(1.0, 1.0, 42, s, False)], eos_ids=[]).tokens[0] for s in range(8)}
     assert len(steps) > 1  # the step advances the stream
 
 

@@ -63,7 +63,7 @@ class RequestLifecycle:
                         return
                     if gen.migrations >= MAX_MIGRATIONS:
                         log.warning("request %s failed: %s; no migrations left", gen.seq_id, e)
-                        gen.fail(f"generation failed: {e}; no migrations left", 503)
+                        gen.fail(f"generation failed: its replica was lost {MAX_MIGRATIONS + 1} times", 503)
                         return
                     gen.migrations += 1
                     self.migrations += 1
@@ -89,7 +89,7 @@ class RequestLifecycle:
             first = await prefiller.prefill(gen)
             if first is None:  # the client left while queued
                 return
-            gen.add_token(first)
+            gen.add_token(*first)
             if gen.done:
                 return
             decoder = router.pick_decoder(prefiller)
@@ -107,8 +107,8 @@ class RequestLifecycle:
             where = (
                 prefiller.label if decoder in (None, prefiller) else f"{prefiller.label} -> {decoder.label}"
             )
-            log.error("request %s failed on replica %s: %s", gen.seq_id, where, e)
-            gen.fail(f"generation failed: {e}")
+            log.error("request %s failed on replica %s", gen.seq_id, where, exc_info=e)
+            gen.fail(f"generation failed on replica {where}")  # a 500: the client sees no detail
         finally:
             prefiller.release(gen)
             if decoder is not None:

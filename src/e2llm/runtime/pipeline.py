@@ -18,21 +18,22 @@ from e2llm.runtime.generation import Generation
 
 def prefill_call(actors: Sequence[Any], gen: Generation) -> Any:
     """Submit the prefill of `gen`'s context (the prompt, plus the tokens so far when it migrates)
-    through every stage; returns the ObjectRef of its next token."""
+    through every stage; returns the ObjectRef of its next token (`Picked`, one row)."""
     ref: Any = np.asarray(gen.context_ids, dtype=np.int64)
     last = len(actors) - 1
     for i, actor in enumerate(actors):
-        ref = actor.prefill.remote(gen.seq_id, ref, gen.sampling() if i == last else None)
+        ref = actor.prefill.remote(gen.seq_id, ref, gen.draw() if i == last else None)
     return ref
 
 
 def decode_call(actors: Sequence[Any], group: Sequence[Generation]) -> Any:
-    """Submit one decode step of `group` through every stage; returns the ObjectRef of its tokens."""
+    """Submit one decode step of `group` through every stage; returns the ObjectRef of its tokens
+    (`Picked`, a row per sequence)."""
     ids = [g.seq_id for g in group]
     ref: Any = np.asarray([g.generated[-1] for g in group], dtype=np.int64)
     last = len(actors) - 1
     for i, actor in enumerate(actors):
-        ref = actor.decode.remote(ids, ref, [g.sampling() for g in group] if i == last else None)
+        ref = actor.decode.remote(ids, ref, [g.draw() for g in group] if i == last else None)
     return ref
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from e2llm.plan.types import Replica, Role
 from e2llm.runtime.batch import DecodeSlots
+from e2llm.runtime.draw import Picked, TokenLogprob
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.loss import ReplicaLost, actor_hex, is_actor_loss
 from e2llm.runtime.metrics import ServingMetrics
@@ -149,9 +150,10 @@ class ReplicaRunner:
             free_call(self.actors, freed)
 
     # ---- prefill -------------------------------------------------------------------------
-    async def prefill(self, gen: Generation) -> int | None:
-        """Run `gen`'s context through the pipeline; returns the first token, or None if the
-        client left while the request was queued. The KV stays here until `release(gen)`."""
+    async def prefill(self, gen: Generation) -> tuple[int, TokenLogprob | None] | None:
+        """Run `gen`'s context through the pipeline; returns the first token (and its logprob,
+        where asked), or None if the client left while the request was queued. The KV stays
+        here until `release(gen)`."""
         n = len(gen.context_ids)
         self.prefill_tokens_outstanding += n
         self._set_waiting(+1)
@@ -167,9 +169,9 @@ class ReplicaRunner:
                     return None
                 self._kv.add(gen.seq_id)  # its KV forms on the actors from here on
                 gen.prefill_start_s = time.monotonic()
-                token = int(await prefill_call(self.actors, gen))
+                picked: Picked = await prefill_call(self.actors, gen)
                 self.metrics.prefill_done(self.label, n, time.monotonic() - gen.prefill_start_s)
-                return token
+                return picked.row(0)
         finally:
             self.prefill_tokens_outstanding -= n
             if queued:
@@ -237,14 +239,15 @@ class ReplicaRunner:
             if is_actor_loss(e):  # the sequences move elsewhere (see `lifecycle`)
                 self.mark_lost(f"stage actor died during decode: {type(e).__name__}")
                 return
-            # a stage failed: fail this batch, keep serving others
-            log.error("replica %s: decode step of %d sequences failed: %s", self.label, len(batch), e)
+            # a stage failed: fail this batch (the details stay in this log), keep serving others
+            ids = ",".join(g.seq_id for g in batch)
+            log.error("replica %s: decode step of requests %s failed", self.label, ids, exc_info=e)
             for gen in batch:
-                gen.fail(f"decode failed on replica {self.label}: {e}")
+                gen.fail(f"decode failed on replica {self.label}")
             return
         self.metrics.decode_step(self.label, len(batch), time.monotonic() - t0)
         if self.lost is not None:
             return  # lost meanwhile (noticed elsewhere): these sequences have moved on
-        for group, tokens in zip(groups, results, strict=True):
-            for gen, token in zip(group, tokens, strict=True):
-                gen.add_token(int(token))
+        for group, picked in zip(groups, results, strict=True):
+            for i, gen in enumerate(group):
+                gen.add_token(*picked.row(i))

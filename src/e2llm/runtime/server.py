@@ -7,20 +7,21 @@ token). With an API key set, every route except `/health` and the dashboard's st
 (`/`, `/dashboard/*`: no data in them) needs `Authorization: Bearer KEY`; so does
 `GET /v1/status`, the JSON the dashboard polls (`runtime.status`).
 Body size, body read time and requests in flight are bounded (`http_limits`): 413, 408, 429/503.
+The `Host` header, the key, the JSON content type, request ids and the generic 500 are
+`http_access`'s; tokenising runs in a bounded thread pool (`cpu_pool`): 503 when it is full.
+A client that goes away, streaming or not, cancels its generation (its KV is freed everywhere).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -30,10 +31,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from e2llm.errors import InputError
 from e2llm.runtime import openai_protocol as oa
+from e2llm.runtime.cpu_pool import CpuPool, PoolFull
 from e2llm.runtime.dashboard import PUBLIC_PATHS as DASHBOARD_FILES
 from e2llm.runtime.dashboard import add_dashboard
 from e2llm.runtime.generation import Generation, TextStream, TokenEvent
-from e2llm.runtime.http_limits import HttpLimits, InflightLimiter, read_json_body
+from e2llm.runtime.http_access import AccessRules
+from e2llm.runtime.http_limits import RETRY_AFTER_S, HttpLimits, InflightLimiter, read_json_body
+from e2llm.runtime.openai_logprobs import Logprobs
 from e2llm.runtime.service import Deployment
 from e2llm.runtime.status import Status, deployment_status
 
@@ -42,9 +46,10 @@ log = logging.getLogger(__name__)
 QUEUE_HEADER = "x-e2llm-queue-s"
 PUBLIC_PATHS = frozenset({"/health", *DASHBOARD_FILES})  # served without the API key
 _M = TypeVar("_M", bound=BaseModel)
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 _Req = oa.ChatRequest | oa.CompletionRequest
 _INVALID = "invalid_request_error"
-DISCONNECT_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,47 +64,48 @@ class ServedModel:
 
 
 def create_app(
-    deployment: Deployment, served: ServedModel, api_key: str | None = None, limits: HttpLimits | None = None
+    deployment: Deployment,
+    served: ServedModel,
+    api_key: str | None = None,
+    limits: HttpLimits | None = None,
+    allowed_hosts: frozenset[str] | None = None,
 ) -> FastAPI:
+    """The app; `allowed_hosts` are the Host names it answers (None: any; `e2llm serve` derives
+    them from its bind address, see `http_access.allowed_hosts_for`)."""
+    limits = limits or HttpLimits()
+    cpu = CpuPool(limits.tokenizer_threads, limits.tokenizer_queue)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deployment.start()
         yield
         await deployment.stop()
+        cpu.shutdown()
 
-    limits = limits or HttpLimits()
     app = FastAPI(title="e2llm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     started = time.time()
-    # Added before the key check, so it runs inside it: unauthenticated requests take no slot.
+    # Added first, so it runs inside the access rules: unauthenticated requests take no slot.
     app.add_middleware(
         InflightLimiter, max_inflight=limits.max_inflight, unavailable=deployment.unavailable_reason
     )
-
-    @app.middleware("http")
-    async def check_key(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if api_key and request.url.path not in PUBLIC_PATHS:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                error = oa.ApiError(
-                    401, "invalid or missing API key", "invalid_request_error", None, "invalid_api_key"
-                )
-                return JSONResponse(error.body, status_code=401)
-        return await call_next(request)
+    app.add_middleware(AccessRules, api_key=api_key, allowed_hosts=allowed_hosts, public_paths=PUBLIC_PATHS)
 
     @app.exception_handler(oa.ApiError)
     async def api_error(request: Request, exc: oa.ApiError) -> JSONResponse:
-        return JSONResponse(exc.body, status_code=exc.status)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = oa.ApiError(exc.status_code, str(exc.detail), "invalid_request_error")
         return JSONResponse(error.body, status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        error = oa.ApiError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
-        return JSONResponse(error.body, status_code=500)
+    async def off_loop(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            return await cpu.run(fn, *args, **kwargs)
+        except PoolFull:
+            retry = {"retry-after": str(RETRY_AFTER_S)}
+            message = "server busy tokenising other prompts; retry later"
+            raise oa.ApiError(503, message, "server_error", None, "server_busy", retry) from None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -131,26 +137,30 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        entry = {"id": served.name, "object": "model", "created": int(started), "owned_by": "e2llm"}
-        return {"object": "list", "data": [entry]}
+        return {"object": "list", "data": [oa.model_entry(served.name, int(started))]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        _check_model(model_id, served)
+        return oa.model_entry(served.name, int(started))
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        req = _parse(oa.ChatRequest, await read_json_body(request, limits))
+        req = _parse(oa.ChatRequest, await read_json_body(request, limits), "chat")
         _check_model(req.model, served)
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         try:
-            prompt_ids = list(served.encode_chat(served.tokenizer, messages))
+            prompt_ids = list(await off_loop(served.encode_chat, served.tokenizer, messages))
         except InputError as e:
             raise oa.ApiError(400, str(e), "invalid_request_error", "messages") from None
         return await _generate(request, req, prompt_ids, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        req = _parse(oa.CompletionRequest, await read_json_body(request, limits))
+        req = _parse(oa.CompletionRequest, await read_json_body(request, limits), "completions")
         _check_model(req.model, served)
         prompt = req.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        if isinstance(prompt, list) and isinstance(prompt[0], int):
             prompt_ids = [int(t) for t in prompt]
             if any(not 0 <= t < len(served.tokenizer) for t in prompt_ids):
                 raise oa.ApiError(
@@ -158,13 +168,17 @@ def create_app(
                 )
         else:
             text = prompt if isinstance(prompt, str) else str(prompt[0])
-            prompt_ids = list(served.tokenizer.encode(text))
+            prompt_ids = list(await off_loop(served.tokenizer.encode, text))
+        if not prompt_ids:
+            raise oa.ApiError(400, "prompt has no tokens", "invalid_request_error", "prompt")
         return await _generate(request, req, prompt_ids, chat=False)
 
     async def _generate(
         request: Request, req: oa.ChatRequest | oa.CompletionRequest, prompt_ids: list[int], chat: bool
     ) -> Response:
         max_tokens = _max_tokens(req.requested_max_tokens, len(prompt_ids), served.context_len)
+        request_id = request.state.request_id
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
         gen = Generation(
             prompt_ids=prompt_ids,
             max_tokens=max_tokens,
@@ -175,27 +189,37 @@ def create_app(
             text=TextStream(served.tokenizer, req.stop_list),
             min_tokens=min(req.min_tokens, max_tokens),
             ignore_eos=req.ignore_eos,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            logit_bias=_logit_bias(req.logit_bias, len(served.tokenizer)),
+            top_logprobs=req.requested_logprobs,
+            seq_id=rid,
         )
         deployment.submit(gen)
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        logprobs = Logprobs(served.tokenizer) if gen.top_logprobs is not None else None
+        # Until the response starts (a stream's first token, a whole completion), this task
+        # notices a client that hangs up; a started stream is watched by the StreamingResponse.
+        gone = asyncio.create_task(_client_gone(request))
+        try:
+            events = [await _next_event(gen, gone)]
+            while not req.stream and events[-1].finish_reason is None:
+                events.append(await _next_event(gen, gone))
+        finally:
+            gone.cancel()
+        event = events[-1]
         if req.stream:
-            first = await _next_event(gen, request)
-            if first.finish_reason == "error":
-                raise oa.ApiError(first.status, first.error or "generation failed", "server_error")
+            if event.finish_reason == "error":
+                raise _event_error(event, request_id)
             headers = {QUEUE_HEADER: f"{gen.waiting_s:.6f}"}
-            stream = _sse(gen, first, rid, req, chat, len(prompt_ids))
+            stream = _sse(gen, event, rid, req, chat, len(prompt_ids), logprobs)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        parts = []
-        while True:
-            event = await _next_event(gen, request)
-            parts.append(event.text)
-            if event.finish_reason is not None:
-                break
         if event.finish_reason == "error":
-            raise oa.ApiError(event.status, event.error or "generation failed", "server_error")
+            raise _event_error(event, request_id)
         use = oa.usage(len(prompt_ids), len(gen.generated))
+        text = "".join(e.text for e in events)
+        lp = None if logprobs is None else _logprobs(logprobs, events, chat)
         build = oa.chat_response if chat else oa.completion_response
-        body = build(rid, served.name, "".join(parts), event.finish_reason, use)
+        body = build(rid, served.name, text, event.finish_reason, use, lp)
         return JSONResponse(body, headers={QUEUE_HEADER: f"{gen.waiting_s:.6f}"})
 
     async def _sse(
@@ -205,26 +229,31 @@ def create_app(
         req: oa.ChatRequest | oa.CompletionRequest,
         chat: bool,
         n_prompt: int,
+        logprobs: Logprobs | None,
     ) -> AsyncIterator[str]:
+        request_id = rid.split("-", 1)[1]
         try:
             if chat:
                 yield _data(oa.chat_chunk(rid, served.name, {"role": "assistant", "content": ""}, None))
             event = first
+            pending: list[TokenEvent] = []  # tokens whose logprobs go with the next chunk
             while True:
                 if event.finish_reason == "error":
-                    error = oa.ApiError(event.status, event.error or "generation failed", "server_error")
-                    yield _data(error.body)
+                    yield _data(_event_error(event, request_id).body)
                     break
+                pending.append(event)
+                lp = None if logprobs is None else _logprobs(logprobs, pending, chat)
                 if event.text:
                     if chat:
-                        yield _data(oa.chat_chunk(rid, served.name, {"content": event.text}, None))
+                        yield _data(oa.chat_chunk(rid, served.name, {"content": event.text}, None, None, lp))
                     else:
-                        yield _data(oa.completion_chunk(rid, served.name, event.text, None))
+                        yield _data(oa.completion_chunk(rid, served.name, event.text, None, None, lp))
+                    pending, lp = [], None
                 if event.finish_reason is not None:
                     finish = (
-                        oa.chat_chunk(rid, served.name, {}, event.finish_reason)
+                        oa.chat_chunk(rid, served.name, {}, event.finish_reason, None, lp)
                         if chat
-                        else oa.completion_chunk(rid, served.name, "", event.finish_reason)
+                        else oa.completion_chunk(rid, served.name, "", event.finish_reason, None, lp)
                     )
                     yield _data(finish)
                     break
@@ -245,15 +274,41 @@ def _data(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
 
 
-def _parse(model: type[_M], body: Any) -> _M:
+def _parse(model: type[_M], body: Any, endpoint: str) -> _M:
     if not isinstance(body, dict):
         raise oa.ApiError(400, "the request body must be a JSON object", "invalid_request_error")
+    oa.check_supported(body, endpoint)
     try:
         return model.model_validate(body)
     except ValidationError as e:
-        err = e.errors()[0]
-        param = ".".join(str(p) for p in err["loc"]) or None
-        raise oa.ApiError(400, f"{param}: {err['msg']}", "invalid_request_error", param) from None
+        raise oa.validation_error(e) from None
+
+
+def _logit_bias(bias: dict[str, float] | None, vocab: int) -> tuple[tuple[int, float], ...]:
+    """`logit_bias` as (token id, bias) pairs; 400 for a key that is not a token id."""
+    pairs = []
+    for key, value in (bias or {}).items():
+        if not (key.isascii() and key.isdigit() and int(key) < vocab):
+            message = f"logit_bias keys must be token ids in [0, {vocab}), got {key[:20]!r}"
+            raise oa.ApiError(400, message, "invalid_request_error", "logit_bias")
+        pairs.append((int(key), value))
+    return tuple(pairs)
+
+
+def _event_error(event: TokenEvent, request_id: str) -> oa.ApiError:
+    """The error a client sees for a failed generation: a 503 says why (no live replica...),
+    anything else is an internal error, told generically; the details go to the log."""
+    if event.status == 503:
+        return oa.ApiError(503, event.error or "service unavailable", "server_error", None, "unavailable")
+    log.error("request %s failed: %s", request_id, event.error)
+    return oa.internal_error(request_id)
+
+
+def _logprobs(fmt: Logprobs, events: list[TokenEvent], chat: bool) -> dict[str, Any] | None:
+    entries = [(e.token_id, e.logprob) for e in events if e.token_id is not None and e.logprob is not None]
+    if not entries:
+        return None
+    return fmt.chat(entries) if chat else fmt.completion(entries)
 
 
 def _check_model(name: str, served: ServedModel) -> None:
@@ -286,15 +341,22 @@ def _max_tokens(requested: int | None, prompt_len: int, context_len: int) -> int
     return room if requested is None else min(requested, room)
 
 
-async def _next_event(gen: Generation, request: Request) -> TokenEvent:
-    """The next event of `gen`; cancels the generation if the client disconnects meanwhile."""
-    while True:
-        try:
-            return await asyncio.wait_for(gen.events.get(), timeout=DISCONNECT_POLL_S)
-        except TimeoutError:
-            if await request.is_disconnected():
-                gen.cancel()
-                raise oa.ApiError(499, "client closed the request", "invalid_request_error") from None
-        except asyncio.CancelledError:
-            gen.cancel()
-            raise
+async def _client_gone(request: Request) -> None:
+    """Returns when the client has disconnected (the request body has been read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _next_event(gen: Generation, gone: asyncio.Task[None]) -> TokenEvent:
+    """The next event of `gen`; if the client disconnects first (`gone`), cancels the generation
+    (the serving loop then drops it and frees its KV on every stage) and answers 499."""
+    get = asyncio.ensure_future(gen.events.get())
+    try:
+        await asyncio.wait({get, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not get.done():
+            get.cancel()
+            gen.cancel()  # the client left, or this handler was cancelled (server shutdown)
+    if get.cancelled():
+        raise oa.ApiError(499, "client closed the request", "invalid_request_error")
+    return get.result()
