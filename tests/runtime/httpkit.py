@@ -22,6 +22,7 @@ from e2llm.runtime.generation import Generation
 from e2llm.runtime.http_limits import HttpLimits, hardened_h11
 from e2llm.runtime.metrics import ServingMetrics
 from e2llm.runtime.server import ServedModel
+from e2llm.runtime.service import SHUTTING_DOWN
 
 MODEL = "fake"
 TOKEN_DELAY_S = 0.05
@@ -85,6 +86,16 @@ class SlowEcho:
 
     async def stage_stats(self) -> list[dict[str, Any]]:
         return []
+
+    def begin_shutdown(self) -> int:
+        self.closing = True
+        return sum(not g.done for g in self.gens)
+
+    def abort(self) -> int:
+        left = [g for g in self.gens if not g.done]
+        for gen in left:
+            gen.fail(SHUTTING_DOWN, 503)
+        return len(left)
 
 
 def free_port() -> int:

@@ -22,6 +22,7 @@ DEFAULT_CLUSTER = Path("examples/clusters/local-cpu.yaml")
 DEFAULT_MODEL = "smollm2-135m"
 API_KEY_ENV = "E2LLM_API_KEY"
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+DEFAULT_DRAIN_S = 30.0
 CONNECTIONS_PER_INFLIGHT = 4
 # A local cluster of 4 emulated CPU devices, used when examples/clusters/local-cpu.yaml is absent.
 _BUILTIN_CLUSTER = {
@@ -35,7 +36,7 @@ EXAMPLES = """examples:
   e2llm serve                                   # built-in SmolLM2-135M on a local emulated cluster
   e2llm serve examples/clusters/local-cpu.yaml --port 8001
   e2llm serve plan.json --ray-address 192.168.1.10:6379   # devices run `ray start` (docs/deploy.md)
-  E2LLM_API_KEY=secret e2llm serve --host 0.0.0.0
+  E2LLM_API_KEY=secret e2llm serve --host 0.0.0.0 --allowed-hosts llm.lab,192.168.1.10
 """
 
 
@@ -54,7 +55,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--ray-address", help="join this Ray cluster (HEAD:6379) instead of starting one")
-    p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
+    p.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, which keeps it out of `ps`)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated names the Host header may carry ('*': any); default: the loopback "
+        "names for a loopback --host, the address itself for another, any IP address and this "
+        "machine's names for 0.0.0.0",
+    )
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=DEFAULT_DRAIN_S,
+        help="on SIGINT/SIGTERM, seconds requests in flight get to finish before they are ended "
+        "with 503 (a second signal ends them at once; default %(default)s)",
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="torch device")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--threads", type=int, help="torch threads per stage actor (default: cores // actors)")
@@ -95,7 +112,11 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise InputError("--threads", "must be >= 1", args.threads)
     limits = _limits(args)
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not 0 <= args.drain_s <= 86400:
+        raise InputError("--drain-s", "must be in [0, 86400] seconds", args.drain_s)
+    # Read, then dropped from the environment: the Ray processes started later inherit it
+    # otherwise, and the key belongs to this API process only.
+    api_key = args.api_key or os.environ.pop(API_KEY_ENV, None) or None
     target = Path(args.target) if args.target else None
     if target is not None and not target.is_file():
         raise InputError(str(target), "file not found")
@@ -160,10 +181,10 @@ def _serve(
     api_key: str | None,
     limits: HttpLimits,
 ) -> int:
-    import uvicorn
-
     from e2llm.runtime.cluster import start_ray, stop_ray
+    from e2llm.runtime.http_access import allowed_hosts_for
     from e2llm.runtime.http_limits import hardened_h11
+    from e2llm.runtime.http_serve import serve_http
     from e2llm.runtime.server import ServedModel, create_app
     from e2llm.runtime.service import Deployment, LaunchOptions
     from e2llm.runtime.text import encode_chat
@@ -196,12 +217,15 @@ def _serve(
             eos_ids=frozenset(cfg.eos_token_ids),
             encode_chat=encode_chat,
         )
-        app = create_app(deployment, served, api_key, limits)
+        hosts = allowed_hosts_for(args.host, args.allowed_hosts.split(",") if args.allowed_hosts else None)
+        app = create_app(deployment, served, api_key, limits, hosts)
         auth = "API key required" if api_key else "no API key"
         base = f"http://{args.host}:{args.port}"
         print(f"e2llm serve: {served.name} on {base}/v1 ({auth}); dashboard at {base}/", flush=True)
-        uvicorn.run(
+        serve_http(
             app,
+            deployment,
+            args.drain_s,
             host=args.host,
             port=args.port,
             log_level="warning",

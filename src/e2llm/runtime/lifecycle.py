@@ -39,13 +39,25 @@ class RequestLifecycle:
         self.fleet = fleet
         self.metrics = metrics
         self.migrations = 0  # requests moved to another replica after a loss
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Generation] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
 
     def submit(self, gen: Generation) -> None:
         """Start serving `gen` in the background; results arrive on `gen.events`."""
         task = asyncio.get_running_loop().create_task(self._serve(gen))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = gen
+        task.add_done_callback(self._tasks.pop)
+
+    def fail_all(self, message: str, status: int = 503) -> int:
+        """End every request in flight with an explicit error (shutting down); returns how many.
+        Each still leaves its replicas through the usual path, which frees its KV."""
+        gens = [g for g in self._tasks.values() if not g.done]
+        for gen in gens:
+            gen.fail(message, status)
+        return len(gens)
 
     def cancel_all(self) -> None:
         """Shutting down: stop every request (each still releases its KV on the way out)."""
