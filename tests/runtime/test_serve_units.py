@@ -234,6 +234,29 @@ def test_cluster_helpers() -> None:
     assert torch_threads_per_actor(2, cores=16) == 8
 
 
+def test_join_hint_names_the_missing_setting() -> None:
+    from e2llm.runtime.cluster import join_hint
+
+    assert "nothing answers at h:6379" in join_hint("h:6379", False, {})
+    no_token = join_hint("h:6379", True, {})
+    assert "RAY_AUTH_MODE=token" in no_token and "RAY_AUTH_TOKEN_PATH" in no_token
+    wrong = join_hint("h:6379", True, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": "/etc/tok"})
+    assert "/etc/tok holds the cluster's token" in wrong
+    inline = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"}
+    assert "RAY_AUTH_TOKEN holds" in join_hint("h:6379", True, inline)
+
+
+def test_a_token_file_readable_by_others_is_made_owner_only(tmp_path: Path) -> None:
+    from e2llm.runtime.cluster import protect_token_file
+
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    token.chmod(0o644)
+    protect_token_file({"RAY_AUTH_TOKEN_PATH": str(token)})
+    assert token.stat().st_mode & 0o777 == 0o600
+    protect_token_file({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "absent")})  # nothing to do
+
+
 def test_max_tokens_limits() -> None:
     assert _max_tokens(None, 100, 8192) == 8092
     assert _max_tokens(50, 8180, 8192) == 12
@@ -390,3 +413,20 @@ def test_context_ids_resume_after_the_tokens_generated_so_far() -> None:
     gen.fail("replica lost", 503)
     event = [gen.events.get_nowait() for _ in range(gen.events.qsize())][-1]
     assert (event.finish_reason, event.status, event.error) == ("error", 503, "replica lost")
+
+
+def test_a_lost_replica_leaves_the_per_replica_metrics() -> None:
+    metrics = ServingMetrics()
+    lost = ReplicaRunner(Replica(1, Role.DECODER, _stages(0, 30)), [], metrics)
+    for label in ("0", "1"):
+        metrics.prefill_done(label, 10, 0.1)
+        metrics.decode_step(label, 2, 0.01)
+        metrics.set_decode_queue(label, 1, 2)
+        metrics.set_prefill_queue(label, 3)
+    assert 'replica="1"' in metrics.render().decode()
+    lost.mark_lost("stage actor died")
+    metrics.set_prefill_queue("1", 5)  # late updates from the lost replica's last steps
+    metrics.decode_step("1", 3, 0.1)
+    text = metrics.render().decode()
+    assert 'replica="1"' not in text and 'e2llm_decode_batch_size{replica="0"} 2.0' in text
+    assert "e2llm_generated_tokens_total 9.0" in text  # what it generated still counts

@@ -85,6 +85,7 @@ class ReplicaRunner:
             return
         self.lost = reason
         held = self.requests_here
+        self.metrics.replica_gone(self.label)
         self.slots.fail_all(ReplicaLost(self.label, reason))
         self._wake.set()
         if self.actors:
