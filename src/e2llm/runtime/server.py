@@ -176,7 +176,8 @@ def create_app(
     async def _generate(
         request: Request, req: oa.ChatRequest | oa.CompletionRequest, prompt_ids: list[int], chat: bool
     ) -> Response:
-        max_tokens = _max_tokens(req.requested_max_tokens, len(prompt_ids), served.context_len)
+        prompt_param = "messages" if chat else "prompt"
+        max_tokens = _max_tokens(req.requested_max_tokens, len(prompt_ids), served.context_len, prompt_param)
         request_id = request.state.request_id
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
         gen = Generation(
@@ -322,7 +323,9 @@ def _check_model(name: str, served: ServedModel) -> None:
         )
 
 
-def _max_tokens(requested: int | None, prompt_len: int, context_len: int) -> int:
+def _max_tokens(
+    requested: int | None, prompt_len: int, context_len: int, prompt_param: str = "messages"
+) -> int:
     """Tokens to generate: as requested, but never past the model context (400 if the prompt
     alone fills it, or if `max_tokens` is not positive)."""
     if requested is not None and requested <= 0:
@@ -335,7 +338,7 @@ def _max_tokens(requested: int | None, prompt_len: int, context_len: int) -> int
             400,
             f"This model's maximum context length is {context_len} tokens; the prompt has {prompt_len}",
             "invalid_request_error",
-            "messages",
+            prompt_param,
             "context_length_exceeded",
         )
     return room if requested is None else min(requested, room)
