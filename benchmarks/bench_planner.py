@@ -29,9 +29,11 @@ from dataclasses import asdict
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
 from e2llm.plan.ga import GAParams
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.roles import predicted_latency
-from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
-from e2llm.plan.types import Plan
+from e2llm.plan.systems import get_system
+from e2llm.plan.types import Plan, PlannerParams
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Cluster, Device, Link
 from e2llm.specs.model_catalog import load_model
 from e2llm.specs.presets import PRESETS
@@ -63,7 +65,9 @@ def shape(interval_s: float) -> WorkloadShape:
 def plan(cluster: Cluster, model: str, interval_s: float, *, exhaustive: bool = False, seed: int = 1) -> Plan:
     precision = "q4" if model == "llama-3.1-70b" else None
     cost = build_cost_model(load_model(model, precision), cluster)
-    return get_system("e2llm")(PlanRequest(cost, shape(interval_s), seed=seed, exhaustive=exhaustive))
+    return get_system("e2llm")(
+        PlanRequest(cost, shape(interval_s), PlannerParams(seed=seed, exhaustive=exhaustive))
+    )
 
 
 def latency_s(p: Plan, w: WorkloadShape) -> float:

@@ -23,7 +23,8 @@ from e2llm.sim.simulator import simulate
 from e2llm.sim.validate import check_plan, check_serves
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model
-from e2llm.specs.workload import generate_requests, load_workload
+from e2llm.specs.workload import generate_requests
+from e2llm.specs.workload_file import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT.parent / "shared/traces/azure-2023-conv.csv"

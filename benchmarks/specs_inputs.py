@@ -18,7 +18,8 @@ from pathlib import Path
 from e2llm.specs import trace as trace_module
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model, smollm2_gguf_path
-from e2llm.specs.workload import generate_requests, load_workload
+from e2llm.specs.workload import generate_requests
+from e2llm.specs.workload_file import load_workload
 
 ROOT = Path(__file__).resolve().parents[1]
 CONV = ROOT.parent / "shared" / "traces" / "azure-2023-conv.csv"

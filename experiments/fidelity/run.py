@@ -45,7 +45,8 @@ from e2llm.sim.compare import Load, plan_system, run_plan
 from e2llm.sim.metrics import RequestRecord, stats, summarize
 from e2llm.specs.cluster_file import cluster_to_dict, load_cluster
 from e2llm.specs.model_catalog import load_model, with_precision
-from e2llm.specs.workload import Request, load_workload
+from e2llm.specs.workload import Request
+from e2llm.specs.workload_file import load_workload
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -30,6 +30,7 @@ def test_times_come_from_the_stream_and_the_queue_header() -> None:
     assert 0.025 <= rec.tbt_s < 0.2
     assert rec.e2e_s == pytest.approx(rec.ttft_s + 5 * rec.tbt_s)
     assert rec.waiting_s == pytest.approx(0.125)
+    assert rec.first_token_s < rec.second_token_at_s < rec.last_token_s  # type: ignore[operator]
     body = seen[0]
     assert body["prompt"] == prompt_ids(reqs[0]) and len(body["prompt"]) == 40
     assert body["max_tokens"] == 6 and body["stream"] is True and body["ignore_eos"] is True

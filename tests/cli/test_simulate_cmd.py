@@ -12,10 +12,8 @@ from e2llm.cli import main
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.plan_json import plan_to_dict
 from e2llm.plan.types import Plan, Replica, Role, Stage
-from e2llm.specs.cluster_file import cluster_to_dict
 from e2llm.specs.device import Cluster, Device, Link
 from e2llm.specs.model_catalog import load_model
-from e2llm.specs.model_spec import model_to_dict
 from e2llm.specs.units import GIB
 
 MODEL = load_model("smollm2-135m")
@@ -29,16 +27,14 @@ min_decode_tok_s: 1
 """
 
 
-def _cluster(memory_gb: float = 2.0) -> dict[str, Any]:
+def _cluster(memory_gb: float = 2.0) -> Cluster:
     devices = tuple(
         Device(n, memory_gb=memory_gb, tflops=1.0, mem_bandwidth_gbs=50.0) for n in ("a", "b", "c")
     )
-    return cluster_to_dict(Cluster(devices=devices, default_link=Link(1000.0, 0.5)))
+    return Cluster(devices=devices, default_link=Link(1000.0, 0.5))
 
 
-def _plan(
-    cluster: dict[str, Any] | None = None, decoder_end: int = L, prefill_device: str = "a"
-) -> dict[str, Any]:
+def _plan(cluster: Cluster | None = None, decoder_end: int = L, prefill_device: str = "a") -> dict[str, Any]:
     prefill = Replica(
         0,
         Role.PREFILL,
@@ -54,7 +50,7 @@ def _plan(
         objective_kind="bottleneck_s",
         replicas=(prefill, decoder),
         cluster=_cluster() if cluster is None else cluster,
-        model_spec=model_to_dict(MODEL),
+        model_spec=MODEL,
     )
     return plan_to_dict(plan)
 
@@ -205,7 +201,7 @@ def test_simulate_adapt_and_policy_file(tmp_path: Path, capsys: pytest.CaptureFi
     [
         ("adaptive: true\n", ("policy.yaml: adaptive", "unknown policy setting")),
         ("prefill_high: 0\n", ("policy.yaml: prefill_high", "out of range")),
-        ("decode_low: 3\n", ("policy.yaml: decode_low", "hysteresis")),
+        ("min_gain: -0.5\n", ("policy.yaml: min_gain", "out of range [0, 100]")),
         ("- 1\n", ("policy", "mapping")),
     ],
 )

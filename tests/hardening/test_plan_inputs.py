@@ -125,29 +125,27 @@ STRICT = {"cluster", "cluster.devices.*", "cluster.network", "model_spec"}  # th
 
 
 def level(pattern: str) -> str:
-    """Which check catches a broken field: the plan loader types the plan's own fields (and
-    that `cluster` / `model_spec` are objects); their insides and the fit are checked on use."""
-    if pattern in ("cluster", "model_spec", "replicas.*.id", "unused_devices", "scheduler", "objective_kind"):
-        return "load"
-    inside = pattern.startswith(("cluster.", "model_spec."))
-    return "use" if inside or pattern.endswith(("role", "name", "embedding", "lm_head")) else "load"
+    """Which check catches a broken field: the plan loader types the plan's own fields and the
+    embedded cluster and model spec; whether they fit together is checked on use."""
+    return "use" if pattern.endswith(("role", "name", "embedding", "lm_head")) else "load"
 
 
 # Mutants whose break shows only on use although their field is otherwise loader-checked.
 USE_LEVEL = {
-    "scheduler=unknown",
+    "cluster.devices.*.memory_gb=too-small",
+    "model_spec.n_layers=fewer",
     "replicas.*.devices.*.layers=gap",
     "replicas.*.devices.*.layers=past-the-model",
     "cluster:deleted",
     "model_spec:deleted",
     "cluster=empty",
     "model_spec=empty",
-    "cluster:unknown-key",
-    "model_spec:unknown-key",
 }
 LOAD_LEVEL = (
     {"replicas.*.devices.*.name=" + label for label, _ in NAME}
     | {"replicas.*.role=" + label for label, _ in NAME}
+    | {"model_spec.name=" + label for label, _ in NAME}
+    | {"cluster.devices.*.name=" + label for label, _ in [*NAME, ("renamed", "")]}  # its link names it
     | {
         "replicas.*.role=unknown-choice",
         "replicas.*.role=lowercase",
@@ -180,11 +178,49 @@ def _structural(doc: dict[str, Any]) -> list[Mutant]:
     edit("drop-decoder", lambda d: d["replicas"].pop())
     edit("replica-on-a-device-twice", lambda d: d["replicas"].append({**d["replicas"][1], "id": 7}))
     edit("embedding-moved", lambda d: d["replicas"][0]["devices"][0].update(embedding=False))
-    edit("device-removed-from-cluster", lambda d: d["cluster"]["devices"].pop())
+    edit(
+        "device-removed-from-cluster",
+        lambda d: d["cluster"]["devices"].pop() and d["cluster"]["network"].pop("links"),
+    )
     edit(
         "splitwise-with-colocated",
         lambda d: [r.update(role="COLOCATED") for r in d["replicas"]] and d.update(scheduler="splitwise"),
     )
+    # Fields typed fine (the loader checks the embedded cluster and model too) that do not fit.
+    n = doc["model_spec"]["n_layers"]
+    for roles in (
+        ("PREFILL", "PREFILL"),
+        ("DECODER", "DECODER"),
+        ("COLOCATED", "DECODER"),
+        ("MIXED", "COLOCATED"),
+    ):
+        edit(
+            f"roles-{'-'.join(roles)}",
+            lambda d, roles=roles: [r.update(role=x) for r, x in zip(d["replicas"], roles, strict=True)],
+        )
+    for layers in (n - 1, n + 1, 2 * n, 1):
+        edit(f"model-has-{layers}-layers", lambda d, layers=layers: d["model_spec"].update(n_layers=layers))
+    for i, name in enumerate(("a", "b", "c")):
+        edit(
+            f"{name}-too-small-for-its-weights",
+            lambda d, i=i: d["cluster"]["devices"][i].update(memory_gb=0.05),
+        )
+    for label, first, second in (
+        ("gap", n // 2 - 1, n // 2),
+        ("overlap", n // 2 + 1, n // 2),
+        ("short", n // 2, n // 2 + 1),
+    ):
+
+        def split(d: dict[str, Any], first: int = first, second: int = second) -> None:
+            stages = d["replicas"][0]["devices"]
+            stages[0]["layers"], stages[1]["layers"] = [0, first], [second, n]
+
+        edit(f"prefill-split-{label}", split)
+    edit("decoder-short", lambda d: d["replicas"][1]["devices"][0].update(layers=[0, n - 1]))
+    edit("decoder-starts-late", lambda d: d["replicas"][1]["devices"][0].update(layers=[1, n]))
+    edit("lm-head-moved", lambda d: d["replicas"][0]["devices"][1].update(lm_head=False))
+    edit("two-lm-heads", lambda d: d["replicas"][0]["devices"][0].update(lm_head=True))
+    edit("stage-on-the-decoder", lambda d: d["replicas"][0]["devices"][1].update(name="c"))
     return out
 
 

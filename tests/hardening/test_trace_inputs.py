@@ -15,7 +15,7 @@ from validkit import TRACE, plan_doc, trace_head, write_unique
 
 from e2llm.errors import InputError
 from e2llm.specs.trace import MAX_TRACE_BYTES, load_trace
-from e2llm.specs.workload import load_workload
+from e2llm.specs.workload_file import load_workload
 
 pytestmark = pytest.mark.skipif(not TRACE.is_file(), reason="shared/traces not beside the checkout")
 

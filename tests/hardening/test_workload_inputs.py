@@ -31,7 +31,8 @@ from hypothesis import strategies as st
 from validkit import SMALL_WORKLOAD, TRACE, example_yaml, plan_doc, write_unique
 
 from e2llm.errors import InputError
-from e2llm.specs.workload import generate_requests, load_workload, with_load
+from e2llm.specs.workload import generate_requests, with_load
+from e2llm.specs.workload_file import load_workload
 
 needs_traces = pytest.mark.skipif(not TRACE.is_file(), reason="shared/traces not beside the checkout")
 

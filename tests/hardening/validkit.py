@@ -11,10 +11,8 @@ import yaml
 
 from e2llm.plan.plan_json import plan_to_dict
 from e2llm.plan.types import Plan, Replica, Role, Stage
-from e2llm.specs.cluster_file import cluster_to_dict
 from e2llm.specs.device import Cluster, Device, Link
 from e2llm.specs.model_catalog import load_model
-from e2llm.specs.model_spec import model_to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
@@ -76,8 +74,8 @@ def plan_doc() -> dict[str, Any]:
         objective=0.5,
         objective_kind="bottleneck_s",
         replicas=(prefill, decoder),
-        cluster=cluster_to_dict(cluster),
-        model_spec=model_to_dict(spec),
+        cluster=cluster,
+        model_spec=spec,
     )
     return plan_to_dict(plan)
 

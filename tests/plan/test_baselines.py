@@ -9,8 +9,10 @@ import pytest
 
 from e2llm.cost.build import build_cost_model
 from e2llm.cost.model import CostModel
-from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
-from e2llm.plan.types import Plan, Role
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.systems import get_system
+from e2llm.plan.types import Plan, PlannerParams, Role
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.sim.simulator import simulate
 from e2llm.sim.validate import check_plan
 from e2llm.specs.cluster_file import load_cluster
@@ -29,7 +31,9 @@ def _cost() -> CostModel:
 
 @cache
 def _plan(system: str, interval_s: float = 1.0) -> Plan:
-    return get_system(system)(PlanRequest(_cost(), WorkloadShape(576, 588, interval_s), seed=1))
+    return get_system(system)(
+        PlanRequest(_cost(), WorkloadShape(576, 588, interval_s), PlannerParams(seed=1))
+    )
 
 
 def _devices(plan: Plan) -> list[str]:

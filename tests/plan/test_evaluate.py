@@ -8,7 +8,7 @@ import pytest
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.evaluate import GroupEvaluator
-from e2llm.plan.systems import WorkloadShape
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Cluster, Device, Link
 from e2llm.specs.model_spec import ModelSpec
 from e2llm.specs.units import GIB

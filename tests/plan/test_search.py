@@ -12,8 +12,10 @@ from e2llm.cost.model import CostModel
 from e2llm.errors import InputError
 from e2llm.plan.exhaustive import groupings
 from e2llm.plan.plan_json import plan_from_dict, plan_to_dict
-from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
-from e2llm.plan.types import Plan, Role
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.systems import get_system
+from e2llm.plan.types import Plan, PlannerParams, Role
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Cluster, Device, Link
 from e2llm.specs.model_spec import ModelSpec
 
@@ -50,7 +52,7 @@ def random_cluster(n: int, rng: random.Random) -> Cluster:
 def plan_for(
     cost: CostModel, *, exhaustive: bool = False, objective: str = "bottleneck", seed: int = 1
 ) -> Plan:
-    req = PlanRequest(cost, SHAPE, seed=seed, objective=objective, exhaustive=exhaustive)
+    req = PlanRequest(cost, SHAPE, PlannerParams(seed=seed, objective=objective, exhaustive=exhaustive))
     return get_system("e2llm")(req)
 
 
@@ -104,10 +106,12 @@ def test_plan_is_complete_and_deterministic() -> None:
             assert 1 <= r.concurrency <= 16
         else:
             assert r.prefill_tok_s is not None and r.concurrency == 1
-    assert plan.planner.evaluations > 0 and plan.planner.seed == 3
+    assert plan.planner.evaluations > 0 and plan.params is not None and plan.params.seed == 3
     assert plan.objective_kind == "bottleneck_s"
-    assert plan_from_dict(plan_to_dict(plan)) is not None
-    assert plan.cluster["devices"] and plan.model_spec["name"] == "tiny-8l"
+    assert plan_from_dict(plan_to_dict(plan)) == plan
+    assert plan.cluster is not None and plan.cluster.devices
+    assert plan.model_spec is not None and plan.model_spec.name == "tiny-8l"
+    assert plan.workload == SHAPE
 
 
 def test_memory_proportional_splits_by_memory() -> None:
@@ -118,7 +122,7 @@ def test_memory_proportional_splits_by_memory() -> None:
         Device("b", 3.0, 8.0, 200.0),
     )
     cost = build_cost_model(TINY, Cluster(devices, Link(1000.0, 0.3)))
-    plan = get_system("memory-proportional")(PlanRequest(cost, SHAPE, seed=1))
+    plan = get_system("memory-proportional")(PlanRequest(cost, SHAPE, PlannerParams(seed=1)))
     assert plan.system == "memory-proportional"
     for r in plan.replicas:
         mem = [cost.cluster.device(d).memory_gb for d in r.devices]

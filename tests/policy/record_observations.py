@@ -28,6 +28,7 @@ from simkit import LinearTimes, cost_model, plan, replica  # noqa: E402
 
 from e2llm.plan.types import Role  # noqa: E402
 from e2llm.policy import controller, mixed_pool, routing  # noqa: E402
+from e2llm.policy.controller import Demand  # noqa: E402
 from e2llm.policy.load import ReplicaLoad  # noqa: E402
 from e2llm.policy.settings import PolicySettings  # noqa: E402
 from e2llm.sim import router, simulator  # noqa: E402
@@ -40,7 +41,7 @@ PER_KIND = 25  # calls kept per decision kind (all non-trivial switch / borrow a
 def _args(value: Any) -> Any:
     if isinstance(value, ReplicaLoad):
         return load_to_dict(value)
-    if isinstance(value, PolicySettings):
+    if isinstance(value, PolicySettings | Demand):
         return dataclasses.asdict(value)
     if isinstance(value, list | tuple):
         return [_args(v) for v in value]
@@ -102,7 +103,7 @@ def main() -> None:
     simulator.decide_switch = _recording(  # type: ignore[assignment]
         "decide_switch",
         controller.decide_switch,
-        ["loads", "settings", "now_s", "last_switch_s", "in_flight"],
+        ["loads", "settings", "demand", "now_s", "last_switch_s", "in_flight"],
         log,
     )
     simulator.drained = _recording("drained", controller.drained, ["load"], log)  # type: ignore[assignment]

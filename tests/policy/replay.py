@@ -68,7 +68,8 @@ def decide(obs: dict[str, Any]) -> Any:
     elif name == "decide_switch":
         settings = PolicySettings(**args["settings"])
         last = {int(k): v for k, v in args["last_switch_s"].items()}
-        got = controller.decide_switch(loads, settings, args["now_s"], last, args["in_flight"])
+        demand = controller.Demand(**args["demand"])
+        got = controller.decide_switch(loads, settings, demand, args["now_s"], last, args["in_flight"])
     elif name == "drained":
         got = controller.drained(load_from_dict(args["load"]))
     elif name == "route_prompt":

@@ -28,6 +28,7 @@ def _prompt(rid: int, queued: int, waiting: int = 1, **kw) -> ReplicaLoad:
 
 
 def _token(rid: int, seqs: int, free: int, **kw) -> ReplicaLoad:
+    kw.setdefault("kv_used_share", 1 - free / 40_000)
     return ReplicaLoad(
         rid,
         Role.DECODER,

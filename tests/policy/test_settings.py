@@ -21,12 +21,11 @@ def test_defaults_and_overrides() -> None:
         ({"adapt": "yes"}, "p.yaml: adapt: must be true or false"),
         ({"ttft_budget_s": 0}, "p.yaml: ttft_budget_s: out of range (0, 86400]"),
         ({"prefill_high": -1}, "prefill_high: out of range"),
-        ({"decode_low": float("nan")}, "decode_low: out of range"),
+        ({"min_gain": float("nan")}, "min_gain: out of range"),
         ({"prefill_high": 1e9}, "prefill_high: out of range"),
         ({"chunk_tokens": 0}, "chunk_tokens: out of range [1, 65536]"),
         ({"chunk_tokens": 1.5}, "chunk_tokens: must be an integer"),
         ({"min_dwell_s": True}, "min_dwell_s: must be a number"),
-        ({"decode_low": 2.0}, "p.yaml: decode_low: must be below decode_high = 1 (the hysteresis gap)"),
         ([1, 2], "p.yaml: policy settings must be a mapping"),
     ],
 )

@@ -35,11 +35,13 @@ def test_quick_profile_is_valid_and_complete(quick_profile: Path) -> None:
     # Fit error is reported for every curve, and the curves describe their samples.
     assert set(raw["fit_error"]) >= {"prefill", "decode", "head"}
     assert all(0 <= e < 0.5 for e in p.fit_error.values())
-    # Prefill grows with the prompt; decode with the batch (same context).
+    # Prefill grows with the prompt (16x the tokens); a decode batch shares one read of the
+    # weights, so a token costs less in a batch of 4 than alone. Both margins are several-fold:
+    # a busy machine's noise cannot flip them (batch 4 vs batch 1 *time* differs by ~20% only).
     pre = dict(p.samples.prefill)
     assert pre[256] > pre[16]
     dec = {(b, c): s for b, c, s in p.samples.decode}
-    assert dec[(4, 512)] > dec[(1, 128)]
+    assert dec[(4, 128)] / 4 < dec[(1, 128)]
 
 
 def _one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:

@@ -65,7 +65,7 @@ def test_sweep_covers_the_grid_and_skips_contexts_beyond_the_model() -> None:
         warmup=0,
     )
     calls: list[str] = []
-    samples = measure(TINY, CPU, torch.float32, grid, calls.append)
+    samples = measure(TINY, CPU, torch.float32, grid, lambda done, total, note="": calls.append(note))
     assert [t for t, _ in samples.prefill] == [8, 32]
     assert {(b, c) for b, c, _ in samples.decode} == {(1, 16), (2, 16), (1, 64), (2, 64)}
     assert len(calls) == grid_points(grid, TINY) == 2 * (2 + 4 + 2 + 1)

@@ -9,6 +9,7 @@ from matplotlib.patches import Rectangle
 
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.report.plan_figure import BOTTLENECK_EDGE, plan_figure, replica_caption, role_colour
+from e2llm.specs.device import Cluster, Device, Link
 
 PLAN = Plan(
     system="e2llm",
@@ -33,6 +34,7 @@ PLAN = Plan(
         ),
     ),
     unused_devices=("d",),
+    cluster=Cluster((Device("a", memory_gb=2.0, tflops=1.0, mem_bandwidth_gbs=10.0),), Link(1000.0, 0.5)),
 )
 
 
@@ -62,7 +64,7 @@ def test_rows_are_named_by_device_and_replicas_captioned() -> None:
     texts = [t.get_text() for t in ax.texts]
     assert replica_caption(PLAN.replicas[0]) in texts
     assert "replica 1 DECODER, concurrency 8, decode 12.5 tok/s/req" in texts
-    assert "[0,10) E  1.5 GB" in texts and "[10,30) H" in texts
+    assert "[0,10) E  1.5/2 GiB" in texts and "[10,30) H" in texts
     assert "unused: d" in fig.get_suptitle()
 
 

@@ -25,8 +25,9 @@ from test_device_loss import PROMPTS, _body, _pids, _stream
 from e2llm.bench.local_server import serving_plan
 from e2llm.cost.build import build_cost_model
 from e2llm.plan.plan_json import plan_to_dict
-from e2llm.plan.systems import PlanRequest, get_system
-from e2llm.runtime.replan import SERVE_WORKLOAD
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.systems import get_system
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.cluster_file import cluster_from_dict
 from e2llm.specs.model_catalog import load_model
 
@@ -46,7 +47,8 @@ CLUSTER = {
 
 def _planned() -> dict[str, Any]:
     cost = build_cost_model(load_model("smollm2-135m"), cluster_from_dict(CLUSTER, "test cluster"))
-    plan = plan_to_dict(get_system("e2llm")(PlanRequest(cost=cost, workload=SERVE_WORKLOAD)))
+    chat = WorkloadShape(mean_input_tokens=256, mean_output_tokens=128, interval_s=1.0)
+    plan = plan_to_dict(get_system("e2llm")(PlanRequest(cost=cost, workload=chat)))
     roles = [(r["role"], [d["name"] for d in r["devices"]]) for r in plan["replicas"]]
     assert roles == [("PREFILL", ["cpu0"]), ("PREFILL", ["cpu1"]), ("DECODER", ["cpu2"])], roles
     return plan

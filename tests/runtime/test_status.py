@@ -28,7 +28,6 @@ from e2llm.runtime.replica import ReplicaRunner
 from e2llm.runtime.server import ServedModel, create_app
 from e2llm.runtime.service import Deployment
 from e2llm.runtime.status import ReplicaStatus, Status, deployment_status
-from e2llm.specs.cluster_file import cluster_to_dict
 from e2llm.specs.device import Cluster, Device, Link
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +62,7 @@ PLAN = Plan(
         ),
     ),
     unused_devices=("d",),
-    cluster=cluster_to_dict(CLUSTER),
+    cluster=CLUSTER,
 )
 
 
@@ -190,7 +189,7 @@ def test_lost_replica_shows_as_lost_and_degrades(deployment: Deployment) -> None
 
 
 def test_plan_without_cluster_lists_its_devices_without_specs() -> None:
-    s = _status(_deployment(dataclasses.replace(PLAN, cluster={})))
+    s = _status(_deployment(dataclasses.replace(PLAN, cluster=None)))
     assert [(d.name, d.memory_gb, d.state) for d in s.cluster.devices] == [
         ("a", None, "serving"),
         ("b", None, "serving"),

@@ -158,3 +158,20 @@ def test_full_token_memory_borrows_a_prompt_machine() -> None:
     assert all(r.completed for r in res.records)
     lent = {rid for _, rid, new in res.roles if new == "COLOCATED"} & {0, 1}
     assert lent and any(r.decode_replica in lent for r in res.records)
+
+
+def test_backlog_without_a_better_split_switches_nothing() -> None:
+    """Prompts queue far past the TTFT budget, but with one PREFILL and two DECODERs moving a
+    decoder would make decoding the bottleneck: the capacity guard keeps the plan's roles."""
+    cost = cost_model(["a", "b", "c"], LinearTimes(decode_s_per_seq=0.002))
+    p = plan(
+        replica(0, Role.PREFILL, [("a", 0, 4)]),
+        replica(1, Role.DECODER, [("b", 0, 4)], concurrency=4),
+        replica(2, Role.DECODER, [("c", 0, 4)], concurrency=4),
+    )
+    reqs = _phased(300, 0.6, 7, [((100, 300), (30, 90))])
+    settings = PolicySettings(adapt=True, ttft_budget_s=1.0, min_dwell_s=5.0)
+    fixed = simulate(p, cost, reqs, ServingContext(PolicySettings(ttft_budget_s=1.0)))
+    adaptive = simulate(p, cost, reqs, ServingContext(settings))
+    assert summarize(fixed.records)["waiting_time_s"]["mean"] > 10 * settings.ttft_budget_s
+    assert adaptive.role_switches == 0 and adaptive.records == fixed.records

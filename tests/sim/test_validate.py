@@ -9,6 +9,7 @@ from simkit import TINY, cost_model, plan, replica
 
 from e2llm.cost.model import CostModel
 from e2llm.errors import InputError
+from e2llm.plan.plan_json import plan_from_dict, plan_to_dict
 from e2llm.plan.types import Role, Stage
 from e2llm.sim.state import RangeKv
 from e2llm.sim.validate import check_plan, check_serves
@@ -23,9 +24,26 @@ def test_valid_plan_passes() -> None:
     check_plan(_ok(), cost_model(["a", "b", "c"]))
 
 
+# Role checks: the same without a cost model (what `serve` checks on a plan that embeds none).
+ROLE_CASES = [
+    (plan(replica(0, Role.PREFILL, [("a", 0, 4)]), replica(1, Role.PREFILL, [("c", 0, 4)])), "DECODER"),
+    (plan(replica(0, Role.COLOCATED, [("a", 0, 4)]), replica(1, Role.DECODER, [("c", 0, 4)])), "mixes"),
+    (plan(replica(0, Role.COLOCATED, [("a", 0, 4)]), scheduler="splitwise"), "splitwise"),
+    (
+        plan(
+            replica(0, Role.PREFILL, [("a", 0, 4)]),
+            replica(1, Role.MIXED, [("c", 0, 4)]),
+            scheduler="splitwise",
+        ),
+        "splitwise",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("bad", "needle"),
     [
+        *ROLE_CASES,
         (plan(replica(0, Role.PREFILL, [("a", 0, 4)]), replica(1, Role.DECODER, [("x", 0, 4)])), "not in"),
         (
             plan(replica(0, Role.PREFILL, [("a", 0, 4)]), replica(1, Role.DECODER, [("a", 0, 4)])),
@@ -38,15 +56,23 @@ def test_valid_plan_passes() -> None:
             "start",
         ),
         (plan(replica(0, Role.PREFILL, [("a", 0, 3)]), replica(1, Role.DECODER, [("c", 0, 4)])), "cover"),
-        (plan(replica(0, Role.PREFILL, [("a", 0, 4)]), replica(1, Role.PREFILL, [("c", 0, 4)])), "DECODER"),
-        (plan(replica(0, Role.COLOCATED, [("a", 0, 4)]), replica(1, Role.DECODER, [("c", 0, 4)])), "mixes"),
-        (plan(replica(0, Role.COLOCATED, [("a", 0, 4)]), scheduler="splitwise"), "splitwise"),
-        (plan(replica(0, Role.COLOCATED, [("a", 0, 4)]), scheduler="random"), "scheduler"),
     ],
 )
 def test_bad_plans(bad, needle: str) -> None:
     with pytest.raises(InputError, match=needle):
         check_plan(bad, cost_model(["a", "b", "c"]))
+
+
+@pytest.mark.parametrize(("bad", "needle"), ROLE_CASES)
+def test_role_checks_need_no_cost_model(bad, needle: str) -> None:
+    with pytest.raises(InputError, match=needle):
+        check_plan(bad, None)
+
+
+def test_an_unknown_scheduler_is_refused_where_the_plan_is_read() -> None:
+    doc = {**plan_to_dict(plan(replica(0, Role.COLOCATED, [("a", 0, 4)]))), "scheduler": "random"}
+    with pytest.raises(InputError, match="scheduler"):
+        plan_from_dict(doc)
 
 
 def test_needs_one_embedding_and_head() -> None:

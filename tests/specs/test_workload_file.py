@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from e2llm.errors import InputError
-from e2llm.specs.workload import generate_requests, load_workload, with_load
+from e2llm.specs.workload import generate_requests, with_load
+from e2llm.specs.workload_file import load_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "workloads"
@@ -47,12 +48,13 @@ def test_interval_and_rate_overrides_keep_the_process():
     ("kwargs", "fragment"),
     [
         ({"interval_s": 1, "rate_per_s": 1}, "at most one"),
-        ({"interval_s": 0}, "--interval"),
-        ({"rate_per_s": -2}, "--rate"),
-        ({"requests": 0}, "--requests"),
+        ({"interval_s": 0}, "interval_s"),
+        ({"rate_per_s": -2}, "rate_per_s"),
+        ({"requests": 0}, "requests"),
     ],
 )
 def test_bad_overrides(kwargs, fragment):
+    """Named by parameter: the CLI shows them as its flags (tests/cli/test_options.py)."""
     with pytest.raises(InputError, match=fragment):
         load_workload(EXAMPLES / "smoke.yaml", **kwargs)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from e2llm.cost.profile import load_profile
+from e2llm.specs.cluster_file import load_cluster
 from e2llm.testbed import host
 from e2llm.testbed.lifecycle import folder_of, leftovers, load_state
 
@@ -20,8 +22,8 @@ pytestmark = pytest.mark.slow
 
 CLUSTER_YAML = """\
 devices:
-  - {name: fast, memory_gb: 0.5, tflops: 0.2, mem_bandwidth_gbs: 20}
-  - {name: slow, memory_gb: 0.25, tflops: 0.05, mem_bandwidth_gbs: 20}
+  - {name: fast, memory_gb: 1.0, tflops: 0.2, mem_bandwidth_gbs: 20}
+  - {name: slow, memory_gb: 0.75, tflops: 0.05, mem_bandwidth_gbs: 20}
 network:
   bandwidth_mbps: 200
   latency_ms: 0.1
@@ -105,6 +107,19 @@ def test_up_shapes_quotas_and_down_leaves_nothing(testbed_host, tmp_path, monkey
         mbps = measured_mbps(cluster, env, "fast", "slow", slow.address)
         assert 0 < mbps <= 20 * 1.05
         print(f"\nup {took_up:.1f} s; fast->slow {mbps:.1f} Mbit/s (shaped at 20)")
+
+        # Profiles taken inside the devices: the cluster file the planner then reads.
+        out = tmp_path / "profiles"
+        prof = run_testbed("profile", str(cluster), "--out", str(out), "--quick", env=env)
+        assert prof.returncode == 0, prof.stderr
+        emulated = load_cluster(out / "cluster.yaml")
+        assert [d.profile for d in emulated.devices] == [str(out / "fast.json"), str(out / "slow.json")]
+        assert emulated.link("fast", "slow").bandwidth_mbps == 20  # as shaped: 40 x --scale 0.5
+        assert 0 < emulated.default_link.latency_ms < 5  # the bridge's, measured
+        assert emulated.device("slow").memory_gb == 0.75
+        fast_p, slow_p = (load_profile(out / f"{n}.json").fit for n in ("fast", "slow"))
+        # Half the CPU quota: the slow device's prompt layers take longer (~2x).
+        assert slow_p.prefill_s(256) > fast_p.prefill_s(256)
     finally:
         started = time.monotonic()
         down = run_testbed("down", str(cluster), env=env)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
+import pytest
+
 from e2llm.specs.cluster_file import cluster_from_dict
+from e2llm.testbed.control import sent_bytes
 from e2llm.testbed.netcmds import (
     classid,
     link_state_command,
@@ -97,3 +100,17 @@ def test_link_state_and_teardown():
         "ip netns delete e2tb-ab12-a",
         "ip link delete e2tbab12br",
     ]
+
+
+def test_sent_bytes_reads_one_class_from_tc_statistics():
+    stats = (
+        "class htb 1:1 root prio 0 rate 100Mbit ceil 100Mbit burst 1600b cburst 1600b \n"
+        " Sent 1234 bytes 10 pkt (dropped 0, overlimits 0 requeues 0) \n"
+        " backlog 0b 0p requeues 0\n"
+        "class htb 1:11 root prio 0 rate 20Mbit ceil 20Mbit burst 1600b cburst 1600b \n"
+        " Sent 99 bytes 1 pkt (dropped 0, overlimits 0 requeues 0) \n"
+    )
+    assert sent_bytes(stats, "1:1") == 1234
+    assert sent_bytes(stats, "1:11") == 99
+    with pytest.raises(ValueError, match="no htb class 1:12"):
+        sent_bytes(stats, "1:12")

@@ -14,6 +14,7 @@ from e2llm.testbed.topology import (
     NODE_OVERHEAD_BYTES,
     TestbedOptions,
     cpu_cores,
+    emulated_cluster,
     pick_subnet,
     plan_topology,
     relative_speed,
@@ -151,3 +152,13 @@ def test_testbed_id_depends_on_the_path_only():
     assert id_of("/a/c.yaml") == id_of("/a/c.yaml")
     assert id_of("/a/c.yaml") != id_of("/b/c.yaml")
     assert len(id_of("/a/c.yaml")) == 4
+
+
+def test_the_emulated_cluster_is_what_the_testbed_runs():
+    c = cluster(links=[{"a": "fast", "b": "slow", "bandwidth_mbps": 20}], bandwidth=100)
+    emu = emulated_cluster(c, TestbedOptions(scale=0.1, memory_scale=0.5), 0.04, {"fast": "/p/fast.json"})
+    assert emu.device("fast").memory_gb == 1.0 and emu.device("fast").profile == "/p/fast.json"
+    assert emu.device("mid").profile is None
+    assert emu.default_link.bandwidth_mbps == 10.0 and emu.default_link.latency_ms == 0.04
+    assert emu.link("fast", "slow").bandwidth_mbps == 2.0 and emu.link("fast", "slow").latency_ms == 0.04
+    assert emu.names == c.names

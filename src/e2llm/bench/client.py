@@ -32,6 +32,7 @@ class Outcome:
     tokens: int
     queue_s: float | None
     error: str | None = None
+    second_token_s: float | None = None  # the second text event (None: fewer than two)
 
 
 def completion_payload(model: str, prompt_ids: list[int], max_tokens: int) -> dict[str, Any]:
@@ -59,7 +60,7 @@ async def stream_completion(client: httpx.AsyncClient, url: str, payload: dict[s
     network failures: they come back as an `Outcome` with `error` set (timeouts are the
     client's: a stalled server fails the request, it does not hang the run)."""
     sent = time.perf_counter()
-    first = last = None
+    first = second = last = None
     tokens = 0
     queue_s: float | None = None
     usage_tokens: int | None = None
@@ -82,7 +83,10 @@ async def stream_completion(client: httpx.AsyncClient, url: str, payload: dict[s
                 choices = event.get("choices") or []
                 if any(c.get("text") or c.get("token_id") is not None for c in choices):
                     tokens += 1
-                    first = first if first is not None else now
+                    if first is None:
+                        first = now
+                    elif second is None:
+                        second = now
                     last = now
                 usage = event.get("usage") or {}
                 if usage.get("completion_tokens") is not None:
@@ -98,4 +102,5 @@ async def stream_completion(client: httpx.AsyncClient, url: str, payload: dict[s
         return Outcome(sent, None, None, 0, queue_s, "no token received")
     # Text events can merge tokens (held-back stop-string text, multi-byte characters):
     # the server's usage count is the truth when it sends one.
-    return Outcome(sent, first, last, usage_tokens if usage_tokens is not None else tokens, queue_s)
+    n = usage_tokens if usage_tokens is not None else tokens
+    return Outcome(sent, first, last, n, queue_s, second_token_s=second)

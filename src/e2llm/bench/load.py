@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import httpx
 
 from e2llm.bench.client import Outcome, completion_payload, stream_completion
 from e2llm.errors import InputError
+from e2llm.progress import Progress
 from e2llm.sim.metrics import RequestRecord
 from e2llm.specs.workload import Request
 
@@ -65,7 +66,7 @@ def served_models(base_url: str, api_key: str | None = None, timeout_s: float = 
     except httpx.HTTPError as err:
         raise InputError("URL", f"cannot reach the server ({type(err).__name__})", base_url) from err
     if resp.status_code in (401, 403):
-        raise InputError("--api-key", f"the server refused the key (HTTP {resp.status_code})", url)
+        raise InputError("api_key", f"the server refused the key (HTTP {resp.status_code})", url)
     try:
         resp.raise_for_status()
         return [str(m["id"]) for m in resp.json()["data"]]
@@ -88,6 +89,7 @@ def _record(request: Request, outcome: Outcome, t0: float) -> RequestRecord:
         outcome.tokens,
         prefill_start_s=None if outcome.queue_s is None else arrival + outcome.queue_s,
         first_token_s=outcome.first_token_s - t0,
+        second_token_at_s=None if outcome.second_token_s is None else outcome.second_token_s - t0,
         last_token_s=outcome.last_token_s - t0,
     )
 
@@ -95,9 +97,10 @@ def _record(request: Request, outcome: Outcome, t0: float) -> RequestRecord:
 async def run_load(
     requests: Sequence[Request],
     settings: BenchSettings,
-    progress: Callable[[RequestRecord], None] = lambda _: None,
+    progress: Progress | None = None,
 ) -> list[RequestRecord]:
     """Send `requests` (sorted by arrival) open-loop; return one record per request sent.
+    `progress` counts finished requests (the note: how many failed).
 
     Requests whose arrival falls after `max_seconds` are not sent and not counted.
     """
@@ -106,6 +109,15 @@ async def run_load(
     timeout = httpx.Timeout(settings.request_timeout_s, connect=settings.connect_timeout_s)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     records: dict[int, RequestRecord] = {}
+    failures = 0
+
+    def finished(record: RequestRecord) -> None:
+        nonlocal failures
+        records[record.id] = record
+        failures += record.failed is not None
+        if progress:
+            progress(len(records), len(todo), f"{failures} failed" if failures else "")
+
     async with httpx.AsyncClient(
         timeout=timeout, limits=limits, headers=_headers(settings.api_key)
     ) as client:
@@ -123,8 +135,7 @@ async def run_load(
                     time.perf_counter() - outcome.sent_s,
                     outcome.error,
                 )
-            records[req.id] = _record(req, outcome, t0)
-            progress(records[req.id])
+            finished(_record(req, outcome, t0))
 
         tasks: dict[int, asyncio.Task[None]] = {}
         for req in todo:
@@ -142,9 +153,6 @@ async def run_load(
                 task.cancel()
                 why = f"not finished within --max-seconds {settings.max_seconds:g}"
                 arrival = req.arrival_s - first_arrival
-                records[req.id] = RequestRecord(
-                    req.id, arrival, req.input_tokens, req.output_tokens, failed=why
-                )
-                progress(records[req.id])
+                finished(RequestRecord(req.id, arrival, req.input_tokens, req.output_tokens, failed=why))
         await asyncio.gather(*tasks.values(), return_exceptions=True)
     return [records[r.id] for r in todo if r.id in records]

@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module exposing `add_parser(subparsers)` (which sets
 `func=run` on its parser) and `run(args) -> int`. Bad input anywhere raises `InputError`,
-printed here as one line with exit code 2.
+printed here as one line with exit code 2 (a lower layer's parameter name shown as the flag that
+sets it: `cli/options.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib
 import sys
 
 from e2llm.cli.logs import configure_logging
+from e2llm.cli.options import with_flag
 from e2llm.errors import InputError
 
 # subcommand -> module; imported lazily so `e2llm plan` does not pay for torch or Ray.
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InputError as e:
-        print(f"e2llm {args.command}: error: {e}", file=sys.stderr)
+        print(f"e2llm {args.command}: error: {with_flag(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -12,6 +12,8 @@ import sys
 from typing import Any
 
 from e2llm.cli.logs import add_log_level
+from e2llm.cli.options import add_arrivals, add_seed, add_workload
+from e2llm.cli.progress import progress_bar
 from e2llm.errors import InputError
 
 EXAMPLES = """examples:
@@ -42,12 +44,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("url", metavar="URL", help="server base URL, e.g. http://127.0.0.1:8000")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_workload(p)
     p.add_argument("--model", help="model name to request (default: the first one the server lists)")
-    p.add_argument("--seed", type=int, help="seed for the requests (default: the workload's)")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--interval", type=float, metavar="S", help="mean seconds between arrivals")
-    g.add_argument("--rate", type=float, metavar="R", help="mean arrivals per second")
+    add_seed(p, "the requests")
+    add_arrivals(p)
     p.add_argument(
         "--requests", type=int, metavar="N", help="number of requests to generate (default: the workload's)"
     )
@@ -87,13 +87,12 @@ def _write_out(out: str, records: list[Any], doc: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from e2llm.bench.load import BenchSettings, run_load, served_models
     from e2llm.bench.server_metrics import TTFT, WAITING, histogram_totals, mean_deltas
     from e2llm.report.table import metrics_table
-    from e2llm.sim.metrics import RequestRecord, summarize
-    from e2llm.specs.workload import generate_requests, load_workload
+    from e2llm.sim.metrics import summarize
+    from e2llm.specs.workload import generate_requests
+    from e2llm.specs.workload_file import load_workload
 
     _check_args(args)
     workload = load_workload(
@@ -113,18 +112,11 @@ def run(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         request_timeout_s=args.timeout,
     )
-    total = min(len(requests), args.max_requests or len(requests))
-    with tqdm(total=total, desc="bench", unit="req", leave=False, file=sys.stderr) as bar:
-
-        def done(record: RequestRecord) -> None:
-            bar.update()
-            if record.failed is not None:
-                bar.set_postfix_str("failures!")
-
+    with progress_bar("bench", "req") as progress:
         before = histogram_totals(args.url, api_key=api_key)
-        records = asyncio.run(run_load(requests, settings, done))
+        records = asyncio.run(run_load(requests, settings, progress))
         server = mean_deltas(before, histogram_totals(args.url, api_key=api_key))
-    doc = summarize(records)
+    doc = summarize(records, workload.min_decode_tok_s)
     if server:
         doc["server"] = {"waiting_mean_s": server.get(WAITING), "ttft_mean_s": server.get(TTFT)}
     if args.out:

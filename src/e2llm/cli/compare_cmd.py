@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
+from e2llm.cli.options import add_precision, add_workload
 from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
+from e2llm.cli.progress import progress_bar
 from e2llm.cli.sim_output import add_load_arguments, compare_json, loads_from_args, print_table, write_out
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
-from e2llm.plan.roles import OBJECTIVES
 from e2llm.plan.systems import system_names
+from e2llm.plan.types import Objective
 from e2llm.sim.compare import compare
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model
-from e2llm.specs.workload import load_workload
+from e2llm.specs.workload_file import load_workload
 
 DEFAULT_SYSTEMS = "e2llm,splitwise,colocated,pipeline,memory-proportional"
 
@@ -44,16 +45,16 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("cluster", metavar="CLUSTER", help="cluster YAML")
     p.add_argument("--model", required=True, help="catalog name, HF model dir, config.json or GGUF file")
-    p.add_argument("--precision", help="weight precision override (bf16, int8, q4, ...)")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_precision(p)
+    add_workload(p)
     p.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated (default: {DEFAULT_SYSTEMS})")
     p.add_argument(
         "--objective",
-        choices=OBJECTIVES,
-        default="bottleneck",
+        choices=tuple(Objective),
+        default=Objective.BOTTLENECK.value,
         help="what the planners optimise: the method's bottleneck (default) or the maximum request rate",
     )
-    add_load_arguments(p)
+    add_load_arguments(p, "the requests and the planners")
     add_policy_arguments(p)
     p.set_defaults(func=run)
 
@@ -71,16 +72,17 @@ def run(args: argparse.Namespace) -> int:
     cost = build_cost_model(model, cluster)
     workload = load_workload(args.workload, requests=args.requests)
     loads = loads_from_args(args)
-    runs = compare(
-        systems,
-        cost,
-        workload,
-        loads,
-        args.seed,
-        progress=lambda s: print(s, file=sys.stderr),
-        objective=args.objective,
-        settings=policy_from_args(args),
-    )
+    with progress_bar("planning and simulating", "run") as progress:
+        runs = compare(
+            systems,
+            cost,
+            workload,
+            loads,
+            args.seed,
+            progress,
+            Objective(args.objective),
+            policy_from_args(args),
+        )
     doc = compare_json(runs, loads)
     if args.out:
         write_out(args.out, runs, loads, cluster.names, doc)

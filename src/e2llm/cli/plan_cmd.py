@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from e2llm.cli.options import add_arrivals, add_precision, add_seed, add_workload
+from e2llm.cli.progress import progress_bar
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
 from e2llm.plan.plan_json import plan_to_dict, save_plan
-from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
-from e2llm.plan.types import Plan, Replica
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.systems import get_system, system_names
+from e2llm.plan.types import Objective, ObjectiveKind, Plan, PlannerParams, Replica
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.report.plan_figure import plan_figure
 from e2llm.specs.cluster_file import load_cluster
 from e2llm.specs.model_catalog import load_model
-from e2llm.specs.workload import load_workload
+from e2llm.specs.workload_file import load_workload
 
 EXAMPLES = """examples:
   e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
@@ -37,7 +37,6 @@ exceeds the arrival interval; 0 = keeps up, then lower predicted latency wins) o
 (highest sustainable request rate, reported negated). Lower is better for both."""
 
 PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
-SLOW_RUN_S = 2.0  # show a progress bar when not on a terminal only after this long
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,24 +49,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("cluster", metavar="CLUSTER", help="cluster YAML (devices, network)")
     p.add_argument("--model", required=True, metavar="M", help="catalog name, HF config/model dir, or GGUF")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_workload(p)
     p.add_argument(
         "--system",
         default="e2llm",
         metavar="S",
-        help="planner: e2llm (default), memory-proportional, or a baseline (splitwise, pipeline, colocated)",
+        help=f"planner: {', '.join(system_names())} (default e2llm)",
     )
-    p.add_argument("--seed", type=int, default=1, help="GA seed (default 1)")
-    p.add_argument("--objective", choices=("bottleneck", "max_rate"), default="bottleneck")
+    add_seed(p, "the planner's search")
+    p.add_argument("--objective", choices=tuple(Objective), default=Objective.BOTTLENECK.value)
     p.add_argument(
         "--exhaustive", action="store_true", help="exhaustive search instead of the GA (<= 7 devices)"
     )
-    p.add_argument("--precision", metavar="P", help="weight precision override: bf16, fp16, int8, q4, mxfp4")
-    load = p.add_mutually_exclusive_group()
-    load.add_argument(
-        "--interval", type=float, metavar="S", help="mean seconds between arrivals (overrides W)"
-    )
-    load.add_argument("--rate", type=float, metavar="R", help="arrivals per second (overrides W)")
+    add_precision(p)
+    add_arrivals(p, " (overrides W)")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
     p.add_argument(
         "--out",
@@ -84,20 +79,13 @@ def run(args: argparse.Namespace) -> int:
     workload = load_workload(args.workload, interval_s=args.interval, rate_per_s=args.rate)
     shape = WorkloadShape.of(workload)
     cost = build_cost_model(model, cluster)
-    progress, close = _progress_bar()
-    try:
-        plan = planner(
-            PlanRequest(
-                cost,
-                shape,
-                seed=args.seed,
-                objective=args.objective,
-                exhaustive=args.exhaustive,
-                progress=progress,
-            )
-        )
-    finally:
-        close()
+    params = PlannerParams(
+        seed=workload.seed if args.seed is None else args.seed,
+        objective=Objective(args.objective),
+        exhaustive=args.exhaustive,
+    )
+    with progress_bar("planning (GA generations)", "gen") as progress:
+        plan = planner(PlanRequest(cost, shape, params, progress))
     if args.out:
         _write_out(plan, Path(args.out))
     if args.json:
@@ -120,36 +108,9 @@ def _write_out(plan: Plan, path: Path) -> None:
         raise InputError(str(path), f"cannot write the plan: {e.strerror}") from None
 
 
-def _progress_bar() -> tuple[Callable[[int, int], None], Callable[[], None]]:
-    """A tqdm bar on stderr: at once on a terminal, otherwise only once the run is slow."""
-    from tqdm import tqdm
-
-    start = time.perf_counter()
-    state: dict[str, Any] = {"bar": None}
-
-    def update(done: int, total: int) -> None:
-        bar = state["bar"]
-        if bar is None:
-            if not (sys.stderr.isatty() or time.perf_counter() - start > SLOW_RUN_S):
-                return
-            bar = state["bar"] = tqdm(
-                total=total, desc="planning (GA generations)", unit="gen", file=sys.stderr
-            )
-        bar.update(done - bar.n)
-
-    def close() -> None:
-        bar = state["bar"]
-        if bar is not None:
-            bar.total = bar.n  # the GA stopped early: the run is complete, not at n / max
-            bar.refresh()
-            bar.close()
-
-    return update, close
-
-
 def format_plan(plan: Plan, shape: WorkloadShape) -> str:
     """The readable table: one block per replica, one row per device."""
-    memory = {d["name"]: d.get("memory_gb") for d in plan.cluster.get("devices", [])}
+    memory = {d.name: d.memory_gb for d in plan.cluster.devices} if plan.cluster is not None else {}
     lines = [
         f"system {plan.system}, model {plan.model}: {len(plan.replicas)} replicas "
         f"({len(plan.prefill_replicas)} PREFILL, {len(plan.decode_replicas)} DECODER)",
@@ -189,16 +150,17 @@ def format_plan(plan: Plan, shape: WorkloadShape) -> str:
             f"capacity: prefill {prefill:.2f} req/s, decode {decode:.2f} req/s "
             f"(arrivals {1 / shape.interval_s:.2f}/s)"
         )
-    if plan.objective_kind == "neg_max_rate":
+    if plan.objective_kind is ObjectiveKind.NEG_MAX_RATE:
         lines.append(f"objective (max_rate): {-plan.objective:.3f} req/s sustainable")
     else:
         lines.append(
             f"objective (bottleneck): {plan.objective:.3f} s by which the slower phase exceeds the interval"
         )
     st = plan.planner
+    seed = plan.params.seed if plan.params is not None else None
     lines.append(
         f"planner: {st.evaluations} evaluations, {st.generations} generations, {st.seconds:.2f} s, "
-        f"seed {st.seed}"
+        f"seed {seed}"
     )
     return "\n".join(lines)
 

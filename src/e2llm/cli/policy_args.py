@@ -19,8 +19,8 @@ def add_policy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--policy",
         metavar="FILE",
-        help="YAML/JSON mapping of serving-policy settings: adapt, ttft_budget_s, prefill_high, decode_low, "
-        "decode_high, prefill_low, min_dwell_s, chunk_tokens",
+        help="YAML/JSON mapping of serving-policy settings: adapt, ttft_budget_s, prefill_high, decode_high, "
+        "min_gain, min_dwell_s, chunk_tokens",
     )
 
 

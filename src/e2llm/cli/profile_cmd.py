@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 from e2llm.cli.logs import add_log_level
+from e2llm.cli.options import add_device, add_dtype, device_choice, dtype_choice
+from e2llm.cli.progress import progress_bar
 from e2llm.errors import InputError
 
 EXAMPLES = """examples:
@@ -38,15 +40,15 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--model", default="smollm2-135m", help="catalog name, HF config/dir or GGUF (default %(default)s)"
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or mps (default %(default)s)")
-    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="default: fp32 on cpu, bf16 otherwise")
+    add_device(p)
+    add_dtype(p, None, "fp32 on cpu, bf16 otherwise")
     p.add_argument(
         "--threads", type=int, help="torch CPU threads (default: torch's choice); match the serving worker"
     )
     p.add_argument("--layers", type=int, default=2, help="layers in the timed stack (default %(default)s)")
     p.add_argument("--name", help="device name recorded in the profile (default: host or GPU name)")
     p.add_argument("--quick", action="store_true", help="coarse grid, few repeats: seconds, for tests")
-    p.add_argument("--out", default="profile.json", help="output file (default %(default)s)")
+    p.add_argument("--out", default="profile.json", metavar="FILE", help="output file (default %(default)s)")
     add_log_level(p)
     p.set_defaults(func=run)
 
@@ -54,8 +56,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _torch_device(name: str) -> object:
     import torch
 
-    if name not in ("cpu", "cuda", "mps"):
-        raise InputError("--device", "must be cpu, cuda or mps", name)
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device", "CUDA requested but torch sees no CUDA device", name)
     if name == "mps" and not torch.backends.mps.is_available():
@@ -87,7 +87,6 @@ def _device_name(device: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
     from e2llm.cost.profile import make_profile, save_profile
     from e2llm.profile.bandwidth import memory_bandwidth_gbs
@@ -95,9 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from e2llm.profile.target import DTYPES
     from e2llm.specs.model_catalog import load_model, with_precision
 
-    device = _torch_device(args.device)
-    assert isinstance(device, torch.device)
-    dtype_name = args.dtype or ("fp32" if args.device == "cpu" else "bf16")
+    device_name = device_choice(args.device)
+    torch_device = _torch_device(device_name)
+    assert isinstance(torch_device, torch.device)
+    dtype_name = dtype_choice(args.dtype) if args.dtype else ("fp32" if device_name == "cpu" else "bf16")
     if args.layers < 1:
         raise InputError("--layers", "must be >= 1", args.layers)
     if args.threads is not None:
@@ -115,22 +115,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():  # fail now, not after minutes of measuring
         raise InputError("--out", "the folder does not exist", str(out.parent))
-    busy = _load_warning(args.device)
+    busy = _load_warning(device_name)
     if busy:
         print(busy, file=sys.stderr)
     started = time.perf_counter()
-    with tqdm(total=grid_points(grid, model) + 1, desc="profile", unit="pt", leave=False) as bar:
-
-        def step(what: str) -> None:
-            bar.set_postfix_str(what)
-            bar.update()
-
-        samples = measure(model, device, DTYPES[dtype_name], grid, step)
-        bandwidth = memory_bandwidth_gbs(device, size_bytes=grid.bandwidth_bytes)
-        step("bandwidth")
+    points = grid_points(grid, model)
+    with progress_bar("profile", "pt") as progress:
+        samples = measure(model, torch_device, DTYPES[dtype_name], grid, progress)
+        progress(points, points + 1, "bandwidth")
+        bandwidth = memory_bandwidth_gbs(torch_device, size_bytes=grid.bandwidth_bytes)
     profile = make_profile(
-        device_name=args.name or _device_name(args.device),
-        torch_device=args.device,
+        device_name=args.name or _device_name(device_name),
+        torch_device=device_name,
         dtype=dtype_name,
         model=model,
         samples=samples,

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from e2llm.cli.logs import add_log_level
+from e2llm.cli.options import (
+    DTYPES,
+    add_device,
+    add_dtype,
+    add_precision,
+    add_workload,
+    device_choice,
+    dtype_choice,
+)
 from e2llm.errors import InputError
-from e2llm.plan.types import Plan
+from e2llm.plan.types import Plan, PlannerParams
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.runtime.http_limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -19,6 +30,7 @@ from e2llm.runtime.http_limits import (
 )
 
 DEFAULT_CLUSTER = Path("examples/clusters/local-cpu.yaml")
+DEFAULT_WORKLOAD = Path("examples/workloads/chat.yaml")
 DEFAULT_MODEL = "smollm2-135m"
 API_KEY_ENV = "E2LLM_API_KEY"
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
@@ -31,6 +43,8 @@ _BUILTIN_CLUSTER = {
     ],
     "network": {"bandwidth_mbps": 10000, "latency_ms": 0.1},
 }
+# examples/workloads/chat.yaml's shape, used when that file is absent.
+_BUILTIN_SHAPE = WorkloadShape(mean_input_tokens=256, mean_output_tokens=128, interval_s=1.0)
 
 EXAMPLES = """examples:
   e2llm serve                                   # built-in SmolLM2-135M on a local emulated cluster
@@ -52,6 +66,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("target", nargs="?", help="cluster YAML (planned at start) or plan JSON (served as is)")
     p.add_argument("--model", help=f"catalog name ({DEFAULT_MODEL}), HF model folder or .gguf file")
     p.add_argument("--system", default="e2llm", help="planner used for a cluster YAML (default e2llm)")
+    add_workload(
+        p, False, f": the shape planned and re-planned for (default: the plan's own, else {DEFAULT_WORKLOAD})"
+    )
+    add_precision(p, "weight precision the planner plans for")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--ray-address", help="join this Ray cluster (HEAD:6379) instead of starting one")
@@ -72,8 +90,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="on SIGINT/SIGTERM, seconds requests in flight get to finish before they are ended "
         "with 503 (a second signal ends them at once; default %(default)s)",
     )
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps", "auto"], help="torch device")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_device(p, auto=True)
+    add_dtype(p, "fp32")
     p.add_argument("--threads", type=int, help="torch threads per stage actor (default: cores // actors)")
     p.add_argument(
         "--max-body-bytes",
@@ -106,11 +124,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from e2llm.runtime.plans import describe_plan, plan_devices, runnable_plan
     from e2llm.runtime.weights import ModelSource, default_model_source, prepare_model
+    from e2llm.specs.workload_file import load_workload
 
     if not 0 < args.port < 65536:
         raise InputError("--port", "must be in 1..65535", args.port)
     if args.threads is not None and args.threads < 1:
         raise InputError("--threads", "must be >= 1", args.threads)
+    device_choice(args.device, auto=True)
+    dtype_choice(args.dtype)
     limits = _limits(args)
     if not 0 <= args.drain_s <= 86400:
         raise InputError("--drain-s", "must be in [0, 86400] seconds", args.drain_s)
@@ -132,11 +153,18 @@ def run(args: argparse.Namespace) -> int:
             f"the plan's model {model_name!r} has no local weights here; pass --model PATH "
             "(an HF model folder or a .gguf file)",
         )
+    workload = load_workload(args.workload) if args.workload else None
     source = default_model_source() if model_name == DEFAULT_MODEL else ModelSource.from_path(model_name)
     print(f"e2llm serve: preparing model {source.name} ({source.path})", flush=True)
     prepared = prepare_model(source)
-    plan = plan_from_file or _plan_cluster(target, model_name, args.system)
-    plan = runnable_plan(plan, prepared.config.n_layers, str(target or "plan"))
+    if plan_from_file is not None:
+        plan = _as_served(plan_from_file, WorkloadShape.of(workload) if workload else None, args.precision)
+    else:
+        shape, seed = (WorkloadShape.of(workload), workload.seed) if workload else _default_workload()
+        plan = _plan_cluster(target, model_name, args.system, shape, args.precision, seed)
+    where = str(target or "plan")
+    plan = runnable_plan(plan, prepared.config.n_layers, where)
+    _check(plan, where)
     print(describe_plan(plan), flush=True)
     return _serve(args, plan, prepared, plan_devices(plan), api_key, limits)
 
@@ -152,11 +180,52 @@ def _limits(args: argparse.Namespace) -> HttpLimits:
     return HttpLimits(args.max_body_bytes, args.max_inflight, args.header_timeout, args.body_timeout)
 
 
-def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
-    """Plan with the e2llm planner on `cluster_path` (or the local default cluster)."""
+def _default_workload() -> tuple[WorkloadShape, int]:
+    """The shape and seed to plan for when neither `--workload` nor the plan names one."""
+    from e2llm.specs.workload_file import load_workload
+
+    if not DEFAULT_WORKLOAD.is_file():
+        return _BUILTIN_SHAPE, 1
+    workload = load_workload(DEFAULT_WORKLOAD)
+    return WorkloadShape.of(workload), workload.seed
+
+
+def _as_served(plan: Plan, shape: WorkloadShape | None, precision: str | None) -> Plan:
+    """A plan file served as is. Re-planning uses `shape` when given, else the plan's own
+    (a plan written before plans carried their workload gets the default one)."""
+    if precision is not None and precision != plan.precision:
+        made_for = plan.precision or "its model's published precision"
+        raise InputError(
+            "--precision",
+            f"the plan was made for {made_for}; plan again with `e2llm plan --precision`",
+            precision,
+        )
+    return dataclasses.replace(plan, workload=shape or plan.workload or _default_workload()[0])
+
+
+def _check(plan: Plan, where: str) -> None:
+    """The checks `e2llm simulate` makes, on the plan's own cluster and model when it embeds them."""
     from e2llm.cost.build import build_cost_model
-    from e2llm.plan.systems import PlanRequest, get_system
-    from e2llm.runtime.replan import SERVE_WORKLOAD
+    from e2llm.sim.validate import check_plan
+
+    cost = None
+    if plan.cluster is not None and plan.model_spec is not None:
+        cost = build_cost_model(plan.model_spec, plan.cluster)
+    check_plan(plan, cost, where)
+
+
+def _plan_cluster(
+    cluster_path: Path | None,
+    model: str,
+    system: str,
+    shape: WorkloadShape = _BUILTIN_SHAPE,
+    precision: str | None = None,
+    seed: int = 1,
+) -> Plan:
+    """Plan with `system` on `cluster_path` (or the local default cluster) for `shape`."""
+    from e2llm.cost.build import build_cost_model
+    from e2llm.plan.request import PlanRequest
+    from e2llm.plan.systems import get_system
     from e2llm.specs.cluster_file import cluster_from_dict, load_cluster
     from e2llm.specs.model_catalog import load_model
 
@@ -167,10 +236,10 @@ def _plan_cluster(cluster_path: Path | None, model: str, system: str) -> Plan:
         if cluster_path
         else cluster_from_dict(_BUILTIN_CLUSTER, "built-in cluster")
     )
-    spec = load_model(model)
+    spec = load_model(model, precision)
     planner = get_system(system)
     cost = build_cost_model(spec, cluster)
-    return planner(PlanRequest(cost=cost, workload=SERVE_WORKLOAD))
+    return planner(PlanRequest(cost, shape, PlannerParams(seed=seed)))
 
 
 def _serve(
@@ -200,7 +269,7 @@ def _serve(
             raise InputError("--device", "not available on this machine", args.device)
     options = LaunchOptions(
         torch_device=args.device,
-        dtype=args.dtype,
+        dtype=DTYPES[dtype_choice(args.dtype)],
         threads=args.threads,
         enforce_device_memory=args.ray_address is not None,
     )

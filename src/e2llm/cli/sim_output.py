@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from e2llm.cli.options import add_arrivals, add_seed
 from e2llm.errors import InputError
 from e2llm.plan.plan_json import plan_to_dict
 from e2llm.report.csv_out import write_requests_csv
@@ -18,14 +19,9 @@ from e2llm.report.table import metrics_table
 from e2llm.sim.compare import Load, Run
 
 
-def add_load_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--seed", type=int, help="seed for the requests, and for compare's planners (default: the workload's)"
-    )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--interval", type=float, metavar="S", help="mean seconds between arrivals")
-    g.add_argument("--rate", type=float, metavar="R", help="mean arrivals per second")
-    g.add_argument(
+def add_load_arguments(p: argparse.ArgumentParser, seeded: str = "the requests") -> None:
+    add_seed(p, seeded)
+    add_arrivals(p).add_argument(
         "--sweep",
         metavar="LIST",
         help="comma-separated intervals in seconds (e.g. 0.5,1,2,3), or 'rate:' and rates (rate:1,2,4)",

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from e2llm.cli.options import add_workload
 from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
+from e2llm.cli.progress import progress_bar
 from e2llm.cli.sim_output import add_load_arguments, loads_from_args, print_table, simulate_json, write_out
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
 from e2llm.plan.plan_json import load_plan
-from e2llm.sim.compare import run_plan
-from e2llm.specs.cluster_file import cluster_from_dict
-from e2llm.specs.model_spec import model_from_dict
-from e2llm.specs.workload import load_workload
+from e2llm.sim.compare import Run, run_plan
+from e2llm.specs.workload_file import load_workload
 
 EXAMPLES = """examples:
   e2llm plan examples/clusters/paper-testbed.yaml --model gpt-oss-20b \\
@@ -40,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("plan", metavar="PLAN.json", help="a plan written by `e2llm plan --out`")
-    p.add_argument("--workload", required=True, metavar="W", help="workload YAML or Azure-format trace CSV")
+    add_workload(p)
     add_load_arguments(p)
     add_policy_arguments(p)
     p.set_defaults(func=run)
@@ -49,22 +48,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     source = str(args.plan)
-    if not plan.cluster:
+    if plan.cluster is None:
         raise InputError(source, "the plan embeds no cluster (write it with `e2llm plan --out`)")
-    if not plan.model_spec:
+    if plan.model_spec is None:
         raise InputError(source, "the plan embeds no model spec (write it with `e2llm plan --out`)")
-    cluster = cluster_from_dict(plan.cluster, f"{source}: cluster", base_dir=Path(source).parent)
-    model = model_from_dict(plan.model_spec, f"{source}: model_spec")
-    cost = build_cost_model(model, cluster)
+    cost = build_cost_model(plan.model_spec, plan.cluster)
     workload = load_workload(args.workload, requests=args.requests)
     loads = loads_from_args(args)
     settings = policy_from_args(args)
-    runs = [
-        run_plan(plan, cost, workload, load, args.seed, where=source, settings=settings) for load in loads
-    ]
+    runs: list[Run] = []
+    with progress_bar("simulating", "load") as progress:
+        for load in loads:
+            progress(len(runs), len(loads), load.label)
+            runs.append(run_plan(plan, cost, workload, load, args.seed, where=source, settings=settings))
+        progress(len(runs), len(loads))
     doc = simulate_json(runs)
     if args.out:
-        write_out(args.out, runs, loads, cluster.names, doc)
+        write_out(args.out, runs, loads, plan.cluster.names, doc)
     if args.json:
         print(json.dumps(doc, indent=2))
     else:

@@ -50,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="CORES",
         help="cores the devices share (default: this host's cores - 0.5)",
     )
+    _profile_flags(up, "--profile", "also profile every device inside it; write DIR/cluster.yaml")
     up.set_defaults(func=run_up)
     status = actions.add_parser("status", help="show the testbed's devices, links, quotas and Ray nodes")
     status.add_argument("cluster", metavar="CLUSTER")
@@ -58,6 +59,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     down = actions.add_parser("down", help="stop the Ray nodes and remove everything `up` made")
     down.add_argument("cluster", metavar="CLUSTER")
     down.set_defaults(func=run_down)
+    prof = actions.add_parser(
+        "profile",
+        help="profile every device inside the running testbed; write DIR/cluster.yaml with the profiles",
+    )
+    prof.add_argument("cluster", metavar="CLUSTER")
+    _profile_flags(prof, "--out", "folder for the profiles and cluster.yaml", required=True)
+    prof.set_defaults(func=run_profile)
     ex = actions.add_parser(
         "exec",
         help="run a command inside a device (its namespace, CPU quota and memory limit)",
@@ -69,6 +77,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ex.add_argument("device", metavar="DEVICE")
     ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     ex.set_defaults(func=run_exec)
+
+
+def _profile_flags(p: argparse.ArgumentParser, flag: str, help: str, required: bool = False) -> None:
+    p.add_argument(flag, dest="profile_dir", metavar="DIR", required=required, help=help)
+    p.add_argument("--model", default="smollm2-135m", help="model shape to profile (default %(default)s)")
+    p.add_argument("--quick", action="store_true", help="coarse profile grid (seconds per device)")
 
 
 def _progress(msg: str) -> None:
@@ -103,6 +117,29 @@ def run_up(args: argparse.Namespace) -> int:
         "  e2llm serve PLAN.json --ray-address $E2LLM_TESTBED_ADDRESS --threads 1\n"
         f"take it down: e2llm testbed down {args.cluster}"
     )
+    return 0
+
+
+def _profile(state: object, args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from e2llm.testbed.profiles import profile_testbed
+    from e2llm.testbed.state import TestbedState
+
+    assert isinstance(state, TestbedState)
+    path = profile_testbed(state, Path(args.profile_dir), args.model, args.quick, progress=_progress)
+    print(f"cluster with the devices' profiles: {path}  (e2llm plan {path} --model ... --workload ...)")
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from e2llm.testbed.host import TestbedError
+    from e2llm.testbed.lifecycle import load_state
+
+    try:
+        _profile(load_state(args.cluster), args)
+    except TestbedError as e:
+        print(f"e2llm testbed profile: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

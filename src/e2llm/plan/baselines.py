@@ -14,14 +14,14 @@ from collections.abc import Sequence
 
 from e2llm.errors import InputError
 from e2llm.plan.build import build_plan
+from e2llm.plan.e2llm_planner import plan_e2llm
 from e2llm.plan.evaluate import GroupEval, GroupEvaluator, PhaseEval
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.roles import RoleAssignment, objective_value, predicted_latency, sort_key
 from e2llm.plan.search import Grouping
-from e2llm.plan.systems import PlanRequest, get_system, system
-from e2llm.plan.types import Plan, Replica, Role
+from e2llm.plan.types import Plan, Replica, Role, Scheduler
 
 
-@system("splitwise")
 def plan_splitwise(req: PlanRequest) -> Plan:
     """Splitwise (Patel et al., ISCA 2024) adapted to the edge, as the E2LLM paper adapts it.
 
@@ -83,7 +83,8 @@ def plan_splitwise(req: PlanRequest) -> Plan:
     plan = build_plan(
         "splitwise", dataclasses.replace(req, workload=shape), best[1], time.perf_counter() - start
     )
-    return dataclasses.replace(plan, scheduler="splitwise")
+    # The plan was made for the workload as asked (the speed floor is off only inside).
+    return dataclasses.replace(plan, scheduler=Scheduler.SPLITWISE, workload=req.workload)
 
 
 def _best_pools(req: PlanRequest, evals: Sequence[GroupEval]) -> tuple[list[int], RoleAssignment] | None:
@@ -111,7 +112,7 @@ def _best_pools(req: PlanRequest, evals: Sequence[GroupEval]) -> tuple[list[int]
         a = RoleAssignment(
             prefill=tuple(i in prompt for i in order),
             concurrency=tuple(1 if i in prompt else conc[i] for i in order),
-            objective=objective_value(req.objective, p, d, req.workload.interval_s),
+            objective=objective_value(req.params.objective, p, d, req.workload.interval_s),
             latency_s=lat,
             prefill_rps=p,
             decode_rps=d,
@@ -121,7 +122,6 @@ def _best_pools(req: PlanRequest, evals: Sequence[GroupEval]) -> tuple[list[int]
     return None if best is None else (order, best)
 
 
-@system("pipeline")
 def plan_pipeline(req: PlanRequest) -> Plan:
     """One pipeline doing both phases (what exo and llama.cpp RPC deploy): a single COLOCATED
     replica over all devices, or over the fewest devices that hold the model (taken by
@@ -152,7 +152,6 @@ def plan_pipeline(req: PlanRequest) -> Plan:
     return best
 
 
-@system("colocated")
 def plan_colocated(req: PlanRequest) -> Plan:
     """e2llm without disaggregation: exactly the replicas (device groups, pipeline order) that
     the e2llm planner chooses, but each replica does both phases (COLOCATED) with its layers split
@@ -162,7 +161,7 @@ def plan_colocated(req: PlanRequest) -> Plan:
     isolates what PD disaggregation and role assignment are worth on the same hardware.
     """
     start = time.perf_counter()
-    e2llm = get_system("e2llm")(req)
+    e2llm = plan_e2llm(req)
     groups = [r.devices for r in e2llm.replicas]
     return _colocated_plan("colocated", req, groups, e2llm.unused_devices, start)
 
@@ -200,7 +199,7 @@ def _colocated_plan(
     a = RoleAssignment(
         prefill=(False,) * len(groups),
         concurrency=tuple(ph.concurrency for ph in phases),
-        objective=objective_value(req.objective, total, total, shape.interval_s),
+        objective=objective_value(req.params.objective, total, total, shape.interval_s),
         latency_s=lat,
         prefill_rps=total,
         decode_rps=total,

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from e2llm.plan.evaluate import planned_context
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.search import Grouping
-from e2llm.plan.systems import PlanRequest
-from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Stage
-from e2llm.specs.cluster_file import cluster_to_dict
-from e2llm.specs.model_spec import model_to_dict
+from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Scheduler, Stage
 from e2llm.specs.units import GIB
-
-OBJECTIVE_KINDS = {"bottleneck": "bottleneck_s", "max_rate": "neg_max_rate"}
 
 
 def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float) -> Plan:
@@ -45,13 +41,15 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
         system=system,
         model=cost.model.name,
         objective=a.objective,
-        objective_kind=OBJECTIVE_KINDS[req.objective],
+        objective_kind=req.params.objective.kind,
         replicas=tuple(replicas),
         unused_devices=grouping.unused,
         planner=PlannerStats(
-            evaluations=grouping.evaluations, seconds=seconds, seed=req.seed, generations=grouping.generations
+            evaluations=grouping.evaluations, seconds=seconds, generations=grouping.generations
         ),
-        scheduler="jsq",
-        cluster=cluster_to_dict(cost.cluster),
-        model_spec=model_to_dict(cost.model),
+        scheduler=Scheduler.JSQ,
+        cluster=cost.cluster,
+        model_spec=cost.model,
+        workload=shape,
+        params=req.params,
     )

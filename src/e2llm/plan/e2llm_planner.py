@@ -6,12 +6,11 @@ import time
 
 from e2llm.plan.build import build_plan
 from e2llm.plan.dp import partition_layers_many
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.search import search_grouping
-from e2llm.plan.systems import PlanRequest, system
 from e2llm.plan.types import Plan
 
 
-@system("e2llm")
 def plan_e2llm(req: PlanRequest) -> Plan:
     start = time.perf_counter()
     grouping = search_grouping(req, partition_layers_many)

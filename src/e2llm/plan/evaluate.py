@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.dp import Partition, StageCosts, partition_layers_many
 from e2llm.plan.roles import DecodeChoice, ReplicaRates
-from e2llm.plan.systems import WorkloadShape
+from e2llm.plan.workload_shape import WorkloadShape
 
 MAX_CONCURRENCY = 16  # decode batch sizes tried per decoder, as in the method
 TOKEN_ID_BYTES = 4  # a sampled token sent back to the first stage

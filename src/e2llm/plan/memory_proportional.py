@@ -14,12 +14,11 @@ import time
 
 from e2llm.plan.build import build_plan
 from e2llm.plan.dp import proportional_partition_many
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.search import search_grouping
-from e2llm.plan.systems import PlanRequest, system
 from e2llm.plan.types import Plan
 
 
-@system("memory-proportional")
 def plan_memory_proportional(req: PlanRequest) -> Plan:
     start = time.perf_counter()
     grouping = search_grouping(req, proportional_partition_many)

@@ -1,25 +1,50 @@
-"""Plan <-> JSON (DESIGN "Plan JSON"). Reading validates and names the bad field."""
+"""Plan <-> JSON (DESIGN "Plan JSON"). Reading validates and names the bad field.
+
+Old plan files still load: a plan without `workload`, planner parameters (`planner.objective`,
+`planner.exhaustive`), `cluster` or `model_spec` (or with `{}` for them) gets `None` there, and
+a plan with a planner seed but no `planner.objective` was made for the objective its
+`objective_kind` measures.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from e2llm.errors import InputError
-from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Stage
+from e2llm.plan.types import (
+    Objective,
+    ObjectiveKind,
+    Plan,
+    PlannerParams,
+    PlannerStats,
+    Replica,
+    Role,
+    Scheduler,
+    Stage,
+)
+from e2llm.plan.workload_shape import WorkloadShape
+from e2llm.specs.cluster_file import cluster_from_dict, cluster_to_dict
+from e2llm.specs.fields import field_where
 from e2llm.specs.input_file import parse_json, read_input_text
-from e2llm.specs.model_spec import MAX_LAYERS
+from e2llm.specs.model_spec import MAX_LAYERS, model_from_dict, model_to_dict
+
+_T = TypeVar("_T")
+_E = TypeVar("_E", bound=StrEnum)
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
+    params = plan.params
     return {
         "system": plan.system,
         "model": plan.model,
         "objective": plan.objective,
-        "objective_kind": plan.objective_kind,
-        "scheduler": plan.scheduler,
+        "objective_kind": plan.objective_kind.value,
+        "scheduler": plan.scheduler.value,
         "replicas": [
             {
                 "id": r.id,
@@ -31,7 +56,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                         "layers": [s.start, s.end],
                         "embedding": s.embedding,
                         "lm_head": s.lm_head,
-                        "memory_gb": round(s.memory_gb, 3),
+                        "memory_gb": s.memory_gb,
                     }
                     for s in r.stages
                 ],
@@ -46,12 +71,26 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "unused_devices": list(plan.unused_devices),
         "planner": {
             "evaluations": plan.planner.evaluations,
-            "seconds": round(plan.planner.seconds, 4),
-            "seed": plan.planner.seed,
+            "seconds": plan.planner.seconds,
+            "seed": None if params is None else params.seed,
             "generations": plan.planner.generations,
+            "objective": None if params is None else params.objective.value,
+            "exhaustive": None if params is None else params.exhaustive,
         },
-        "cluster": plan.cluster,
-        "model_spec": plan.model_spec,
+        "cluster": None if plan.cluster is None else cluster_to_dict(plan.cluster),
+        "model_spec": None if plan.model_spec is None else model_to_dict(plan.model_spec),
+        "workload": None if plan.workload is None else _shape_to_dict(plan.workload),
+        "precision": plan.precision,  # informative: `model_spec` holds each part's format
+    }
+
+
+def _shape_to_dict(shape: WorkloadShape) -> dict[str, float]:
+    return {
+        "mean_input_tokens": shape.mean_input_tokens,
+        "mean_output_tokens": shape.mean_output_tokens,
+        "interval_s": shape.interval_s,
+        "min_decode_tok_s": shape.min_decode_tok_s,
+        "kv_context_tokens": shape.kv_context_tokens,
     }
 
 
@@ -117,12 +156,23 @@ def _stage(s: Any, sw: str) -> Stage:
     )
 
 
-def _replica(r: Any, i: int, where: str) -> Replica:
-    role_text = _get(r, "role", where, str)
+def _choice(d: dict[str, Any], key: str, where: str, kind: type[_E], default: _E | None = None) -> _E:
+    """A choice spelled as its JSON value; absent or null -> `default` (None: required)."""
+    if default is None:
+        text = _get(d, key, where, str)
+    else:
+        text = _opt(d, key, where, str, None)
+        if text is None:
+            return default
     try:
-        role = Role(role_text)
+        return kind(text)
     except ValueError:
-        raise InputError(f"{where}.role", "must be PREFILL, DECODER, MIXED or COLOCATED", role_text) from None
+        *others, last = kind
+        raise InputError(field_where(where, key), f"must be {', '.join(others)} or {last}", text) from None
+
+
+def _replica(r: Any, i: int, where: str) -> Replica:
+    role = _choice(r, "role", where, Role)
     stages = tuple(_stage(s, f"{where}.devices[{j}]") for j, s in enumerate(_get(r, "devices", where, list)))
     if not stages:
         raise InputError(f"{where}.devices", "a replica needs at least one device", [])
@@ -142,12 +192,58 @@ def _replica(r: Any, i: int, where: str) -> Replica:
     )
 
 
-def plan_from_dict(d: Any, source: str = "<plan>") -> Plan:
+def _params(stats: dict[str, Any], where: str, kind: ObjectiveKind) -> PlannerParams | None:
+    """What the planner was asked; None for a plan no planner made (no seed)."""
+    seed = _opt(stats, "seed", where, int, None)
+    if seed is None:
+        return None
+    default = next(o for o in Objective if o.kind is kind)  # old plans: the objective they measure
+    objective = _choice(stats, "objective", where, Objective, default)
+    if objective.kind is not kind:
+        raise InputError(f"{where}.objective", f"does not match objective_kind {kind.value}", objective.value)
+    return PlannerParams(
+        seed=seed, objective=objective, exhaustive=_opt(stats, "exhaustive", where, bool, False)
+    )
+
+
+def _shape(d: dict[str, Any], key: str, source: str) -> WorkloadShape | None:
+    w = _opt(d, key, source, dict, None)
+    if w is None:
+        return None
+    where = f"{source}: {key}"
+
+    def number(name: str, positive: bool = True) -> float:
+        if positive:
+            value = _get(w, name, where, float)
+            if not 0 < value <= sys.float_info.max:
+                raise InputError(f"{where}.{name}", "must be a finite number > 0", value)
+            return float(value)
+        return _opt_number(w, name, where, 0.0) or 0.0
+
+    return WorkloadShape(
+        mean_input_tokens=number("mean_input_tokens"),
+        mean_output_tokens=number("mean_output_tokens"),
+        interval_s=number("interval_s"),
+        min_decode_tok_s=number("min_decode_tok_s", positive=False),
+        kv_context_tokens=number("kv_context_tokens", positive=False),
+    )
+
+
+def _embedded(
+    d: dict[str, Any], key: str, source: str, read: Callable[[dict[str, Any], str], _T]
+) -> _T | None:
+    """An embedded cluster or model spec; absent, null or `{}` (hand-written plans) -> None."""
+    value = _opt(d, key, source, dict, None)
+    return read(value, f"{source}: {key}") if value else None
+
+
+def plan_from_dict(d: Any, source: str = "<plan>", base_dir: Path | None = None) -> Plan:
     """Build a Plan from parsed JSON; every structural problem is an InputError naming the field.
 
-    Types are checked here; whether the plan fits its cluster and model (devices exist, layers
-    cover the model, memory) is checked by whoever runs it (`sim.validate.check_plan`). The
-    embedded `cluster` and `model_spec` must be objects; their fields are validated when used.
+    Types are checked here, the embedded cluster and model spec included (relative profile paths
+    in the cluster are resolved against `base_dir` when given); whether the plan fits its
+    cluster and model (devices exist, layers cover the model, memory) is checked by whoever runs
+    it (`sim.validate.check_plan`).
     """
     if not isinstance(d, dict):
         raise InputError(source, "a plan must be a JSON object", type(d).__name__)
@@ -170,23 +266,25 @@ def plan_from_dict(d: Any, source: str = "<plan>") -> Plan:
     if not all(isinstance(name, str) for name in unused):
         raise InputError(f"{source}.unused_devices", "must be a list of device names", unused)
     objective = d.get("objective")
+    kind = _choice(d, "objective_kind", source, ObjectiveKind, ObjectiveKind.BOTTLENECK_S)
     return Plan(
         system=_get(d, "system", source, str),
         model=_get(d, "model", source, str),
         # null, or NaN as json.dumps writes it: not computed
         objective=float("nan") if objective is None else _get(d, "objective", source, float),
-        objective_kind=_opt(d, "objective_kind", source, str, "bottleneck_s"),
+        objective_kind=kind,
         replicas=tuple(replicas),
         unused_devices=tuple(unused),
         planner=PlannerStats(
             evaluations=_opt_int(stats, "evaluations", sw, 0) or 0,
             seconds=_opt_number(stats, "seconds", sw, 0.0) or 0.0,
-            seed=_opt(stats, "seed", sw, int, None),
             generations=_opt_int(stats, "generations", sw, 0) or 0,
         ),
-        scheduler=_opt(d, "scheduler", source, str, "jsq"),
-        cluster=_opt(d, "cluster", source, dict, {}),
-        model_spec=_opt(d, "model_spec", source, dict, {}),
+        scheduler=_choice(d, "scheduler", source, Scheduler, Scheduler.JSQ),
+        cluster=_embedded(d, "cluster", source, lambda c, where: cluster_from_dict(c, where, base_dir)),
+        model_spec=_embedded(d, "model_spec", source, model_from_dict),
+        workload=_shape(d, "workload", source),
+        params=_params(stats, sw, kind),
     )
 
 
@@ -196,6 +294,6 @@ def save_plan(plan: Plan, path: str | Path) -> None:
 
 def load_plan(path: str | Path) -> Plan:
     """Read and type-check a plan JSON file (size, encoding and nesting bounded by
-    `specs.input_file`)."""
+    `specs.input_file`); relative profile paths in its cluster are relative to its folder."""
     p = Path(path)
-    return plan_from_dict(parse_json(read_input_text(p, "plan"), str(p)), str(p))
+    return plan_from_dict(parse_json(read_input_text(p, "plan"), str(p)), str(p), base_dir=p.parent)

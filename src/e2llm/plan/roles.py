@@ -44,7 +44,9 @@ from typing import TypeVar
 
 import numpy as np
 
-OBJECTIVES = ("bottleneck", "max_rate")
+from e2llm.plan.types import Objective
+
+OBJECTIVES = tuple(Objective)
 Num = TypeVar("Num", float, np.ndarray)
 # Local-search passes (each strictly improves). Small cases run to a local optimum; with many
 # replicas the split-point start is already within one replica of the fractional optimum and the

@@ -2,7 +2,7 @@
 
 Given a layer splitter (the DP, or the proportional split), find the device groups, roles and
 decode concurrencies that minimise the objective: by the GA (default) or by the exhaustive
-oracle (`PlanRequest.exhaustive`, clusters of at most 7 devices).
+oracle (`PlannerParams.exhaustive`, clusters of at most 7 devices).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from e2llm.errors import InputError
 from e2llm.plan.evaluate import GroupEval, GroupEvaluator, Splitter
 from e2llm.plan.exhaustive import MAX_DEVICES, Rates, search_exhaustive
 from e2llm.plan.ga import INFEASIBLE, GAParams, Individual, Key, evolve
+from e2llm.plan.request import PlanRequest
 from e2llm.plan.roles import RoleAssignment, assign_roles, assign_roles_exhaustive
 from e2llm.plan.sizer import MemorySizer
-from e2llm.plan.systems import PlanRequest
 from e2llm.specs.units import GIB
 
 _T = TypeVar("_T")
@@ -51,9 +51,9 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
             f"the devices hold {total / GIB:.1f} GiB in total",
         )
     interval = shape.interval_s
-    if req.exhaustive:
+    if req.params.exhaustive:
         if len(names) > MAX_DEVICES:
-            raise InputError("--exhaustive", f"refuses clusters above {MAX_DEVICES} devices", len(names))
+            raise InputError("exhaustive", f"refuses clusters above {MAX_DEVICES} devices", len(names))
         memo: dict[tuple[int, ...], Rates | None] = {}
 
         def rates_of(g: tuple[int, ...]) -> Rates | None:
@@ -66,14 +66,16 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
             lambda g: ev.may_fit([names[i] for i in g]),
             rates_of,
             interval,
-            req.objective,
+            req.params.objective,
         )
         if found is None:
             raise _no_plan(req, need)
         groups = tuple(tuple(names[i] for i in g) for g in found.groups)
         evals = tuple(_must(ev.evaluate(g)) for g in groups)
         rates = [_must(ev.rates(g)) for g in groups]
-        assignment = _must(assign_roles_exhaustive(rates, interval, req.objective, every_concurrency=False))
+        assignment = _must(
+            assign_roles_exhaustive(rates, interval, req.params.objective, every_concurrency=False)
+        )
         used = {n for g in groups for n in g}
         return Grouping(
             groups, evals, assignment, tuple(n for n in names if n not in used), found.arrangements, 0
@@ -91,7 +93,7 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
                     cache[canon] = INFEASIBLE
                     return INFEASIBLE
                 rates.append(r)
-            a = assign_roles(rates, interval, req.objective)
+            a = assign_roles(rates, interval, req.params.objective)
             cache[canon] = a.key if a else INFEASIBLE
         return cache[canon]
 
@@ -103,7 +105,7 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
         len(names),
         fitness,
         sizer,
-        random.Random(req.seed),
+        random.Random(req.params.seed),
         params or GAParams(),
         seeds=seeds,
         progress=req.progress,
@@ -112,7 +114,7 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
         raise _no_plan(req, need)
     groups = tuple(tuple(names[i] for i in g) for g in result.best.groups)
     evals = tuple(_must(ev.evaluate(g)) for g in groups)
-    assignment = _must(assign_roles([_must(ev.rates(g)) for g in groups], interval, req.objective))
+    assignment = _must(assign_roles([_must(ev.rates(g)) for g in groups], interval, req.params.objective))
     unused = tuple(names[i] for i in result.best.unused)
     return Grouping(groups, evals, assignment, unused, len(cache), result.generations)
 

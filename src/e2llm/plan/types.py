@@ -1,15 +1,22 @@
 """The plan: which devices form each replica, which layers each device runs, and each replica's role.
 
-Plan JSON is a contract (see DESIGN "Plan JSON"): fields may be added, never renamed. A plan also
-embeds the cluster and the model spec it was made for, so `e2llm simulate plan.json` and
-`e2llm serve plan.json` need nothing else.
+Plan JSON is a contract (see DESIGN "Plan JSON"): fields may be added, never renamed. A plan is
+self-sufficient: it embeds the cluster, the model spec and the workload shape it was made for and
+the planner's parameters, so `e2llm simulate plan.json` and `e2llm serve plan.json` need nothing
+else, and re-planning (after a device loss) asks the planner the same question on fewer devices.
+Hand-written plans may leave all of these out (`None`).
+
+The choices a plan names are `StrEnum`s: their values are the JSON and CLI spellings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+
+from e2llm.plan.workload_shape import WorkloadShape
+from e2llm.specs.device import Cluster
+from e2llm.specs.model_spec import ModelSpec
 
 
 class Role(StrEnum):
@@ -20,6 +27,44 @@ class Role(StrEnum):
     # defines what it does at run time.
     MIXED = "MIXED"
     COLOCATED = "COLOCATED"  # both phases on one replica, whole prompts first (baselines)
+
+
+class Scheduler(StrEnum):
+    """Request routing the simulator and the runtime apply (see `sim/router.py`)."""
+
+    JSQ = "jsq"  # the method's: shortest estimated wait
+    SPLITWISE = "splitwise"  # Splitwise's cluster scheduler
+
+
+class ObjectiveKind(StrEnum):
+    """What a plan's `objective` number measures (lower is better for both)."""
+
+    BOTTLENECK_S = "bottleneck_s"  # seconds by which the slower phase exceeds the arrival interval
+    NEG_MAX_RATE = "neg_max_rate"  # the sustainable request rate, negated
+
+
+class Objective(StrEnum):
+    """What a planner optimises (`--objective`)."""
+
+    BOTTLENECK = "bottleneck"  # the method's
+    MAX_RATE = "max_rate"
+
+    @property
+    def kind(self) -> ObjectiveKind:
+        return ObjectiveKind.BOTTLENECK_S if self is Objective.BOTTLENECK else ObjectiveKind.NEG_MAX_RATE
+
+
+@dataclass(frozen=True, slots=True)
+class PlannerParams:
+    """What a planner is asked besides the cost model and the workload shape. A plan carries
+    them so that re-planning asks the same question."""
+
+    seed: int = 1  # the GA's random stream
+    objective: Objective = Objective.BOTTLENECK
+    exhaustive: bool = False  # the exhaustive oracle instead of the GA (small clusters)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "objective", Objective(self.objective))  # code may pass "max_rate"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +114,10 @@ class Replica:
 
 @dataclass(frozen=True, slots=True)
 class PlannerStats:
+    """What the planner did (as opposed to what it was asked: `PlannerParams`)."""
+
     evaluations: int = 0
     seconds: float = 0.0
-    seed: int | None = None
     generations: int = 0
 
 
@@ -80,13 +126,35 @@ class Plan:
     system: str
     model: str
     objective: float  # lower is better
-    objective_kind: str  # "bottleneck_s" or "neg_max_rate"
+    objective_kind: ObjectiveKind
     replicas: tuple[Replica, ...]
     unused_devices: tuple[str, ...] = ()
     planner: PlannerStats = field(default_factory=PlannerStats)
-    scheduler: str = "jsq"  # request routing the simulator and runtime apply: "jsq" | "splitwise"
-    cluster: dict[str, Any] = field(default_factory=dict)  # the cluster, as written by specs
-    model_spec: dict[str, Any] = field(default_factory=dict)  # the ModelSpec fields
+    scheduler: Scheduler = Scheduler.JSQ
+    # What the plan was made for (None in hand-written plans; see the module docstring).
+    cluster: Cluster | None = None
+    model_spec: ModelSpec | None = None
+    workload: WorkloadShape | None = None
+    params: PlannerParams | None = None
+
+    def __post_init__(self) -> None:
+        # Plans built in code may name the choices by their JSON spelling.
+        object.__setattr__(self, "objective_kind", ObjectiveKind(self.objective_kind))
+        object.__setattr__(self, "scheduler", Scheduler(self.scheduler))
+
+    @property
+    def precision(self) -> str | None:
+        """The one format of every weight (as `--precision` names it), or None when the parts
+        differ (GPT-OSS as published: MXFP4 experts, bf16 elsewhere) or no model spec is embedded."""
+        spec = self.model_spec
+        if spec is None or (spec.is_moe and spec.weight_precision != spec.expert_precision):
+            return None
+        return spec.weight_precision
+
+    @property
+    def can_replan(self) -> bool:
+        """Whether the plan embeds what re-planning needs."""
+        return None not in (self.cluster, self.model_spec, self.workload, self.params)
 
     @property
     def prefill_replicas(self) -> tuple[Replica, ...]:

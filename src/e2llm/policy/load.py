@@ -37,6 +37,7 @@ class ReplicaLoad:
     concurrency: int = 1  # decode slots (a PREFILL replica: those it would have as a decoder)
     kv_free_tokens: int = 0  # longest context whose KV fits beside what is reserved now
     kv_capacity_tokens: int = 0  # longest context whose KV fits on the empty replica
+    kv_used_share: float = 0.0  # share of its KV memory reserved, all devices together
     decode_tok_s: float = 0.0  # tokens/s of its full batch near the routed request's context
 
     @property
@@ -68,10 +69,3 @@ class ReplicaLoad:
     def decode_load(self) -> float:
         """Outstanding sequences per decode slot (above 1: sequences wait for a slot)."""
         return self.decode_sequences / self.concurrency if self.concurrency > 0 else float("inf")
-
-    @property
-    def kv_used_share(self) -> float:
-        """Share of the KV memory reserved (Splitwise's "memory in use"), 1 when it has none."""
-        if self.kv_capacity_tokens <= 0:
-            return 1.0
-        return 1.0 - self.kv_free_tokens / self.kv_capacity_tokens

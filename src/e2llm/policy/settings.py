@@ -28,10 +28,9 @@ class PolicySettings:
         False  # run-time role switching (the CLI's default: on); False = the plan's roles fixed (the paper)
     )
     ttft_budget_s: float = 10.0  # prefill queue (s) a prompt may meet before prefill is "short"
-    prefill_high: float = 1.0  # move a decoder to PREFILL at or above this prefill pressure ...
-    decode_low: float = 0.5  # ... if decode pressure is at most this
-    decode_high: float = 1.0  # move a PREFILL replica to DECODER at or above this decode pressure ...
-    prefill_low: float = 0.25  # ... if prefill pressure is at most this
+    prefill_high: float = 1.0  # a decoder may move to PREFILL at or above this prefill pressure
+    decode_high: float = 1.0  # a PREFILL replica may move to DECODER at or above this decode pressure
+    min_gain: float = 0.1  # ... if that raises the rate both pools sustain by this share at least
     min_dwell_s: float = 60.0  # a replica keeps a role at least this long
     chunk_tokens: int = 512  # MIXED replicas: tokens per iteration (decode tokens + prompt chunk)
 
@@ -40,9 +39,8 @@ class PolicySettings:
 _RANGES: dict[str, tuple[float, float, bool]] = {
     "ttft_budget_s": (0.0, MAX_SECONDS, False),
     "prefill_high": (0.0, MAX_THRESHOLD, False),
-    "decode_low": (0.0, MAX_THRESHOLD, True),
     "decode_high": (0.0, MAX_THRESHOLD, False),
-    "prefill_low": (0.0, MAX_THRESHOLD, True),
+    "min_gain": (0.0, MAX_THRESHOLD, True),
     "min_dwell_s": (0.0, MAX_SECONDS, True),
     "chunk_tokens": (1, MAX_CHUNK_TOKENS, True),
 }
@@ -71,11 +69,4 @@ def settings_from_dict(d: Any, source: str, base: PolicySettings | None = None) 
                 raise InputError(where, f"out of range {'[' if closed else '('}{lo:g}, {hi:g}]", value)
             value = value if integer else float(value)
         out = replace(out, **{key: value})
-    for low, high in (("prefill_low", "prefill_high"), ("decode_low", "decode_high")):
-        if getattr(out, low) >= getattr(out, high):
-            raise InputError(
-                f"{source}: {low}",
-                f"must be below {high} = {getattr(out, high):g} (the hysteresis gap)",
-                getattr(out, low),
-            )
     return out

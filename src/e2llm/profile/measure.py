@@ -21,6 +21,7 @@ import torch
 from e2llm.cost.profile import ProfileSamples
 from e2llm.profile.target import LayerStack
 from e2llm.profile.timing import time_calls
+from e2llm.progress import Progress
 from e2llm.specs.model_spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -102,9 +103,10 @@ def measure(
     device: torch.device,
     dtype: torch.dtype,
     grid: ProfileGrid,
-    progress: Callable[[str], None] = lambda _: None,
+    progress: Progress | None = None,
 ) -> ProfileSamples:
-    """Time `model`'s layer shape on `device`; `progress` is called once per point and round.
+    """Time `model`'s layer shape on `device`; `progress` is called once per point and round
+    (`grid_points` in all).
     Prefill and decode times are per layer, head and embedding times per call (seconds).
 
     The grid is swept `grid.rounds` times and each point's result is the median of all its
@@ -115,12 +117,15 @@ def measure(
     points = _points(grid, model, stack)
     calls: list[list[float]] = [[] for _ in points]
     time_calls(stack.prefill_fn(64), device, repeats=1, warmup=grid.warmup)  # first-call set-up
+    total, done = grid.rounds * len(points), 0
     for _ in range(grid.rounds):
         for i, (curve, sizes, build) in enumerate(points):
             calls[i] += time_calls(
                 build(), device, repeats=grid.repeats, warmup=grid.warmup, budget_s=grid.budget_s
             )
-            progress(f"{curve} {'x'.join(map(str, sizes))}")
+            done += 1
+            if progress:
+                progress(done, total, f"{curve} {'x'.join(map(str, sizes))}")
     per_call: dict[str, list[Any]] = {curve: [] for curve in ("prefill", "decode", "head", "embed")}
     for (curve, sizes, _), times in zip(points, calls, strict=True):
         seconds = statistics.median(times)

@@ -3,8 +3,9 @@
 One row per (replica, device) in pipeline order; the bar spans the device's half-open layer
 range `[start, end)` on a shared layer axis, coloured by the replica's role. The bottleneck
 stage (the slowest, which sets the replica's speed) is hatched and outlined; E / H mark the
-devices that hold the embedding / the LM head. Each replica's block is labelled with its role,
-concurrency and predicted speeds, so the picture says what the table of `e2llm plan` says.
+devices that hold the embedding / the LM head; memory is planned use / the device's (GiB).
+Each replica's block is labelled with its role, concurrency and predicted speeds, so the
+picture says what the table of `e2llm plan` says.
 
 `plan_figure` is pure (plan in, figure out: no pyplot state, no file); callers save it.
 """
@@ -47,6 +48,9 @@ def replica_caption(r: Replica) -> str:
 def plan_figure(plan: Plan) -> Figure:
     """The deployment of `plan` as a figure (see the module docstring)."""
     n_layers = max((s.end for r in plan.replicas for s in r.stages), default=1) or 1
+    memory = (
+        {d.name: d.memory_gb for d in plan.cluster.devices} if plan.cluster is not None else {}
+    )  # available
     rows = sum(len(r.stages) for r in plan.replicas)
     height_rows = rows + (1.0 + REPLICA_GAP) * len(plan.replicas) + 1.0
     fig = Figure(figsize=(10, max(2.5, ROW_H * height_rows + 1.4)))
@@ -75,7 +79,8 @@ def plan_figure(plan: Plan) -> Figure:
             marks = ("E " if s.embedding else "") + ("H" if s.lm_head else "")
             text = f"[{s.start},{s.end}) {marks}".strip()
             if s.memory_gb:
-                text += f"  {s.memory_gb:.1f} GB"
+                avail = memory.get(s.device)
+                text += f"  {s.memory_gb:.1f}/{avail:g} GiB" if avail else f"  {s.memory_gb:.1f} GiB"
             if s.n_layers >= NARROW_BAR * n_layers:
                 middle = s.start + s.n_layers / 2
                 ax.text(middle, y, text, ha="center", va="center", fontsize=8, color="white")

@@ -67,7 +67,7 @@ def start_ray(device_names: Sequence[str], address: str | None = None) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as e:
         hint = join_hint(address, _answers(address), os.environ)
-        raise InputError("--ray-address", f"cannot join the Ray cluster: {e}; {hint}", address) from None
+        raise InputError("ray_address", f"cannot join the Ray cluster: {e}; {hint}", address) from None
     protect_token_file()
     advertised = ray.cluster_resources()
     missing = [n for n in device_names if advertised.get(device_resource(n), 0) <= 0]
@@ -75,7 +75,7 @@ def start_ray(device_names: Sequence[str], address: str | None = None) -> None:
         ray.shutdown()
         example = f"ray start --address={address} --resources='{{\"{device_resource(missing[0])}\": 1}}'"
         raise InputError(
-            "--ray-address",
+            "ray_address",
             f"no Ray node advertises device(s) {', '.join(missing)}; on each device run: {example}",
             address,
         )

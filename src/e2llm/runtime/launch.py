@@ -52,8 +52,7 @@ def kv_budget_tokens(
 
 def device_memory_gb(plan: Plan) -> dict[str, Any]:
     """Each device's `memory_gb` as the plan's embedded cluster gives it (empty without one)."""
-    devices = [d for d in plan.cluster.get("devices", []) if isinstance(d, dict)]
-    return {str(d.get("name")): d.get("memory_gb") for d in devices}
+    return {d.name: d.memory_gb for d in plan.cluster.devices} if plan.cluster is not None else {}
 
 
 def start_runners(

@@ -22,7 +22,7 @@ from e2llm.runtime.cluster import advertised_devices
 from e2llm.runtime.events import EventKind, RecordEvent, ignore_event
 from e2llm.runtime.fleet import Fleet
 from e2llm.runtime.plans import describe_replica, plan_devices
-from e2llm.runtime.replan import can_replan, replanned
+from e2llm.runtime.replan import replanned
 from e2llm.runtime.replica import ReplicaRunner
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 REPLAN_DEBOUNCE_S = 1.0  # re-plan this long after the last replica loss
 RETIRE_TIMEOUT_S = 120.0  # the old plan's replicas get this long to finish their requests
 RETIRE_POLL_S = 0.5
-NO_REPLAN = "the plan embeds no cluster and model spec: re-planning is not possible"
+NO_REPLAN = (
+    "the plan embeds no cluster, model spec, workload or planner parameters: re-planning is not possible"
+)
 
 # Starts a plan's replicas (blocking; run off the loop): (plan, its generation) -> runners.
 StartReplicas = Callable[[Plan, int], list[ReplicaRunner]]
@@ -47,7 +49,7 @@ class PlanSwitcher:
         self._start_replicas = start_replicas
         self.record_event = record_event
         self.replanning = False
-        self.error: str | None = None if can_replan(fleet.plan) else NO_REPLAN  # why the last failed
+        self.error: str | None = None if fleet.plan.can_replan else NO_REPLAN  # why the last failed
         self.last_switch_s: float | None = None  # loss (or request) -> new plan serving
         self.closing = False
         self._cluster = fleet.plan.cluster

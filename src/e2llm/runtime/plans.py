@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from e2llm.errors import InputError
-from e2llm.plan.types import Plan, Replica, Role, Stage
+from e2llm.plan.types import ObjectiveKind, Plan, Replica, Role, Stage
 
 
 def runnable_plan(plan: Plan, n_layers: int, source: str = "plan") -> Plan:
@@ -72,7 +72,7 @@ def hand_plan(devices: Sequence[str], n_layers: int, model: str) -> Plan:
         system="hand",
         model=model,
         objective=float("nan"),
-        objective_kind="bottleneck_s",
+        objective_kind=ObjectiveKind.BOTTLENECK_S,
         replicas=tuple(replicas),
         unused_devices=unused,
     )

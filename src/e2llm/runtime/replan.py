@@ -1,54 +1,46 @@
 """Re-planning a served model on the devices that remain (or come back) after a device loss.
 
-A plan made by a planner embeds the cluster and the model spec it was made for; re-planning runs
-the same planner on that cluster minus the devices to leave out, for the same workload shape that
-`e2llm serve` plans with. Hand-written plans embed neither, so they cannot be re-planned.
+A plan made by a planner embeds the cluster, model spec, workload shape and planner parameters
+it was made for; re-planning asks the same planner the same question on that cluster minus the
+devices to leave out. Hand-written plans embed none of it, so they cannot be re-planned
+(`Plan.can_replan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import replace
-from typing import Any
 
+from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
-from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.systems import get_system
 from e2llm.plan.types import Plan
 from e2llm.runtime.plans import runnable_plan
-
-# Interactive chat on a small local cluster: short prompts and answers, a request a second.
-SERVE_WORKLOAD = WorkloadShape(mean_input_tokens=256, mean_output_tokens=128, interval_s=1.0)
-
-
-def can_replan(plan: Plan) -> bool:
-    """Whether `plan` embeds what re-planning needs (its cluster and model spec)."""
-    return bool(plan.cluster.get("devices")) and bool(plan.model_spec)
+from e2llm.specs.device import Cluster
 
 
 def replanned(
     plan: Plan,
-    cluster: dict[str, Any],
+    cluster: Cluster | None,
     leave_out: Collection[str],
     advertised: Collection[str] | None = None,
 ) -> Plan:
-    """A runnable plan from `plan`'s system and model on `cluster` (plain data, as plans embed
-    it) without the devices in `leave_out` and, when `advertised` is given, without the devices
-    it lacks (no Ray node offers them). Raises `InputError` when no device is left or the planner
-    finds no plan (its own errors pass through)."""
-    from e2llm.cost.build import build_cost_model
-    from e2llm.specs.cluster_file import cluster_from_dict
-    from e2llm.specs.model_spec import model_from_dict
-
-    full = cluster_from_dict(cluster, "plan.cluster")
+    """A runnable plan from `plan`'s system, model, workload shape and planner parameters on
+    `cluster` (the first plan's: a device one re-plan left out can come back in the next)
+    without the devices in `leave_out` and, when `advertised` is given, without the
+    devices it lacks (no Ray node offers them). Raises `InputError` when no device is left or the
+    planner finds no plan (its own errors pass through)."""
+    if cluster is None or plan.model_spec is None or plan.workload is None or plan.params is None:
+        raise InputError("replan", "the plan embeds no cluster, model spec, workload or planner parameters")
     keep = [
-        d for d in full.devices if d.name not in leave_out and (advertised is None or d.name in advertised)
+        d for d in cluster.devices if d.name not in leave_out and (advertised is None or d.name in advertised)
     ]
     if not keep:
         raise InputError("replan", "no device left to plan on", sorted(leave_out))
     names = {d.name for d in keep}
-    links = {pair: link for pair, link in full.links.items() if pair <= names}
-    remaining = replace(full, devices=tuple(keep), links=links)
-    spec = model_from_dict(plan.model_spec, "plan.model_spec")
-    request = PlanRequest(cost=build_cost_model(spec, remaining), workload=SERVE_WORKLOAD)
-    new = get_system(plan.system)(request)
-    return runnable_plan(new, spec.n_layers, "replan")
+    links = {pair: link for pair, link in cluster.links.items() if pair <= names}
+    remaining = replace(cluster, devices=tuple(keep), links=links)
+    cost = build_cost_model(plan.model_spec, remaining)
+    new = get_system(plan.system)(PlanRequest(cost, plan.workload, plan.params))
+    return runnable_plan(new, plan.model_spec.n_layers, "replan")

@@ -21,15 +21,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from e2llm.errors import InputError
 from e2llm.plan.types import Replica
 from e2llm.runtime.events import Event
 from e2llm.runtime.metrics import TOKENS_PER_S_WINDOW_S, ReplicaRates
 from e2llm.runtime.plan_switch import NO_REPLAN
 from e2llm.runtime.replica import ReplicaRunner
 from e2llm.runtime.service import Deployment
-from e2llm.specs.cluster_file import cluster_from_dict
-from e2llm.specs.device import Cluster
 
 
 class DeviceStatus(BaseModel):
@@ -123,7 +120,7 @@ class Status(BaseModel):
     time_s: float  # Unix time of this answer
     window_s: float  # span of the observed rates
     replanning: bool
-    can_replan: bool  # false for a hand-written plan (no embedded cluster and model spec)
+    can_replan: bool  # false for a hand-written plan (no embedded cluster, model, workload, parameters)
     replan_error: str | None  # why the last re-plan failed, or why none can run
     plan: PlanStatus
     cluster: ClusterStatus
@@ -139,7 +136,7 @@ def _cluster(deployment: Deployment) -> ClusterStatus:
     plan = fleet.plan
     in_use = fleet.devices_in_use()
     serving = set(in_use) - {d for r in fleet.lost_replicas() for d in r["devices"]}
-    cluster = _embedded_cluster(plan.cluster)
+    cluster = plan.cluster  # typed when the plan was read
     names = list(cluster.names) if cluster else [*first, *plan.unused_devices]
     names += [d for d in in_use if d not in names]
 
@@ -171,18 +168,6 @@ def _cluster(deployment: Deployment) -> ClusterStatus:
         links=links,
     )
     return ClusterStatus(devices=devices, network=network)
-
-
-def _embedded_cluster(d: Mapping[str, Any]) -> Cluster | None:
-    """The plan's cluster, if it embeds a readable one. `serve` runs a hand-written plan without
-    reading its cluster (re-planning checks it when it needs it), so here a broken one only
-    means the devices are listed without their specs."""
-    if not d:
-        return None
-    try:
-        return cluster_from_dict(d, "plan")
-    except InputError:
-        return None
 
 
 def _per_s(tokens: int, seconds: float) -> float | None:

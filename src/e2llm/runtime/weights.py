@@ -58,14 +58,12 @@ class ModelSource:
         p = Path(path).expanduser().resolve()
         if p.is_file():
             if p.suffix != ".gguf":
-                raise InputError("--model", "a model file must be a .gguf file", str(path))
+                raise InputError("model", "a model file must be a .gguf file", str(path))
         elif p.is_dir():
             if not (p / "config.json").is_file() or not any(p.glob("*.safetensors")):
-                raise InputError(
-                    "--model", "a model directory needs config.json and *.safetensors", str(path)
-                )
+                raise InputError("model", "a model directory needs config.json and *.safetensors", str(path))
         else:
-            raise InputError("--model", "no such file or directory", str(path))
+            raise InputError("model", "no such file or directory", str(path))
         return ModelSource(path=p, name=name or (p.stem if p.is_file() else p.name))
 
 

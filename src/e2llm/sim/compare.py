@@ -8,14 +8,17 @@ sizing) provisions for the arrival rate it is told.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from e2llm.cost.model import CostModel
-from e2llm.plan.systems import PlanRequest, WorkloadShape, get_system
-from e2llm.plan.types import Plan
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.systems import get_system
+from e2llm.plan.types import Objective, Plan, PlannerParams
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.policy.settings import PolicySettings
+from e2llm.progress import Progress
 from e2llm.sim.metrics import summarize
 from e2llm.sim.simulator import ServingContext, SimResult, simulate
 from e2llm.sim.validate import check_plan, check_serves
@@ -82,14 +85,12 @@ def plan_system(
     workload: Workload,
     load: Load,
     seed: int | None = None,
-    objective: str = "bottleneck",
+    objective: Objective = Objective.BOTTLENECK,
 ) -> Plan:
     """Plan with system `name` for `workload` at `load` (planner seed: `seed`, else the workload's)."""
     w = load.apply(workload)
-    req = PlanRequest(
-        cost=cost, workload=WorkloadShape.of(w), seed=w.seed if seed is None else seed, objective=objective
-    )
-    return get_system(name)(req)
+    params = PlannerParams(seed=w.seed if seed is None else seed, objective=objective)
+    return get_system(name)(PlanRequest(cost, WorkloadShape.of(w), params))
 
 
 def compare(
@@ -98,17 +99,20 @@ def compare(
     workload: Workload,
     loads: Sequence[Load],
     seed: int | None = None,
-    progress: Callable[[str], None] | None = None,
-    objective: str = "bottleneck",
+    progress: Progress | None = None,
+    objective: Objective = Objective.BOTTLENECK,
     settings: PolicySettings | None = None,
 ) -> list[Run]:
     """Every system at every load (planned for `objective`, served with `settings`); runs in
     (load, system) order."""
-    runs = []
+    runs: list[Run] = []
+    total = len(loads) * len(systems)
     for load in loads:
         for name in systems:
             if progress:
-                progress(f"{name} @ {load.label}")
+                progress(len(runs), total, f"{name} @ {load.label}")
             plan = plan_system(name, cost, workload, load, seed, objective)
             runs.append(run_plan(plan, cost, workload, load, seed, where=f"{name} plan", settings=settings))
+    if progress:
+        progress(total, total)
     return runs

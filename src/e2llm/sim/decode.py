@@ -106,6 +106,13 @@ class DecodeEngine:
         """Longest context that fits beside everything routed here (admitted or not)."""
         return self.kv.max_context([f - p for f, p in zip(self._free, self._pending, strict=True)])
 
+    @property
+    def kv_used_share(self) -> float:
+        """KV bytes reserved (admitted or routed here) over the replica's KV memory, all stages."""
+        capacity = sum(self.kv.capacity)
+        free = sum(self._free) - sum(self._pending)
+        return 1.0 - free / capacity if capacity > 0 else 1.0
+
     def capacity_tok_s(self, context: int) -> float:
         """Tokens per second the full batch (its concurrency) generates at about `context`."""
         c = self.concurrency

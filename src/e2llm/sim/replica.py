@@ -132,6 +132,7 @@ class ReplicaSim:
             concurrency=engine.concurrency if engine else 0,
             kv_free_tokens=engine.kv_free_tokens if decoding and engine else self.kv.capacity_tokens,
             kv_capacity_tokens=self.kv.capacity_tokens,
+            kv_used_share=engine.kv_used_share if decoding and engine else 0.0,
             decode_tok_s=engine.capacity_tok_s(context) if engine and context else 0.0,
         )
 

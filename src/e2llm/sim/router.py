@@ -10,25 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from e2llm.plan.types import Role
+from e2llm.plan.types import Role, Scheduler
 from e2llm.policy import mixed_pool, routing
 from e2llm.sim.replica import ReplicaSim
 from e2llm.sim.state import Job
-
-SCHEDULERS = ("jsq", "splitwise")
 
 Target = tuple[ReplicaSim, bool]  # the replica, and whether Splitwise borrows it for this first
 
 
 class Router:
-    def __init__(self, scheduler: str, replicas: Sequence[ReplicaSim]) -> None:
+    def __init__(self, scheduler: Scheduler, replicas: Sequence[ReplicaSim]) -> None:
         self.scheduler = scheduler
         self.replicas = tuple(replicas)
         self._by_id = {r.id: r for r in replicas}
 
     def prompt(self, now: float, job: Job) -> Target | None:
         """The replica to prefill `job`'s prompt."""
-        if self.scheduler == "splitwise":
+        if self.scheduler is Scheduler.SPLITWISE:
             route = mixed_pool.route_prompt([r.load(now) for r in self.replicas], job.input_tokens)
             return None if route is None else (self._by_id[route.replica], route.borrow)
         loads = [r.load(now, job.input_tokens) for r in self.replicas if r.role in (Role.PREFILL, Role.MIXED)]
@@ -38,7 +36,7 @@ class Router:
     def decoder(self, now: float, job: Job, prefilled_on: ReplicaSim | None) -> Target | None:
         """The replica to decode `job`, prefilled on `prefilled_on` (None: a whole request of a
         COLOCATED plan)."""
-        if self.scheduler == "splitwise":
+        if self.scheduler is Scheduler.SPLITWISE:
             loads = [r.load(now) for r in self.replicas if r.engine is not None]
             route = mixed_pool.route_token(loads, job.final_context)
             if route is not None:

@@ -18,12 +18,13 @@ longer than the model's.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from e2llm.cost.model import CostModel
-from e2llm.plan.types import Plan, Role
-from e2llm.policy.controller import decide_switch, drained
+from e2llm.plan.types import Plan, Role, Scheduler
+from e2llm.policy.controller import Demand, decide_switch, drained
 from e2llm.policy.mixed_pool import returns
 from e2llm.policy.settings import PolicySettings
 from e2llm.sim.engine import Event, EventLoop
@@ -35,6 +36,7 @@ from e2llm.sim.state import BusyLog, Job, RangeKv
 from e2llm.specs.workload import Request
 
 CONTROL_PERIOD_S = 1.0  # how often (simulated seconds, at most) the role controller looks
+DEMAND_WINDOW = 200  # recent arrivals whose mean shape the role controller plans for
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class _Run:
         self.jobs: list[Job] = []
         self.busy = BusyLog()
         self.net = Network(cost.cluster)
-        splitwise = plan.scheduler == "splitwise"
+        splitwise = plan.scheduler is Scheduler.SPLITWISE
         floor = 0.0 if splitwise else ctx.min_decode_tok_s  # Splitwise batches by memory alone
         context = ctx.kv_context_tokens or _p90_context(requests)
         self.replicas = [
@@ -95,6 +97,7 @@ class _Run:
         self._next_control_s = 0.0
         self._switching: ReplicaSim | None = None
         self._last_switch_s: dict[int, float] = {}
+        self._recent: deque[tuple[int, int]] = deque(maxlen=DEMAND_WINDOW)  # (input, output) tokens
         self.roles: list[tuple[float, int, str]] = []
 
     def first_events(self) -> list[Event]:
@@ -107,6 +110,7 @@ class _Run:
         out = (
             [Event(self.requests[i + 1].arrival_s, self._arrive, i + 1)] if i + 1 < len(self.requests) else []
         )
+        self._recent.append((job.input_tokens, job.output_tokens))
         if self.adapt and now >= self._next_control_s:
             self._next_control_s = now + CONTROL_PERIOD_S
             out += self._control(now)
@@ -135,7 +139,7 @@ class _Run:
     def _may_decode(self, r: ReplicaSim, context: int) -> bool:
         """Whether `r` could take a sequence of `context` tokens now: it decodes (or, in a
         splitwise plan, could be borrowed to) and its empty KV memory holds it."""
-        decodes = r.role is not Role.PREFILL or self.plan.scheduler == "splitwise"
+        decodes = r.role is not Role.PREFILL or self.plan.scheduler is Scheduler.SPLITWISE
         return decodes and r.engine is not None and r.kv.ever_fits(context)
 
     def _prefill_done(self, now: float, job: Job) -> list[Event]:
@@ -158,7 +162,7 @@ class _Run:
         """A decode engine prefilled `job` itself: keep it there, or (Splitwise) send it on."""
         assert job.prefill_replica is not None
         src = self.by_id[job.prefill_replica]
-        if self.plan.scheduler != "splitwise" or src.role is not Role.COLOCATED:
+        if self.plan.scheduler is not Scheduler.SPLITWISE or src.role is not Role.COLOCATED:
             return True, []
         return self._to_decoder(now, job, src)
 
@@ -212,8 +216,15 @@ class _Run:
 
     # --- roles ----------------------------------------------------------------------------------
     def _control(self, now: float) -> list[Event]:
-        loads = [r.load(now) for r in self.replicas]
-        switch = decide_switch(loads, self.settings, now, self._last_switch_s, self._switching is not None)
+        """The role controller, planning for the recent arrivals' shape (a simulator knows their
+        output lengths on arrival; the runtime estimates them from the requests finished lately)."""
+        n = len(self._recent)
+        demand = Demand(sum(i for i, _ in self._recent) / n, sum(o for _, o in self._recent) / n)
+        context = round(demand.mean_input_tokens + demand.mean_output_tokens / 2)
+        loads = [r.load(now, context=context) for r in self.replicas]
+        switch = decide_switch(
+            loads, self.settings, demand, now, self._last_switch_s, self._switching is not None
+        )
         if switch is None:
             return []
         r = self.by_id[switch.replica]

@@ -1,12 +1,15 @@
-"""Is a plan something the simulator can run on this cluster and model? One InputError if not.
+"""Is a plan something the simulator and the runtime can run on this cluster and model? One
+InputError if not: `e2llm simulate` and `e2llm serve` both call `check_plan`.
 
-Checked: scheduler known; every device exists in the cluster and is used once; each replica's
-stages cover layers [0, n_layers) contiguously with exactly one embedding and one LM head; the
-weights fit each device; the plan is either all COLOCATED or has replicas for both phases
-(PREFILL or MIXED to prefill, DECODER or MIXED to decode); a MIXED replica holds the KV of one
-chunk (`PolicySettings.chunk_tokens`); a splitwise plan has a prompt pool and a token pool (its
-mixed pool is formed at run time, by borrowing); and the replicas can hold the KV of at least
-the smallest request.
+Checked (the scheduler itself is typed when the plan is read): the plan is either all COLOCATED
+or has replicas for both phases (PREFILL or MIXED to prefill, DECODER or MIXED to decode); a
+splitwise plan has a prompt pool and a token pool (its mixed pool is formed at run time, by
+borrowing). Given the cost model (the plan's cluster and model; a hand-written plan served
+without one gets the role checks only): every device exists in the cluster and is used once;
+each replica's stages cover layers [0, n_layers) contiguously with exactly one embedding and one
+LM head; the weights fit each device; a MIXED replica holds the KV of one chunk
+(`PolicySettings.chunk_tokens`). `check_serves`: the replicas can hold the KV of at least the
+smallest request.
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ from collections.abc import Sequence
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.errors import InputError
-from e2llm.plan.types import Plan, Replica, Role
-from e2llm.sim.router import SCHEDULERS
+from e2llm.plan.types import Plan, Replica, Role, Scheduler
 from e2llm.sim.state import KvSizer
 from e2llm.specs.units import GIB
 from e2llm.specs.workload import Request
 
 
-def check_plan(plan: Plan, cost: CostModel, where: str = "plan", chunk_tokens: int = 512) -> None:
-    if plan.scheduler not in SCHEDULERS:
-        raise InputError(f"{where}: scheduler", f"must be one of {', '.join(SCHEDULERS)}", plan.scheduler)
+def check_plan(plan: Plan, cost: CostModel | None, where: str = "plan", chunk_tokens: int = 512) -> None:
+    if cost is not None:
+        _check_stages(plan, cost, where, chunk_tokens)
+    _check_roles(plan, where)
+
+
+def _check_stages(plan: Plan, cost: CostModel, where: str, chunk_tokens: int) -> None:
     names = set(cost.cluster.names)
     seen: set[str] = set()
     n_layers = cost.model.n_layers
@@ -63,6 +69,9 @@ def check_plan(plan: Plan, cost: CostModel, where: str = "plan", chunk_tokens: i
                 f"a MIXED replica must hold the KV of one {chunk_tokens}-token chunk",
                 r.role.value,
             )
+
+
+def _check_roles(plan: Plan, where: str) -> None:
     roles = {r.role for r in plan.replicas}
     if Role.COLOCATED in roles and roles != {Role.COLOCATED}:
         raise InputError(where, "mixes COLOCATED with PREFILL/DECODER/MIXED replicas", sorted(roles))
@@ -72,7 +81,7 @@ def check_plan(plan: Plan, cost: CostModel, where: str = "plan", chunk_tokens: i
         raise InputError(
             where, "needs replicas for both phases (PREFILL or MIXED, DECODER or MIXED)", sorted(roles)
         )
-    if plan.scheduler == "splitwise" and roles != {Role.PREFILL, Role.DECODER}:
+    if plan.scheduler is Scheduler.SPLITWISE and roles != {Role.PREFILL, Role.DECODER}:
         raise InputError(
             f"{where}: scheduler",
             "splitwise needs PREFILL and DECODER replicas only (its mixed pool forms at run time)",

@@ -44,7 +44,7 @@ class Cluster:
     devices: tuple[Device, ...]
     default_link: Link
     links: Mapping[frozenset[str], Link] = field(default_factory=dict)
-    source: str = "<cluster>"  # file it was read from, for error messages
+    source: str = field(default="<cluster>", compare=False)  # file it was read from, for error messages
 
     def link(self, a: str, b: str) -> Link:
         return self.links.get(frozenset((a, b)), self.default_link)

@@ -1,4 +1,4 @@
-"""Workloads: how requests arrive and how long they are.
+"""Workloads: how requests arrive and how long they are (reading them from files: `workload_file`).
 
 A workload is either synthetic (an arrival process plus two token-length distributions) or a
 trace (Azure format CSV) replayed or resampled. `generate_requests` turns either into the same
@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
@@ -29,8 +29,28 @@ import numpy.typing as npt
 from e2llm.errors import InputError
 from e2llm.specs.trace import Trace
 
-ARRIVAL_PROCESSES = ("fixed", "poisson", "gamma", "replay")
-LENGTH_DISTS = ("fixed", "lognormal", "uniform", "trace")
+
+class ArrivalProcess(StrEnum):
+    FIXED = "fixed"
+    POISSON = "poisson"
+    GAMMA = "gamma"
+    REPLAY = "replay"  # a trace's own timestamps (not written as `arrival.process` in files)
+
+
+class Distribution(StrEnum):
+    """How one side's token counts are drawn."""
+
+    FIXED = "fixed"
+    LOGNORMAL = "lognormal"
+    UNIFORM = "uniform"
+    TRACE = "trace"
+
+
+class TraceColumn(StrEnum):
+    INPUT = "input"
+    OUTPUT = "output"
+
+
 DEFAULT_MAX_FACTOR = 10.0
 DEFAULT_MIN_DECODE_TOK_S = 15.0
 # Bounds on what a workload may ask for, so that a typo cannot make generation allocate terabytes
@@ -53,11 +73,14 @@ class Arrival:
     """How requests arrive. `replay` replays `trace` timestamps multiplied by `time_scale`
     (0.5 = twice the load); the others draw gaps with mean `interval_s`."""
 
-    process: str
+    process: ArrivalProcess
     interval_s: float  # mean gap (replay: the trace's mean gap times time_scale)
     cv: float = 0.0  # gamma only: coefficient of variation of the gaps
     trace: Trace | None = None
     time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "process", ArrivalProcess(self.process))  # code may pass "fixed"
 
 
 @dataclass(frozen=True)
@@ -65,17 +88,20 @@ class LengthDist:
     """Token counts of one side (input or output) of every request, clamped to [low, high].
 
     `fixed`: always `mean`; `lognormal`: mean `mean`, coefficient of variation `cv`;
-    `uniform`: integers in [low, high]; `trace`: the `column` ("input"/"output") of `trace`,
-    sampled with replacement (paired with the other side when both name the same trace).
+    `uniform`: integers in [low, high]; `trace`: the `column` of `trace`, sampled with
+    replacement (paired with the other side when both name the same trace).
     """
 
-    dist: str
+    dist: Distribution
     mean: float
     cv: float = 0.0
     low: int = 1
     high: int | None = None
     trace: Trace | None = None
-    column: str = ""
+    column: TraceColumn | None = None  # trace only
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dist", Distribution(self.dist))  # code may pass "lognormal"
 
 
 @dataclass(frozen=True)
@@ -101,19 +127,19 @@ class Workload:
     @property
     def mean_interval_s(self) -> float:
         """Mean time between arrivals (replay: over the replayed rows)."""
-        if self.arrival.process == "replay":
+        if self.arrival.process is ArrivalProcess.REPLAY:
             t = _replay_arrivals(self.arrival, self.requests)
             return float(t[-1] / (len(t) - 1)) if len(t) > 1 else self.arrival.interval_s
         return self.arrival.interval_s
 
     @property
     def is_replay(self) -> bool:
-        return self.arrival.process == "replay"
+        return self.arrival.process is ArrivalProcess.REPLAY
 
     def _mean(self, d: LengthDist) -> float:
         if self.is_replay and d.trace is not None:
             return float(_clamp(_replay_column(d, self.requests), d).mean())
-        if d.dist == "trace" and d.trace is not None:
+        if d.dist is Distribution.TRACE and d.trace is not None:
             return float(_clamp(_column(d), d).mean())
         return d.mean
 
@@ -129,7 +155,7 @@ def generate_requests(workload: Workload, seed: int | None = None) -> list[Reque
     streams = np.random.SeedSequence(workload.seed if seed is None else seed).spawn(3)
     rng_t, rng_in, rng_out = (np.random.default_rng(s) for s in streams)
     a = workload.arrival
-    if a.process == "replay":
+    if a.process is ArrivalProcess.REPLAY:
         arrivals = _replay_arrivals(a, n)
         ins = _replay_column(workload.input_tokens, n)
         outs = _replay_column(workload.output_tokens, n)
@@ -158,19 +184,19 @@ def with_load(
     """
     if interval_s is not None and rate_per_s is not None:
         raise InputError(
-            "--interval/--rate", "give at most one of interval and rate", (interval_s, rate_per_s)
+            "interval_s/rate_per_s", "give at most one of interval and rate", (interval_s, rate_per_s)
         )
-    for name, value in (("--interval", interval_s), ("--rate", rate_per_s)):
+    for name, value in (("interval_s", interval_s), ("rate_per_s", rate_per_s)):
         if value is not None and (not math.isfinite(value) or value <= 0 or not math.isfinite(1 / value)):
             raise InputError(name, "must be > 0 (and its inverse finite)", value)
     if requests is not None and not 1 <= requests <= MAX_REQUESTS:
-        raise InputError("--requests", f"must be in [1, {MAX_REQUESTS}]", requests)
+        raise InputError("requests", f"must be in [1, {MAX_REQUESTS}]", requests)
     w = dataclasses.replace(workload, requests=requests) if requests is not None else workload
     target = interval_s if interval_s is not None else (1.0 / rate_per_s if rate_per_s is not None else None)
     if target is None:
         return w
     a = w.arrival
-    if a.process == "replay":
+    if a.process is ArrivalProcess.REPLAY:
         assert a.trace is not None
         raw = dataclasses.replace(a, time_scale=1.0)
         t = _replay_arrivals(raw, w.requests)
@@ -182,29 +208,13 @@ def with_load(
     return dataclasses.replace(w, arrival=dataclasses.replace(a, interval_s=target))
 
 
-def load_workload(
-    path: str | Path,
-    *,
-    interval_s: float | None = None,
-    rate_per_s: float | None = None,
-    requests: int | None = None,
-) -> Workload:
-    """Read a workload YAML file or an Azure-format trace CSV (replayed), then apply the
-    load overrides of `with_load`."""
-    from e2llm.specs.workload_file import read_workload  # the parser imports this module
-
-    return with_load(
-        read_workload(Path(path)), interval_s=interval_s, rate_per_s=rate_per_s, requests=requests
-    )
-
-
 # --- sampling ---------------------------------------------------------------------------------
 
 
 def _arrivals(a: Arrival, n: int, rng: np.random.Generator) -> npt.NDArray[np.float64]:
-    if a.process == "fixed":
+    if a.process is ArrivalProcess.FIXED:
         return np.arange(n, dtype=np.float64) * a.interval_s
-    if a.process == "poisson":
+    if a.process is ArrivalProcess.POISSON:
         gaps = rng.exponential(a.interval_s, n)
     else:  # gamma: shape 1/cv^2, scale interval*cv^2 -> mean interval, cv as given
         gaps = rng.gamma(1.0 / a.cv**2, a.interval_s * a.cv**2, n)
@@ -231,7 +241,7 @@ def _replay_column(d: LengthDist, n: int) -> npt.NDArray[np.int64]:
 
 def _column(d: LengthDist) -> npt.NDArray[np.int64]:
     assert d.trace is not None
-    return d.trace.input_tokens if d.column == "input" else d.trace.output_tokens
+    return d.trace.input_tokens if d.column is TraceColumn.INPUT else d.trace.output_tokens
 
 
 def _lengths(
@@ -244,13 +254,13 @@ def _lengths(
 
 
 def _sample(d: LengthDist, n: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
-    if d.dist == "fixed" or (d.dist == "lognormal" and d.cv == 0):
+    if d.dist is Distribution.FIXED or (d.dist is Distribution.LOGNORMAL and d.cv == 0):
         return np.full(n, round(d.mean), dtype=np.int64)
-    if d.dist == "lognormal":
+    if d.dist is Distribution.LOGNORMAL:
         sigma2 = math.log1p(d.cv**2)
         x = rng.lognormal(math.log(d.mean) - sigma2 / 2, math.sqrt(sigma2), n)
         return np.rint(x).astype(np.int64)
-    if d.dist == "uniform":
+    if d.dist is Distribution.UNIFORM:
         assert d.high is not None
         return rng.integers(d.low, d.high + 1, n, dtype=np.int64)
     col = _column(d)

@@ -28,14 +28,15 @@ from e2llm.specs.fields import (
 )
 from e2llm.specs.trace import MAX_TOKENS, Trace, load_trace
 from e2llm.specs.workload import (
-    ARRIVAL_PROCESSES,
     DEFAULT_MAX_FACTOR,
     DEFAULT_MIN_DECODE_TOK_S,
-    LENGTH_DISTS,
     MAX_CV,
     MAX_REQUESTS,
     Arrival,
+    ArrivalProcess,
+    Distribution,
     LengthDist,
+    TraceColumn,
     Workload,
     with_load,
 )
@@ -61,6 +62,20 @@ _LENGTH_KEYS = {
 }
 
 
+def load_workload(
+    path: str | Path,
+    *,
+    interval_s: float | None = None,
+    rate_per_s: float | None = None,
+    requests: int | None = None,
+) -> Workload:
+    """Read a workload YAML file or an Azure-format trace CSV (replayed), then apply the
+    load overrides of `with_load`."""
+    return with_load(
+        read_workload(Path(path)), interval_s=interval_s, rate_per_s=rate_per_s, requests=requests
+    )
+
+
 def read_workload(path: Path) -> Workload:
     """Parse a workload YAML file or replay an Azure-format trace CSV."""
     if path.suffix.lower() == ".csv":
@@ -83,8 +98,10 @@ def read_workload(path: Path) -> Workload:
         requests=get_int(d, "requests", where, maximum=MAX_REQUESTS),
         seed=seed,
         arrival=_arrival(d["arrival"], field_where(where, "arrival")),
-        input_tokens=_length(d["input_tokens"], field_where(where, "input_tokens"), path, "input"),
-        output_tokens=_length(d["output_tokens"], field_where(where, "output_tokens"), path, "output"),
+        input_tokens=_length(d["input_tokens"], field_where(where, "input_tokens"), path, TraceColumn.INPUT),
+        output_tokens=_length(
+            d["output_tokens"], field_where(where, "output_tokens"), path, TraceColumn.OUTPUT
+        ),
         min_decode_tok_s=min_tok_s,
         source=where,
     )
@@ -114,15 +131,19 @@ def _trace_workload(d: dict[str, Any], path: Path, seed: int, min_tok_s: float) 
 
 
 def _replay(trace: Trace, requests: int, seed: int, min_tok_s: float, scale: float, source: str) -> Workload:
-    arrival = Arrival("replay", trace.mean_interval_s * scale, trace=trace, time_scale=scale)
+    arrival = Arrival(ArrivalProcess.REPLAY, trace.mean_interval_s * scale, trace=trace, time_scale=scale)
     return Workload(requests, seed, arrival, *_trace_lengths(trace), min_tok_s, source)
 
 
 def _trace_lengths(trace: Trace) -> tuple[LengthDist, LengthDist]:
     """(input, output) lengths drawn from the same trace rows."""
     return (
-        LengthDist("trace", float(trace.input_tokens.mean()), trace=trace, column="input"),
-        LengthDist("trace", float(trace.output_tokens.mean()), trace=trace, column="output"),
+        LengthDist(
+            Distribution.TRACE, float(trace.input_tokens.mean()), trace=trace, column=TraceColumn.INPUT
+        ),
+        LengthDist(
+            Distribution.TRACE, float(trace.output_tokens.mean()), trace=trace, column=TraceColumn.OUTPUT
+        ),
     )
 
 
@@ -134,17 +155,18 @@ def _relative(name: str, yaml_path: Path) -> Path:
 def _arrival(raw: Any, where: str) -> Arrival:
     d = as_mapping(raw, where)
     check_keys(d, ("process", "interval_s", "rate_per_s", "cv"), where)
-    process = get_str(d, "process", where)
-    if process not in ARRIVAL_PROCESSES or process == "replay":
-        choices = ", ".join(p for p in ARRIVAL_PROCESSES if p != "replay")
+    text = get_str(d, "process", where)
+    process = next((p for p in ArrivalProcess if p == text and p is not ArrivalProcess.REPLAY), None)
+    if process is None:
+        choices = ", ".join(p for p in ArrivalProcess if p is not ArrivalProcess.REPLAY)
         raise InputError(
-            field_where(where, "process"), f"unknown arrival process; expected one of {choices}", process
+            field_where(where, "process"), f"unknown arrival process; expected one of {choices}", text
         )
     if ("interval_s" in d) == ("rate_per_s" in d):
         raise InputError(where, "give exactly one of interval_s and rate_per_s", dict(d))
     interval = get_number(d, "interval_s", where) if "interval_s" in d else 1.0 / _rate(d, where)
     cv = 0.0
-    if process == "gamma":  # cv**2 must neither underflow to 0 nor overflow
+    if process is ArrivalProcess.GAMMA:  # cv**2 must neither underflow to 0 nor overflow
         cv = get_number(d, "cv", where, minimum=MIN_GAMMA_CV, strict=False, maximum=MAX_CV)
     elif "cv" in d:
         raise InputError(field_where(where, "cv"), f"only for the gamma process (not {process})", d["cv"])
@@ -159,29 +181,30 @@ def _rate(d: Any, where: str) -> float:
     return rate
 
 
-def _length(raw: Any, where: str, yaml_path: Path, column: str) -> LengthDist:
+def _length(raw: Any, where: str, yaml_path: Path, column: TraceColumn) -> LengthDist:
     d = as_mapping(raw, where)
-    dist = get_str(d, "dist", where)
-    if dist not in LENGTH_DISTS:
+    text = get_str(d, "dist", where)
+    if text not in set(Distribution):
         raise InputError(
             field_where(where, "dist"),
-            f"unknown distribution; expected one of {', '.join(LENGTH_DISTS)}",
-            dist,
+            f"unknown distribution; expected one of {', '.join(Distribution)}",
+            text,
         )
+    dist = Distribution(text)
     check_keys(d, _LENGTH_KEYS[dist], where)
     low = get_int(d, "min", where, default=1, maximum=MAX_TOKENS)
     high: int | None = get_int(d, "max", where, maximum=MAX_TOKENS) if d.get("max") is not None else None
     if high is not None and high < low:
         raise InputError(field_where(where, "max"), f"must be >= min ({low})", high)
-    if dist == "uniform":
+    if dist is Distribution.UNIFORM:
         if high is None:
             raise InputError(field_where(where, "max"), "missing required field")
         return LengthDist(dist, (low + high) / 2, low=low, high=high)
-    if dist == "trace":
+    if dist is Distribution.TRACE:
         trace = load_trace(_relative(get_str(d, "path", where), yaml_path))
-        values = trace.input_tokens if column == "input" else trace.output_tokens
+        values = trace.input_tokens if column is TraceColumn.INPUT else trace.output_tokens
         return LengthDist(dist, float(values.mean()), low=low, high=high, trace=trace, column=column)
-    if dist == "fixed":
+    if dist is Distribution.FIXED:
         if ("value" in d) == ("mean" in d):
             raise InputError(where, "give exactly one of value and mean", dict(d))
         value = get_number(d, "value" if "value" in d else "mean", where, maximum=MAX_TOKENS)

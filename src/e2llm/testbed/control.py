@@ -11,13 +11,15 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
 
 from e2llm.errors import InputError
 from e2llm.testbed import cgroups, host, netcmds
 from e2llm.testbed.raynodes import joined
 from e2llm.testbed.state import TestbedState
-from e2llm.testbed.topology import DeviceNode
+from e2llm.testbed.topology import NS_IFNAME, DeviceNode
 
 
 def node(state: TestbedState, device: str) -> DeviceNode:
@@ -50,6 +52,23 @@ def set_link_rate(state: TestbedState, a: str, b: str, mbps: float) -> None:
 
 def set_link_state(state: TestbedState, device: str, up: bool) -> None:
     host.run_commands([netcmds.link_state_command(node(state, device), up)])
+
+
+def class_bytes(state: TestbedState, device: str, peer: str) -> int:
+    """Bytes `device` has sent through its shaped class towards `peer` ("" for the head)."""
+    target = node(state, device)
+    minor = next(c.minor for c in target.egress if c.peer == peer)
+    cmd = netcmds.in_ns(target, ["tc", "-s", "class", "show", "dev", NS_IFNAME])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return sent_bytes(out, netcmds.classid(minor))
+
+
+def sent_bytes(tc_class_stats: str, classid: str) -> int:
+    """The 'Sent N bytes' of class `classid` in `tc -s class show` output."""
+    match = re.search(rf"class htb {re.escape(classid)} .*?\n\s*Sent (\d+) bytes", tc_class_stats, re.S)
+    if match is None:
+        raise ValueError(f"no htb class {classid} in the tc statistics")
+    return int(match.group(1))
 
 
 def raylet_pid(state: TestbedState, device: str) -> int | None:

@@ -36,10 +36,10 @@ import ipaddress
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from e2llm.errors import InputError
-from e2llm.specs.device import Cluster, Device
+from e2llm.specs.device import Cluster, Device, Link
 
 ADDRESS_POOL = ipaddress.IPv4Network("198.18.0.0/15")
 SUBNET_PREFIX = 24
@@ -228,3 +228,21 @@ def _rate(mbps: float, what: str, cluster: Cluster) -> float:
             f"{what}: {mbps:g} Mbit/s after --scale is below what tc can shape ({MIN_RATE_MBPS} Mbit/s)",
         )
     return mbps
+
+
+def emulated_cluster(
+    cluster: Cluster, options: TestbedOptions, latency_ms: float, profiles: dict[str, str]
+) -> Cluster:
+    """The cluster as the testbed runs it, for the planner and the simulator: memory times
+    `memory_scale`, every link's bandwidth times `scale`, the bridge's measured `latency_ms`
+    (the testbed does not emulate the file's latencies), and `profiles` (device -> profile path)."""
+
+    def link(old: Link) -> Link:
+        return Link(bandwidth_mbps=old.bandwidth_mbps * options.scale, latency_ms=latency_ms)
+
+    devices = tuple(
+        replace(d, memory_gb=d.memory_gb * options.memory_scale, profile=profiles.get(d.name, d.profile))
+        for d in cluster.devices
+    )
+    links = {pair: link(old) for pair, old in cluster.links.items()}
+    return replace(cluster, devices=devices, default_link=link(cluster.default_link), links=links)

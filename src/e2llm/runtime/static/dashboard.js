@@ -199,7 +199,7 @@ function renderCluster(status) {
       g.append(svg("rect", { x: x - boxWidth / 2, y: y - 18, width: boxWidth, height: 36, rx: 7, fill: "#fff",
         stroke: colour, "stroke-width": 3 }));
       g.append(svg("text", { x, y: y - 3, "text-anchor": "middle", "font-weight": 600 }, d.name));
-      const spec = d.memory_gb === null ? d.state : `${num(d.memory_gb)} GB · ${num(d.tflops, 2)} TF`;
+      const spec = d.memory_gb === null ? d.state : `${num(d.memory_gb)} GiB · ${num(d.tflops, 2)} TF`;
       g.append(svg("text", { x, y: y + 11, "text-anchor": "middle", class: "link-label" }, spec));
     } else { // many devices: a dot each, the table below has the specs
       g.append(svg("circle", { cx: x, cy: y, r: 6, fill: colour }));
@@ -214,7 +214,7 @@ function renderCluster(status) {
       `${overrides}. Solid lines: pipeline hops of a replica; dashed: KV hand-off PREFILL → DECODER.`;
   const table = document.getElementById("devices");
   table.replaceChildren(el("tr", {}, el("th", { text: "device" }), el("th", { text: "state" }),
-    el("th", { class: "num", text: "memory GB" }), el("th", { class: "num", text: "TFLOP/s" }),
+    el("th", { class: "num", text: "memory GiB" }), el("th", { class: "num", text: "TFLOP/s" }),
     el("th", { class: "num", text: "mem GB/s" })));
   for (const d of devices) {
     table.append(el("tr", { "data-device": d.name }, el("td", { text: d.name }),
@@ -279,7 +279,7 @@ function replicaCard(r, nLayers) {
     bar.style.width = `${(100 * (s.end - s.start)) / nLayers}%`;
     bar.title = `${s.device}: layers [${s.start}, ${s.end})` +
       (s.device === r.bottleneck_device ? " — bottleneck stage" : "") +
-      (s.memory_gb ? `, planned ${num(s.memory_gb, 2)} GB` : "");
+      (s.memory_gb ? `, planned ${num(s.memory_gb, 2)} GiB` : "");
     const kv = s.kv_bytes === null ? "" : `KV ${bytes(s.kv_bytes)} · ${s.sequences} seq`;
     card.append(el("div", { class: "stage" }, el("span", { class: "device", text: s.device }),
       el("div", { class: "track" }, bar), el("span", { class: "kv", text: kv })));
