@@ -29,8 +29,9 @@ import pytest
 from e2llm.bench.local_server import serving_plan
 from e2llm.cost.build import build_cost_model
 from e2llm.plan.plan_json import plan_to_dict
-from e2llm.plan.systems import PlanRequest, get_system
-from e2llm.runtime.replan import SERVE_WORKLOAD
+from e2llm.plan.request import PlanRequest
+from e2llm.plan.systems import get_system
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.cluster_file import cluster_from_dict
 from e2llm.specs.model_catalog import load_model
 
@@ -56,7 +57,8 @@ CLUSTER = {
 
 def _planned() -> dict[str, Any]:
     cost = build_cost_model(load_model(MODEL), cluster_from_dict(CLUSTER, "chaos cluster"))
-    return plan_to_dict(get_system("e2llm")(PlanRequest(cost=cost, workload=SERVE_WORKLOAD)))
+    chat = WorkloadShape(mean_input_tokens=256, mean_output_tokens=128, interval_s=1.0)
+    return plan_to_dict(get_system("e2llm")(PlanRequest(cost=cost, workload=chat)))
 
 
 def _body(prompt: str, stream: bool) -> dict[str, Any]:

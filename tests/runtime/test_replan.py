@@ -95,7 +95,7 @@ async def _kill_and_replan(url: str) -> dict[str, Any]:
         switch_s = health["last_switch_s"]  # loss -> new plan serving, as the server measured it
         refused = await client.post("/admin/replan", headers={"Authorization": "Bearer wrong"})
         assert refused.status_code == 401
-        back = await client.post("/admin/replan")
+        back = await client.post("/admin/replan", json={})  # a POST must be JSON (no CSRF)
         assert back.status_code == 200 and back.json()["plan_generation"] == 2, back.text
         health = (await client.get("/health")).json()
         assert "cpu1" in health["devices"] and health["status"] == "ok", health
