@@ -43,7 +43,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 CLIENTS = 32
 KILLS = 3
 TOKENS = 8
-MAX_REQUESTS_PER_CLIENT = 20
+MAX_REQUESTS_PER_CLIENT = 200  # a bound; clients stop when the kills are over
 SWITCH_BOUND_S = 180.0  # a re-plan restarts every stage actor: tens of seconds on a busy box
 SEED = 13
 PROMPTS = ["The capital of France is", "One, two, three,", "def fib(n):", "Water boils at", "Once upon a"]
@@ -75,7 +75,9 @@ class Record:
     text: str = ""
     tokens: int | None = None
     error: str = ""
-    gaps: list[float] = field(default_factory=list)
+    retry_after_s: float = 0.0  # what a refusal (503, 429) asked the client to wait
+    ttft_s: float | None = None
+    gaps: list[float] = field(default_factory=list)  # between a stream's chunks, after the first
 
 
 async def _stream(client: httpx.AsyncClient, prompt: str) -> Record:
@@ -85,13 +87,17 @@ async def _stream(client: httpx.AsyncClient, prompt: str) -> Record:
             body = await r.aread()
             rec.error = f"HTTP {r.status_code}: {body[:200]!r}"
             rec.outcome = "failed" if b'"error"' in body else "lost"
+            rec.retry_after_s = float(r.headers.get("retry-after", 0))
             return rec
-        last, finish, done = time.monotonic(), None, False
+        t0, last, finish, done = time.monotonic(), None, None, False
         async for line in r.aiter_lines():
             if not line.startswith("data: "):
                 continue
             now = time.monotonic()
-            rec.gaps.append(now - last)
+            if last is None:
+                rec.ttft_s = now - t0
+            else:
+                rec.gaps.append(now - last)
             last = now
             if line == "data: [DONE]":
                 done = True
@@ -115,7 +121,9 @@ async def _client(url: str, rng: random.Random, stop: asyncio.Event, records: li
         for _ in range(MAX_REQUESTS_PER_CLIENT):
             if stop.is_set():
                 return
-            records.append(await _stream(client, rng.choice(PROMPTS)))
+            rec = await _stream(client, rng.choice(PROMPTS))
+            records.append(rec)
+            await asyncio.sleep(rec.retry_after_s)  # as a polite client does
 
 
 async def _wait(client: httpx.AsyncClient, done: Any, what: str) -> dict[str, Any]:
@@ -190,6 +198,7 @@ def test_chaos_every_request_completes_exactly_or_fails_explicitly(tmp_path: Pat
         "kills": run["kills"],
         "plan_generations": run["end"]["plan_generation"],
         "worst_stall_s": round(max((g for r in records for g in r.gaps), default=0.0), 2),
+        "worst_ttft_s": round(max((r.ttft_s or 0.0 for r in records), default=0.0), 2),
         "errors": sorted({r.error[:80] for r in by["failed"]}),
         "seconds": round(took, 1),
     }

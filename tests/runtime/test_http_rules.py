@@ -319,10 +319,10 @@ class BlockingTokenizer(CharTokenizer):
 
 def test_tokenising_runs_off_the_loop_in_a_bounded_pool() -> None:
     tok = BlockingTokenizer()
-    limits = HttpLimits(tokenizer_threads=1, tokenizer_queue=2)
+    limits = HttpLimits(tokenizer_threads=1, tokenizer_queue_chars=6)  # three prompts of 2 characters
     app = create_app(SlowEcho(), served_model(tok), None, limits)  # type: ignore[arg-type]
     with running(app) as base:
-        n = 6  # one tokenising, two queued, three refused
+        n = 6  # "hi": one tokenising, two queued, three refused
         with ThreadPoolExecutor(n) as pool:
             futures = [pool.submit(_post, base, _completion()) for _ in range(n)]
             deadline = time.monotonic() + 20

@@ -8,12 +8,15 @@ the host). The client runs with a fresh HOME, so it has no token file to fall ba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,12 +43,13 @@ def token_head(tmp_path: Path) -> Iterator[str]:
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
     port = free_port()
+    ray_dir = tempfile.mkdtemp(prefix="e2join", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     cmd = [
         ray_executable(), "start", "--head", "--block", "--disable-usage-stats",
         "--node-ip-address", "127.0.0.1", "--port", str(port), "--include-dashboard", "false",
         "--num-cpus", "0", "--resources", json.dumps({"device:cpu0": 1}),
-        "--temp-dir", str(tmp_path / "ray"),
+        "--temp-dir", ray_dir,
     ]  # fmt: skip
     with open(tmp_path / "head.log", "wb") as log:
         head = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -56,12 +60,15 @@ def token_head(tmp_path: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(head.pid, signal.SIGKILL)
             head.wait()
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 def test_joining_a_token_cluster_without_the_token_names_the_setting(tmp_path: Path, token_head: str) -> None:

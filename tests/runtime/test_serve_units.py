@@ -15,6 +15,7 @@ from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.runtime.batch import DecodeSlots, fits
 from e2llm.runtime.cluster import device_resource, torch_threads_per_actor
+from e2llm.runtime.completions import max_tokens_for as _max_tokens
 from e2llm.runtime.draw import TokenDraw
 from e2llm.runtime.generation import Generation, TextStream
 from e2llm.runtime.handoff import kv_routes
@@ -24,7 +25,6 @@ from e2llm.runtime.openai_protocol import ApiError
 from e2llm.runtime.plans import describe_plan, hand_plan, runnable_plan, split_layers
 from e2llm.runtime.replica import ReplicaRunner
 from e2llm.runtime.router import NoLiveReplica, Router
-from e2llm.runtime.server import _max_tokens
 
 
 class CharTokenizer:

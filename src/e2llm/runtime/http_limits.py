@@ -30,7 +30,7 @@ DEFAULT_MAX_INFLIGHT = 256
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
 DEFAULT_TOKENIZER_THREADS = 2
-DEFAULT_TOKENIZER_QUEUE = 32
+DEFAULT_TOKENIZER_QUEUE_CHARS = 8 << 20  # about eight 1 MB prompts waiting
 RETRY_AFTER_S = 1
 _INVALID = "invalid_request_error"
 
@@ -44,7 +44,9 @@ class HttpLimits:
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
     tokenizer_threads: int = DEFAULT_TOKENIZER_THREADS  # tokenising off the event loop (`cpu_pool`)
-    tokenizer_queue: int = DEFAULT_TOKENIZER_QUEUE  # prompts waiting for a tokenizer thread; more: 503
+    tokenizer_queue_chars: int = (
+        DEFAULT_TOKENIZER_QUEUE_CHARS  # prompt text being tokenised or waiting; more: 503
+    )
 
 
 async def read_json_body(request: Any, limits: HttpLimits) -> Any:
