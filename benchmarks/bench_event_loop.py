@@ -1,24 +1,26 @@
 """Does tokenising big prompts stall the other streams? (issue 13, item 7)
 
-Starts `e2llm serve` (SmolLM2-135M, one COLOCATED replica on one emulated device) from the
-Python environment running this script, streams one long greedy completion, and measures the
-gaps between its chunks: first alone for QUIET_S seconds, then while BURST prompts of ~1 MB each
-(too long for the model: each gets a 400 after tokenising) arrive at once. Reports the worst
-and median gap in each phase, and the answers to the big prompts. Run it once with this
-checkout's venv and once with an older checkout's to compare (the server is the one of the
-`e2llm` next to the Python running the script):
+Starts `e2llm serve` (SmolLM2-135M, one COLOCATED replica on one emulated device) with the
+e2llm code this Python imports, streams one long greedy completion, and measures the gaps
+between its chunks: first alone for QUIET_S seconds, then while BURST prompts of
+`--prompt-bytes` each (too long for the model's context: each gets a 400) arrive at once.
+Reports the worst and median gap in each phase and the answers to the big prompts. To compare
+with older code, export it and put it first on the path (the server and its Ray workers
+inherit PYTHONPATH):
 
-    .venv/bin/python benchmarks/bench_event_loop.py
-    /work/main/.venv/bin/python benchmarks/bench_event_loop.py
+    .venv/bin/python benchmarks/bench_event_loop.py [--prompt-bytes 400000]
+    git archive OLD | tar -x -C /tmp/old
+    PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/bench_event_loop.py
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
+import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -52,8 +54,8 @@ async def _stream(client: httpx.AsyncClient, stamps: list[float], done: asyncio.
                 break
 
 
-async def _big(client: httpx.AsyncClient) -> int:
-    body = json.dumps({"model": MODEL, "prompt": "word " * (PROMPT_BYTES // 5)})
+async def _big(client: httpx.AsyncClient, prompt_bytes: int) -> int:
+    body = json.dumps({"model": MODEL, "prompt": "word " * (prompt_bytes // 5)})
     r = await client.post("/v1/completions", content=body, headers=HEADERS)
     return r.status_code
 
@@ -63,7 +65,7 @@ def _gaps(stamps: list[float], start: float, end: float) -> list[float]:
     return [b - a for a, b in itertools.pairwise(inside)]
 
 
-async def _run(url: str) -> dict[str, object]:
+async def _run(url: str, prompt_bytes: int) -> dict[str, object]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         stamps: list[float] = []
         done = asyncio.Event()
@@ -73,7 +75,7 @@ async def _run(url: str) -> dict[str, object]:
         t0 = time.monotonic()
         await asyncio.sleep(QUIET_S)
         t1 = time.monotonic()
-        statuses = await asyncio.gather(*(_big(client) for _ in range(BURST)))
+        statuses = await asyncio.gather(*(_big(client, prompt_bytes) for _ in range(BURST)))
         t2 = time.monotonic()
         await asyncio.sleep(1.0)
         done.set()
@@ -90,9 +92,15 @@ async def _run(url: str) -> dict[str, object]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--prompt-bytes", type=int, default=PROMPT_BYTES, help="size of each big prompt")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, serving_plan(PLAN, Path(tmp)) as server:
-        figures = asyncio.run(_run(server.url))
-    print(json.dumps({"python": sys.executable, **figures}))
+        figures = asyncio.run(_run(server.url, args.prompt_bytes))
+    code = os.environ.get("PYTHONPATH") or "this checkout"
+    print(json.dumps({"code": code, "prompt_bytes": args.prompt_bytes, **figures}))
 
 
 if __name__ == "__main__":

@@ -77,11 +77,12 @@ class Record:
     error: str = ""
     retry_after_s: float = 0.0  # what a refusal (503, 429) asked the client to wait
     ttft_s: float | None = None
-    gaps: list[float] = field(default_factory=list)  # between a stream's chunks, after the first
+    gaps: list[tuple[float, float]] = field(default_factory=list)  # (seconds, when it ended) between chunks
 
 
 async def _stream(client: httpx.AsyncClient, prompt: str) -> Record:
     rec = Record(prompt)
+    t0 = time.monotonic()  # the headers come with the first token
     async with client.stream("POST", "/v1/completions", json=_body(prompt, True)) as r:
         if r.status_code != 200:
             body = await r.aread()
@@ -89,7 +90,7 @@ async def _stream(client: httpx.AsyncClient, prompt: str) -> Record:
             rec.outcome = "failed" if b'"error"' in body else "lost"
             rec.retry_after_s = float(r.headers.get("retry-after", 0))
             return rec
-        t0, last, finish, done = time.monotonic(), None, None, False
+        last, finish, done = None, None, False
         async for line in r.aiter_lines():
             if not line.startswith("data: "):
                 continue
@@ -97,7 +98,7 @@ async def _stream(client: httpx.AsyncClient, prompt: str) -> Record:
             if last is None:
                 rec.ttft_s = now - t0
             else:
-                rec.gaps.append(now - last)
+                rec.gaps.append((now - last, now))
             last = now
             if line == "data: [DONE]":
                 done = True
@@ -156,7 +157,7 @@ async def _chaos(url: str) -> dict[str, Any]:
             replica = rng.choice(sorted({s["replica"] for s in health["stages"]}))
             stage = rng.choice([s for s in health["stages"] if s["replica"] == replica])
             os.kill(stage["pid"], signal.SIGKILL)
-            kills.append((generation, replica, stage["device"]))
+            kills.append((generation, replica, stage["device"], time.monotonic()))
 
             def replanned(h: dict[str, Any], g: int = generation) -> bool:
                 # the re-plan after the loss ran (it may fail: too few devices left)
@@ -188,6 +189,8 @@ def test_chaos_every_request_completes_exactly_or_fails_explicitly(tmp_path: Pat
         for r in by["completed"]
         if (r.text, r.tokens) != (reference[r.prompt], TOKENS)
     ]
+    worst = max((g for r in records for g in r.gaps), default=(0.0, 0.0))
+    t_first_kill = run["kills"][0][3]
     figures = {
         "requests": len(records),
         "completed": len(by["completed"]),
@@ -195,9 +198,10 @@ def test_chaos_every_request_completes_exactly_or_fails_explicitly(tmp_path: Pat
         "lost": len(by["lost"]),
         "wrong_text_or_token_count": len(wrong),
         "migrations": run["end"]["migrations"] - run["start"]["migrations"],
-        "kills": run["kills"],
+        "kills": [(g, replica, device, round(t - t_first_kill, 1)) for g, replica, device, t in run["kills"]],
         "plan_generations": run["end"]["plan_generation"],
-        "worst_stall_s": round(max((g for r in records for g in r.gaps), default=0.0), 2),
+        "worst_stall_s": round(worst[0], 2),
+        "worst_stall_ended_s": round(worst[1] - t_first_kill, 1),  # after the first kill
         "worst_ttft_s": round(max((r.ttft_s or 0.0 for r in records), default=0.0), 2),
         "errors": sorted({r.error[:80] for r in by["failed"]}),
         "seconds": round(took, 1),

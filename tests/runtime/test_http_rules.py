@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -336,6 +337,23 @@ def test_tokenising_runs_off_the_loop_in_a_bounded_pool() -> None:
     assert all(r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "server_busy" for r in busy)
     assert tok.threads and not any(on_loop for _, on_loop in tok.threads)
     assert threading.get_ident() not in {ident for ident, _ in tok.threads}
+
+
+def test_a_prompt_that_cannot_fit_is_refused_without_tokenising() -> None:
+    """With at most 2 characters per token, 9,000 characters are over 4,096 tokens whatever the
+    tokens: a 400 at once, the (blocked) tokenizer never called."""
+    tok = BlockingTokenizer()
+    served = dataclasses.replace(served_model(tok, context_len=4096), max_token_chars=2)
+    app = create_app(SlowEcho(), served)  # type: ignore[arg-type]
+    with running(app) as base:
+        for path, body in [
+            ("/v1/completions", _completion(prompt="x" * 9000)),
+            ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "user", "content": "x" * 9000}]}),
+        ]:
+            error = _error(_post(base, body, path), 400)
+            assert error["code"] == "context_length_exceeded" and error["param"] in ("prompt", "messages")
+    assert tok.threads == []
+    tok.gate.set()
 
 
 # ---- models and logprobs, through the official client ---------------------------------------------

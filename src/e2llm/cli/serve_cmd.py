@@ -256,7 +256,7 @@ def _serve(
     from e2llm.runtime.http_serve import serve_http
     from e2llm.runtime.server import ServedModel, create_app
     from e2llm.runtime.service import Deployment, LaunchOptions
-    from e2llm.runtime.text import encode_chat
+    from e2llm.runtime.text import encode_chat, max_token_chars
     from e2llm.runtime.weights import PreparedModel
 
     assert isinstance(prepared, PreparedModel)
@@ -279,12 +279,14 @@ def _serve(
         print(f"e2llm serve: starting {n_actors} stage actors on {len(devices)} devices", flush=True)
         deployment = Deployment.launch(plan, str(prepared.path), options)
         cfg = prepared.config
+        tokenizer = prepared.tokenizer()
         served = ServedModel(
             name=plan.model if not args.model else prepared.name,
-            tokenizer=prepared.tokenizer(),
+            tokenizer=tokenizer,
             context_len=cfg.max_context,
             eos_ids=frozenset(cfg.eos_token_ids),
             encode_chat=encode_chat,
+            max_token_chars=max_token_chars(tokenizer),
         )
         hosts = allowed_hosts_for(args.host, args.allowed_hosts.split(",") if args.allowed_hosts else None)
         app = create_app(deployment, served, api_key, limits, hosts)

@@ -44,6 +44,7 @@ class ServedModel:
     context_len: int  # prompt + generated tokens must fit
     eos_ids: frozenset[int]
     encode_chat: Callable[[Any, list[dict[str, str]]], list[int]]
+    max_token_chars: int | None = None  # see `text.max_token_chars`; None: always tokenise
 
 
 class Completions:
@@ -52,10 +53,18 @@ class Completions:
         self.served = served
         self.cpu = cpu
 
-    async def tokenise(self, cost: int, fn: Callable[..., Any], *args: Any) -> list[int]:
-        """`fn(*args)` (a tokenizer call on `cost` characters) on a pool thread; 503 when full."""
+    async def tokenise(self, chars: int, param: str, fn: Callable[..., Any], *args: Any) -> list[int]:
+        """`fn(*args)`, a tokenizer call on `chars` characters, on a pool thread (503 when it is
+        full); a text that cannot fit the context whatever its tokens is refused first (400)."""
+        served = self.served
+        if served.max_token_chars and chars > served.context_len * served.max_token_chars:
+            message = (
+                f"This model's maximum context length is {served.context_len} tokens; a prompt of "
+                f"{chars} characters cannot fit in it"
+            )
+            raise oa.ApiError(400, message, _INVALID, param, "context_length_exceeded")
         try:
-            return list(await self.cpu.run(cost, fn, *args))
+            return list(await self.cpu.run(chars, fn, *args))
         except PoolFull:
             retry = {"retry-after": str(RETRY_AFTER_S)}
             message = "server busy tokenising other prompts; retry later"

@@ -123,7 +123,9 @@ def create_app(
         messages = [{"role": m.role, "content": m.text()} for m in req.messages]
         chars = sum(len(m["content"]) for m in messages)
         try:
-            prompt_ids = await completions.tokenise(chars, served.encode_chat, served.tokenizer, messages)
+            prompt_ids = await completions.tokenise(
+                chars, "messages", served.encode_chat, served.tokenizer, messages
+            )
         except InputError as e:
             raise oa.ApiError(400, str(e), "invalid_request_error", "messages") from None
         return await completions.respond(request, req, prompt_ids, chat=True)
@@ -141,7 +143,7 @@ def create_app(
                 )
         else:
             text = prompt if isinstance(prompt, str) else str(prompt[0])
-            prompt_ids = await completions.tokenise(len(text), served.tokenizer.encode, text)
+            prompt_ids = await completions.tokenise(len(text), "prompt", served.tokenizer.encode, text)
         if not prompt_ids:
             raise oa.ApiError(400, "prompt has no tokens", "invalid_request_error", "prompt")
         return await completions.respond(request, req, prompt_ids, chat=False)
