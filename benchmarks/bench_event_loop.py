@@ -77,10 +77,11 @@ async def _run(url: str, prompt_bytes: int) -> dict[str, object]:
         t1 = time.monotonic()
         statuses = await asyncio.gather(*(_big(client, prompt_bytes) for _ in range(BURST)))
         t2 = time.monotonic()
-        await asyncio.sleep(1.0)
+        end = max(t2, t1 + QUIET_S)  # the gaps from the burst's start, over at least QUIET_S
+        await asyncio.sleep(end - time.monotonic() + 1.0)
         done.set()
         await stream
-    quiet, burst = _gaps(stamps, t0, t1), _gaps(stamps, t1, t2 + 0.5)
+    quiet, burst = _gaps(stamps, t0, t1), _gaps(stamps, t1, end)
     return {
         "quiet_worst_gap_ms": round(1000 * max(quiet), 1),
         "quiet_median_gap_ms": round(1000 * statistics.median(quiet), 1),

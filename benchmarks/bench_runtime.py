@@ -54,9 +54,8 @@ class Reference:
     """Single-process transformers `generate`, greedy with EOS ignored."""
 
     def __init__(self, prepared: PreparedModel, ids: list[int], device: str):
-        from transformers import AutoModelForCausalLM
 
-        self.model = AutoModelForCausalLM.from_pretrained(str(prepared.path), dtype=torch.float32).to(device)
+        self.model = prepared.transformers_model(torch.float32).to(device)
         self.x = torch.tensor([ids], device=device)
         self.device = device
         self._run(4)  # warm-up

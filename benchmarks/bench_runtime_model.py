@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from e2llm.runtime.engine import LocalPipeline, handoff
 from e2llm.runtime.sampling import SamplingParams
@@ -91,7 +91,7 @@ def main() -> None:
 
 def run(args: argparse.Namespace, prepared: PreparedModel, prompt: list[int]) -> None:
     dev = args.device
-    hf = AutoModelForCausalLM.from_pretrained(str(prepared.path), dtype=torch.float32).to(dev)
+    hf = prepared.transformers_model(torch.float32).to(dev)
     pipes = {name: LocalPipeline.build(prepared, s, device=dev) for name, s in SPLITS.items()}
     hf_ids = torch.tensor([prompt], device=dev)
 

@@ -60,16 +60,21 @@ def test_table_shows_replicas_roles_layers_and_stats(
     assert "PREFILL" in out and "DECODER" in out
     assert "[0," in out and "/1.5" in out  # layer ranges, memory used/available
     assert "tok/s" in out and "objective (bottleneck)" in out and "evaluations" in out
+    assert "of the bound" in out and "req/s that no plan exceeds" in out
 
 
 def test_json_and_out_write_the_same_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_file = tmp_path / "plan.json"
-    assert run_plan(tmp_path, "--json", "--out", str(out_file), "--objective", "max_rate", "--seed", "4") == 0
+    args = ("--json", "--out", str(out_file), "--objective", "max_rate", "--seed", "4", "--mixed", "off")
+    assert run_plan(tmp_path, *args) == 0
     printed = json.loads(capsys.readouterr().out)
     written = json.loads(out_file.read_text())
     assert printed == written
     assert printed["objective_kind"] == "neg_max_rate" and printed["objective"] < 0
     assert printed["planner"]["seed"] == 4 and printed["planner"]["evaluations"] > 0
+    assert printed["rate_rps"] == pytest.approx(-printed["objective"])
+    assert 0 < printed["rate_rps"] <= printed["bound_rps"]
+    assert printed["bound_share"] == printed["rate_rps"] / printed["bound_rps"]
     assert {r["role"] for r in printed["replicas"]} == {"PREFILL", "DECODER"}
     assert printed["cluster"]["devices"] and printed["model_spec"]["name"] == "smollm2-135m"
 
@@ -82,10 +87,15 @@ def test_exhaustive_and_memory_proportional(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_paper_testbed_has_several_replicas_with_both_roles(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", TESTBED, "--model", "gpt-oss-20b", "--workload", EXTENDED, "--json"]) == 0
+    args = ["plan", TESTBED, "--model", "gpt-oss-20b", "--workload", EXTENDED, "--json"]
+    assert main([*args, "--mixed", "off"]) == 0  # the method's roles
     plan = json.loads(capsys.readouterr().out)
     assert len(plan["replicas"]) >= 3
     assert {r["role"] for r in plan["replicas"]} == {"PREFILL", "DECODER"}
+    assert main([*args, "--mixed", "on"]) == 0  # MIXED replicas beside them where they are better
+    plan = json.loads(capsys.readouterr().out)
+    assert len(plan["replicas"]) >= 3
+    assert {"PREFILL", "DECODER"} <= {r["role"] for r in plan["replicas"]} <= {"PREFILL", "DECODER", "MIXED"}
 
 
 @pytest.mark.parametrize(
@@ -144,3 +154,18 @@ def test_exhaustive_refuses_more_than_7_devices(tmp_path: Path, capsys: pytest.C
 def test_unwritable_out_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_plan(tmp_path, "--out", str(tmp_path / "missing-dir" / "plan.json")) == 2
     assert "cannot write the plan" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("budget", ["0", "-3", "100001", "ten", "1.5", ""])
+def test_budget_out_of_range_is_exit_2_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], budget: str
+) -> None:
+    assert run_plan(tmp_path, "--budget", budget) == 2
+    line = one_error_line(capsys)
+    assert "--budget" in line and "[1, 100000]" in line
+
+
+def test_budget_caps_the_generations(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_plan(tmp_path, "--budget", "2", "--json") == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["planner"]["generations"] <= 2 and plan["planner"]["budget"] == 2

@@ -177,6 +177,25 @@ def test_compare_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert doc["systems"]["splitwise"]["plan"]["scheduler"] == "splitwise"
 
 
+def test_compare_mixed_on_plans_and_simulates_mixed_replicas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One device cannot hand KV to another: without MIXED there is no e2llm plan, with it the
+    device does both phases and serves every request."""
+    _, w = _files(tmp_path)
+    one = tmp_path / "one.yaml"
+    one.write_text(
+        "devices:\n  - {name: d0, memory_gb: 4, tflops: 1, mem_bandwidth_gbs: 50}\n"
+        "network: {bandwidth_mbps: 1000, latency_ms: 0.5}\n"
+    )
+    argv = ["compare", str(one), "--model", "smollm2-135m", "--workload", w, "--systems", "e2llm", "--json"]
+    _bad(capsys, argv, "PREFILL and a DECODER")
+    assert main([*argv, "--mixed", "on"]) == 0
+    m = json.loads(capsys.readouterr().out)["systems"]["e2llm"]
+    assert m["completed"] == 30 and [r["role"] for r in m["plan"]["replicas"]] == ["MIXED"]
+    assert m["plan"]["planner"]["mixed"] is True
+
+
 def test_compare_unknown_system(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, w = _files(tmp_path)
     argv = ["compare", _cluster_yaml(tmp_path), "--model", "smollm2-135m", "--workload", w]

@@ -102,3 +102,40 @@ def test_identical_devices_share_one_evaluation() -> None:
     assert ev.splits_run == runs
     ev.evaluate(("d2", "d0"))  # another order is another pipeline
     assert ev.splits_run > runs
+
+
+def test_prefill_split_keeps_kv_off_a_slow_port() -> None:
+    """A device on a slow link ships its layers' KV slowly: the prefill split gives it fewer
+    layers than speed alone would, and a prompt's latency includes the hand-off."""
+    devices = tuple(Device(f"d{i}", 2.0, 1.0, 1.0) for i in range(3))
+    wifi = Link(bandwidth_mbps=100.0, latency_ms=3.0)
+    cluster = Cluster(
+        devices, Link(1e12, 0.0), {frozenset(("d1", "d0")): wifi, frozenset(("d1", "d2")): wifi}
+    )
+    times = {"d0": LinearTimes(1.0), "d1": LinearTimes(1.0), "d2": LinearTimes(1.0)}
+    got = GroupEvaluator(CostModel(MODEL, cluster, times), SHAPE).evaluate(("d0", "d1"))
+    free = GroupEvaluator(cost_model(), SHAPE).evaluate(("d0", "d1"))
+    assert got is not None and free is not None
+    assert free.prefill.partition.counts == (4, 4)
+    assert got.prefill.partition.counts[1] < 4  # d1's port: 100 Mbit/s
+    kv_layer = MODEL.kv_bytes_per_token(0) * 1000
+    n1 = got.prefill.partition.counts[1]
+    assert got.prefill.partition.port_s[1] == pytest.approx(n1 * kv_layer * 8 / 100e6)
+    assert got.prefill.handoff_s == pytest.approx(3e-3 + n1 * kv_layer * 8 / 100e6)
+    assert got.prefill.rate_tok_s == pytest.approx(1000 / got.prefill.partition.bottleneck_s)
+
+
+def test_mixed_shares_its_time_between_the_phases() -> None:
+    ev = GroupEvaluator(cost_model(), SHAPE)
+    got = ev.evaluate(("d0", "d1"))
+    assert got is not None and got.mixed
+    for m in got.mixed:
+        p = 1.0 / m.prefill_bottleneck_s
+        d = m.phase.rate_tok_s / SHAPE.mean_output_tokens
+        assert m.rate_rps == pytest.approx(
+            min(p * d / (p + d), p * (1 - SHAPE.min_decode_tok_s * m.phase.token_s))
+        )
+        # at that rate, decoding in the time prompts leave keeps the speed floor
+        assert (1 - m.rate_rps / p) / m.phase.token_s >= SHAPE.min_decode_tok_s * (1 - 1e-9)
+    rates = got.rates(SHAPE)
+    assert rates.mixed is not None and rates.mixed.rate_rps == max(m.rate_rps for m in got.mixed)

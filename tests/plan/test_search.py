@@ -141,10 +141,14 @@ def test_model_that_fits_nowhere_is_an_input_error() -> None:
         plan_for(cost)
 
 
-def test_one_replica_only_is_an_input_error() -> None:
+def test_one_replica_only_is_mixed_or_an_input_error() -> None:
+    """One replica cannot hand off to another: it does both phases (MIXED), and without MIXED
+    roles (the method's PREFILL/DECODER only) the plan is an input error."""
     cost = build_cost_model(TINY, Cluster((Device("only", 8.0, 10.0, 100.0),), Link(1000.0, 0.3)))
+    plan = get_system("e2llm")(PlanRequest(cost, SHAPE, PlannerParams(mixed=True)))
+    assert [r.role for r in plan.replicas] == [Role.MIXED]
     with pytest.raises(InputError, match="PREFILL and a DECODER"):
-        plan_for(cost)
+        get_system("e2llm")(PlanRequest(cost, SHAPE, PlannerParams(mixed=False)))
 
 
 def test_exhaustive_refuses_large_clusters() -> None:

@@ -1,14 +1,16 @@
 """Shared fixtures of the runtime tests: the real SmolLM2 model, prepared once per session, and
 one live `e2llm serve` (`api_server`) that the API test modules share.
 
-The prepared (dequantised) model lives in the e2llm cache (`E2LLM_CACHE_DIR`, default
-~/.cache/e2llm): the first session on a fresh machine converts the GGUF (~35 s), later ones load
-the safetensors in well under a second.
+The prepared model (config and tokenizer; the weights stay in the GGUF) lives in the e2llm cache
+(`E2LLM_CACHE_DIR`, default ~/.cache/e2llm): the first session on a fresh machine extracts the
+tokenizer (~10 s). `smollm2_transformers` is the reference: transformers' own fp32 dequantisation
+of the same GGUF (~25 s, once per session).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -21,6 +23,12 @@ from e2llm.runtime.weights import PreparedModel, default_model_source, prepare_m
 @pytest.fixture(scope="session")
 def smollm2_prepared() -> PreparedModel:
     return prepare_model(default_model_source())
+
+
+@pytest.fixture(scope="session")
+def smollm2_transformers() -> Any:
+    """transformers' LlamaForCausalLM of the SmolLM2 GGUF, dequantised to fp32 by transformers."""
+    return prepare_model(default_model_source()).transformers_model(torch.float32).eval()
 
 
 @pytest.fixture(autouse=True)

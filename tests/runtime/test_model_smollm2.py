@@ -3,9 +3,10 @@ single-process transformers `generate`, for 1, 2 and 3 stages and across a PD ha
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from e2llm.runtime.engine import LocalPipeline, decode_loop, handoff
 from e2llm.runtime.sampling import SamplingParams
@@ -19,11 +20,11 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24)
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2_prepared: PreparedModel) -> tuple[list[int], list[int]]:
+def reference(smollm2_prepared: PreparedModel, smollm2_transformers: Any) -> tuple[list[int], list[int]]:
     """(prompt ids, transformers' greedy continuation)."""
     tok = smollm2_prepared.tokenizer()
     prompt = encode_chat(tok, QUESTION)
-    hf = AutoModelForCausalLM.from_pretrained(str(smollm2_prepared.path), dtype=torch.float32)
+    hf = smollm2_transformers
     with torch.no_grad():
         out = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
     return prompt, out[0, len(prompt) :].tolist()
@@ -70,3 +71,38 @@ def test_prepare_reuses_the_cache(smollm2_prepared: PreparedModel) -> None:
     again = prepare_model(default_model_source())
     assert again.path == smollm2_prepared.path
     assert again.config.n_layers == 30 and again.config.tied_embeddings
+
+
+# A fixed English text for perplexity (no downloads): the held-quantized model must stay within 1%.
+TEXT = (
+    "The river rises in the hills north of the town and runs south through farmland for about forty "
+    "kilometres before it reaches the sea. In spring the water is high and fast, and the old stone "
+    "bridge near the market is sometimes closed for a few days. Most of the year, though, the river "
+    "is slow and shallow, and children play on the gravel banks while their parents fish or walk the "
+    "dogs along the path. The town grew up around the bridge in the twelfth century, when merchants "
+    "crossing the valley needed a place to rest, trade and pay the toll that kept the bridge standing. "
+    "Today the toll house is a small museum, and the market still meets every Saturday morning."
+)
+
+
+def _perplexity(pipe: LocalPipeline, ids: list[int]) -> float:
+    """exp(mean NLL) of each next token, teacher-forced through the decode path."""
+    logits = [pipe.prefill("ppl", ids[:1])] + [pipe.decode(["ppl"], [t])[0] for t in ids[1:-1]]
+    pipe.free("ppl")
+    logp = torch.log_softmax(torch.stack(logits).float(), -1)
+    return float(torch.exp(-logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].mean()))
+
+
+def test_q4_keeps_the_answer_and_the_perplexity(smollm2_prepared: PreparedModel, reference) -> None:
+    """Held at the file's precision (int4 groups, int8 table, bf16 activations, bf16 KV)."""
+    prompt, _ = reference
+    tok = smollm2_prepared.tokenizer()
+    q4 = LocalPipeline.build(
+        smollm2_prepared, [(0, 15), (15, 30)], dtype=torch.bfloat16, precision="q4", kv_dtype=torch.bfloat16
+    )
+    answer = tok.decode(q4.generate(prompt, GREEDY, tok), skip_special_tokens=True)
+    assert answer == "The capital of France is Paris."
+    ids = list(tok.encode(TEXT))
+    fp32 = LocalPipeline.build(smollm2_prepared, [(0, 30)])
+    ref, got = _perplexity(fp32, ids), _perplexity(q4, ids)
+    assert abs(got / ref - 1) <= 0.01, (got, ref)

@@ -14,10 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 from transformers import (
+    GptOssConfig,
+    GptOssForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
     Qwen2Config,
@@ -46,6 +50,32 @@ CONFIGS: dict[str, ModelFactory] = {
     "mistral-window": lambda: (
         MistralConfig(num_hidden_layers=3, sliding_window=5, **SHAPE),
         MistralForCausalLM,
+    ),
+    # GPT-OSS: top-2 of 4 experts with biases and the clamped GLU, sliding (window 5) and full
+    # attention alternating, attention sinks, YaRN rope
+    "gpt-oss": lambda: (
+        GptOssConfig(
+            num_hidden_layers=4,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            sliding_window=5,
+            head_dim=16,
+            rope_parameters={
+                "rope_type": "yarn",
+                "rope_theta": 10000.0,
+                "factor": 4.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 32,
+            },
+            **SHAPE,
+        ),
+        GptOssForCausalLM,
+    ),
+    "mixtral": lambda: (
+        MixtralConfig(num_hidden_layers=3, num_local_experts=4, num_experts_per_tok=2, **SHAPE),
+        MixtralForCausalLM,
     ),
     "llama3-rope-tied": lambda: (
         LlamaConfig(

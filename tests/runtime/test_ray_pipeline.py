@@ -72,12 +72,11 @@ def prompts(tokenizer: Any) -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def reference(smollm2_prepared: PreparedModel, prompts: list[list[int]]) -> list[list[int]]:
+def reference(smollm2_transformers: Any, prompts: list[list[int]]) -> list[list[int]]:
     """Greedy tokens of single-process transformers for each prompt."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(smollm2_prepared.path), dtype=torch.float32)
+    model = smollm2_transformers
     out = []
     for ids in prompts:
         gen = model.generate(torch.tensor([ids]), max_new_tokens=MAX_TOKENS, do_sample=False)

@@ -86,7 +86,7 @@ def test_bad_model_paths(tmp_path: Path, make, message: str) -> None:
     [
         ({"model_type": "gpt2"}, "model_type"),
         ({"hidden_act": "gelu"}, "hidden_act"),
-        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope"),
+        ({"rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4}}, "rope"),
         ({"model_type": "qwen2", "use_sliding_window": True}, "sliding"),
         ({"num_hidden_layers": None}, "num_hidden_layers"),
     ],

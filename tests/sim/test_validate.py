@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
@@ -11,7 +12,7 @@ from e2llm.cost.model import CostModel
 from e2llm.errors import InputError
 from e2llm.plan.plan_json import plan_from_dict, plan_to_dict
 from e2llm.plan.types import Role, Stage
-from e2llm.sim.state import RangeKv
+from e2llm.sim.state import NO_KV_LIMIT, RangeKv
 from e2llm.sim.validate import check_plan, check_serves
 from e2llm.specs.workload import Request
 
@@ -133,3 +134,20 @@ def test_mixed_replica_must_hold_a_chunk() -> None:
     assert str(err.value) == (
         "plan.json: replica 3.role: a MIXED replica must hold the KV of one 512-token chunk (got 'MIXED')"
     )
+
+
+def test_max_context_inverts_kv_bytes_with_sliding_windows() -> None:
+    model = replace(TINY, n_layers=6, sliding_window=128, sliding_layers=(0, 2, 4))
+    rng = random.Random(5)
+    for _ in range(500):
+        a = rng.randrange(0, 6)
+        b = rng.randrange(a + 1, 7)
+        kv = RangeKv(model, a, b)
+        free = rng.uniform(0, 5e6)
+        c = kv.max_context(free)
+        if c == NO_KV_LIMIT:  # only sliding-window layers: their KV stops growing at the window
+            assert kv.bytes(10**9) <= free
+        else:
+            assert kv.bytes(c) <= free < kv.bytes(c + 1), (a, b, free, c)
+    assert RangeKv(model, 0, 6).max_context(-1.0) == -1
+    assert RangeKv(model, 3, 3).max_context(0.0) == NO_KV_LIMIT  # no layers, no KV

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from e2llm.cli.options import add_precision, add_workload
+from e2llm.cli.options import add_mixed, add_precision, add_workload
 from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.cli.progress import progress_bar
 from e2llm.cli.sim_output import add_load_arguments, compare_json, loads_from_args, print_table, write_out
@@ -54,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=Objective.BOTTLENECK.value,
         help="what the planners optimise: the method's bottleneck (default) or the maximum request rate",
     )
+    add_mixed(p)
     add_load_arguments(p, "the requests and the planners")
     add_policy_arguments(p)
     p.set_defaults(func=run)
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             progress,
             Objective(args.objective),
             policy_from_args(args),
+            mixed=args.mixed == "on",
         )
     doc = compare_json(runs, loads)
     if args.out:

@@ -60,6 +60,17 @@ def add_precision(p: argparse.ArgumentParser, what: str = "weight precision over
     p.add_argument("--precision", metavar="P", help=f"{what}: bf16, fp16, int8, q4, mxfp4, fp32")
 
 
+def add_mixed(p: argparse.ArgumentParser) -> None:
+    """`--mixed on|off`: may e2llm's planner assign MIXED replicas (default off)."""
+    p.add_argument(
+        "--mixed",
+        choices=("on", "off"),
+        default="off",
+        help="may e2llm assign MIXED replicas (both phases, chunked prefill)? default off: PREFILL/DECODER "
+        "only, as the method (e2llm serve does not run MIXED replicas yet)",
+    )
+
+
 def add_seed(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--seed", type=int, metavar="N", help=f"seed for {what} (default: the workload's)")
 

@@ -6,14 +6,14 @@ import argparse
 import json
 from pathlib import Path
 
-from e2llm.cli.options import add_arrivals, add_precision, add_seed, add_workload
+from e2llm.cli.options import add_arrivals, add_mixed, add_precision, add_seed, add_workload
 from e2llm.cli.progress import progress_bar
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
-from e2llm.plan.plan_json import plan_to_dict, save_plan
+from e2llm.plan.plan_json import MAX_BUDGET, plan_to_dict, save_plan
 from e2llm.plan.request import PlanRequest
 from e2llm.plan.systems import get_system, system_names
-from e2llm.plan.types import Objective, ObjectiveKind, Plan, PlannerParams, Replica
+from e2llm.plan.types import GA_BUDGET, Objective, ObjectiveKind, Plan, PlannerParams, Replica, Role
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.report.plan_figure import plan_figure
 from e2llm.specs.cluster_file import load_cluster
@@ -61,6 +61,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--exhaustive", action="store_true", help="exhaustive search instead of the GA (<= 7 devices)"
     )
+    add_mixed(p)
+    p.add_argument(
+        "--budget",
+        metavar="N",
+        default=str(GA_BUDGET),
+        help=f"the GA's budget: at most N generations, 1-{MAX_BUDGET} (default {GA_BUDGET}; it stops early)",
+    )
     add_precision(p)
     add_arrivals(p, " (overrides W)")
     p.add_argument("--json", action="store_true", help="print the plan JSON instead of the table")
@@ -83,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         seed=workload.seed if args.seed is None else args.seed,
         objective=Objective(args.objective),
         exhaustive=args.exhaustive,
+        mixed=args.mixed == "on",
+        budget=parse_budget(args.budget),
     )
     with progress_bar("planning (GA generations)", "gen") as progress:
         plan = planner(PlanRequest(cost, shape, params, progress))
@@ -95,6 +104,17 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             print(f"wrote {Path(args.out)}")
     return 0
+
+
+def parse_budget(text: str) -> int:
+    """`--budget`: a whole number of GA generations in [1, MAX_BUDGET]."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_BUDGET:
+        raise InputError("--budget", f"must be a whole number of GA generations in [1, {MAX_BUDGET}]", text)
+    return value
 
 
 def _write_out(plan: Plan, path: Path) -> None:
@@ -112,8 +132,7 @@ def format_plan(plan: Plan, shape: WorkloadShape) -> str:
     """The readable table: one block per replica, one row per device."""
     memory = {d.name: d.memory_gb for d in plan.cluster.devices} if plan.cluster is not None else {}
     lines = [
-        f"system {plan.system}, model {plan.model}: {len(plan.replicas)} replicas "
-        f"({len(plan.prefill_replicas)} PREFILL, {len(plan.decode_replicas)} DECODER)",
+        f"system {plan.system}, model {plan.model}: {len(plan.replicas)} replicas ({_role_counts(plan)})",
         f"workload: {shape.mean_input_tokens:g} input / {shape.mean_output_tokens:g} output tokens "
         "on average, "
         f"one request every {shape.interval_s:g} s, >= {shape.min_decode_tok_s:g} tok/s per request",
@@ -150,6 +169,11 @@ def format_plan(plan: Plan, shape: WorkloadShape) -> str:
             f"capacity: prefill {prefill:.2f} req/s, decode {decode:.2f} req/s "
             f"(arrivals {1 / shape.interval_s:.2f}/s)"
         )
+    if plan.rate_rps is not None and plan.bound_rps and plan.bound_share is not None:
+        lines.append(
+            f"sustainable: {plan.rate_rps:.2f} req/s, {plan.bound_share:.0%} of the bound "
+            f"{plan.bound_rps:.2f} req/s that no plan exceeds on this cluster"
+        )
     if plan.objective_kind is ObjectiveKind.NEG_MAX_RATE:
         lines.append(f"objective (max_rate): {-plan.objective:.3f} req/s sustainable")
     else:
@@ -163,6 +187,11 @@ def format_plan(plan: Plan, shape: WorkloadShape) -> str:
         f"seed {seed}"
     )
     return "\n".join(lines)
+
+
+def _role_counts(plan: Plan) -> str:
+    counts = [(role, sum(r.role is role for r in plan.replicas)) for role in Role]
+    return ", ".join(f"{n} {role.value}" for role, n in counts if n)
 
 
 def _speed(r: Replica) -> str:

@@ -122,13 +122,7 @@ class CostModel:
         return full, sliding
 
     def weight_bytes(self, start: int, end: int, *, embedding: bool = False, lm_head: bool = False) -> float:
-        m = self.model
-        b = (end - start) * m.layer_weight_bytes
-        if embedding:
-            b += m.embedding_bytes
-        if lm_head:
-            b += m.lm_head_bytes
-        return b
+        return self.model.stage_weight_bytes(end - start, embedding=embedding, lm_head=lm_head)
 
     def stage_memory_bytes(
         self,

@@ -33,7 +33,7 @@ class LayerShape:
         layers = max(m.n_layers, 1)
         return cls(
             active_params=m.layer_active_params,
-            dense_bytes=m.layer_weight_bytes - e * m.n_experts,
+            dense_bytes=m.layer_stream_bytes - e * m.n_experts,
             expert_bytes=e,
             n_experts=m.n_experts,
             experts_per_token=m.experts_per_token,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from e2llm.plan.evaluate import planned_context
+import dataclasses
+import math
+
+from e2llm.plan.bound import rate_bound
+from e2llm.plan.evaluate import GroupEvaluator, planned_context
 from e2llm.plan.request import PlanRequest
-from e2llm.plan.search import Grouping
+from e2llm.plan.search import Grouping, fits_nowhere
 from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Scheduler, Stage
 from e2llm.specs.units import GIB
 
@@ -13,10 +17,19 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
     cost, shape = req.cost, req.workload
     ctx = planned_context(cost, shape)
     a = grouping.assignment
-    replicas = []
+    replicas: list[Replica] = []
+    unused = list(grouping.unused)
+    idle = a.idle or (False,) * len(grouping.groups)
     for i, (group, ev) in enumerate(zip(grouping.groups, grouping.evals, strict=True)):
-        is_prefill = a.prefill[i]
-        phase = ev.phase(is_prefill, a.concurrency[i])
+        if idle[i]:  # a pool without its partner serves nothing: its devices stay unused
+            unused.extend(group)
+            continue
+        role = a.roles[i]
+        if role is Role.MIXED:
+            mixed = ev.mixed_at(a.concurrency[i])
+            phase = mixed.phase
+        else:
+            phase = ev.phase(role is Role.PREFILL, a.concurrency[i])
         stages = []
         last = len(group) - 1
         for k, (name, (start, end)) in enumerate(zip(group, phase.partition.ranges, strict=True)):
@@ -24,26 +37,39 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
                 start, end, embedding=k == 0, lm_head=k == last, sequences=phase.concurrency, context=ctx
             )
             stages.append(Stage(name, start, end, embedding=k == 0, lm_head=k == last, memory_gb=mem / GIB))
-        replicas.append(
-            Replica(
-                id=i,
-                role=Role.PREFILL if is_prefill else Role.DECODER,
-                stages=tuple(stages),
-                concurrency=phase.concurrency,
-                prefill_tok_s=shape.mean_input_tokens / phase.token_s if is_prefill else None,
-                decode_tok_s_per_request=None if is_prefill else 1.0 / phase.token_s,
-                bottleneck_device=group[phase.partition.bottleneck_index],
-                prefill_capacity_tok_s=phase.rate_tok_s if is_prefill else None,
-                decode_capacity_tok_s=None if is_prefill else phase.rate_tok_s,
-            )
+        replica = Replica(
+            id=len(replicas),
+            role=role,
+            stages=tuple(stages),
+            concurrency=phase.concurrency,
+            bottleneck_device=group[phase.partition.bottleneck_index],
         )
+        if role is Role.PREFILL:
+            replica = dataclasses.replace(
+                replica,
+                prefill_tok_s=shape.mean_input_tokens / phase.token_s,
+                prefill_capacity_tok_s=phase.rate_tok_s,
+            )
+        elif role is Role.DECODER:
+            replica = dataclasses.replace(
+                replica, decode_tok_s_per_request=1.0 / phase.token_s, decode_capacity_tok_s=phase.rate_tok_s
+            )
+        else:  # MIXED: both phases on the decode split, time shared at its planned rate
+            replica = dataclasses.replace(
+                replica,
+                prefill_tok_s=shape.mean_input_tokens / mixed.prefill_s,
+                prefill_capacity_tok_s=shape.mean_input_tokens / mixed.prefill_bottleneck_s,
+                decode_tok_s_per_request=(1.0 - mixed.rate_rps * mixed.prefill_bottleneck_s) / phase.token_s,
+                decode_capacity_tok_s=phase.rate_tok_s,
+            )
+        replicas.append(replica)
     return Plan(
         system=system,
         model=cost.model.name,
         objective=a.objective,
         objective_kind=req.params.objective.kind,
         replicas=tuple(replicas),
-        unused_devices=grouping.unused,
+        unused_devices=tuple(unused),
         planner=PlannerStats(
             evaluations=grouping.evaluations, seconds=seconds, generations=grouping.generations
         ),
@@ -52,4 +78,16 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
         model_spec=cost.model,
         workload=shape,
         params=req.params,
+        rate_rps=a.rate_rps,
+        bound_rps=plan_bound(req),
+        latency_s=a.latency_s if math.isfinite(a.latency_s) else None,
     )
+
+
+def plan_bound(req: PlanRequest) -> float:
+    """The upper bound on any plan's rate for this request's cluster, model and workload (every
+    role allowed); a cluster on which it is zero gets planning's error."""
+    bound = rate_bound(req.cost, req.workload)
+    if bound <= 0:
+        raise fits_nowhere(GroupEvaluator(req.cost, req.workload))
+    return bound

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from e2llm.errors import InputError
 from e2llm.plan.types import (
+    GA_BUDGET,
     Objective,
     ObjectiveKind,
     Plan,
@@ -76,11 +77,17 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
             "generations": plan.planner.generations,
             "objective": None if params is None else params.objective.value,
             "exhaustive": None if params is None else params.exhaustive,
+            "mixed": None if params is None else params.mixed,
+            "budget": None if params is None else params.budget,
         },
         "cluster": None if plan.cluster is None else cluster_to_dict(plan.cluster),
         "model_spec": None if plan.model_spec is None else model_to_dict(plan.model_spec),
         "workload": None if plan.workload is None else _shape_to_dict(plan.workload),
         "precision": plan.precision,  # informative: `model_spec` holds each part's format
+        "rate_rps": plan.rate_rps,
+        "bound_rps": plan.bound_rps,
+        "bound_share": plan.bound_share,  # informative: rate_rps / bound_rps
+        "latency_s": plan.latency_s,
     }
 
 
@@ -96,6 +103,7 @@ def _shape_to_dict(shape: WorkloadShape) -> dict[str, float]:
 
 INT64_MAX = 2**63 - 1
 MAX_CONCURRENCY = 1_000_000  # decode batch of one replica; beyond any device's memory
+MAX_BUDGET = 100_000  # GA generations
 
 
 def _get(d: Any, key: str, where: str, kind: type | tuple[type, ...], allow_empty: bool = False) -> Any:
@@ -201,8 +209,15 @@ def _params(stats: dict[str, Any], where: str, kind: ObjectiveKind) -> PlannerPa
     objective = _choice(stats, "objective", where, Objective, default)
     if objective.kind is not kind:
         raise InputError(f"{where}.objective", f"does not match objective_kind {kind.value}", objective.value)
+    budget = _opt_int(stats, "budget", where, GA_BUDGET, maximum=MAX_BUDGET)
+    if budget is None or budget < 1:
+        raise InputError(f"{where}.budget", f"must be in [1, {MAX_BUDGET}]", budget)
     return PlannerParams(
-        seed=seed, objective=objective, exhaustive=_opt(stats, "exhaustive", where, bool, False)
+        seed=seed,
+        objective=objective,
+        exhaustive=_opt(stats, "exhaustive", where, bool, False),
+        mixed=_opt(stats, "mixed", where, bool, False),
+        budget=budget,
     )
 
 
@@ -285,6 +300,9 @@ def plan_from_dict(d: Any, source: str = "<plan>", base_dir: Path | None = None)
         model_spec=_embedded(d, "model_spec", source, model_from_dict),
         workload=_shape(d, "workload", source),
         params=_params(stats, sw, kind),
+        rate_rps=_opt_number(d, "rate_rps", source),
+        bound_rps=_opt_number(d, "bound_rps", source),
+        latency_s=_opt_number(d, "latency_s", source),
     )
 
 

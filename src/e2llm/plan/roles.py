@@ -1,37 +1,49 @@
-"""Roles and decode concurrency: which replicas do PREFILL, which DECODE, and at what batch.
+"""Roles and decode concurrency: which replicas do PREFILL, DECODER or MIXED, and at what batch.
 
-Inputs are per-replica rates (requests per second a replica sustains in each role) and latencies.
-A phase's capacity is the SUM of its replicas' rates, as in the method; its time per request is
-the inverse. Objectives (lower is better, ties broken by lower predicted latency):
+Inputs are per-replica rates (requests per second a replica sustains in each role) and latencies,
+and optionally the KV hand-off capacity of every PREFILL -> DECODER pair (`kv_links`).
 
-- "bottleneck" (the method's): how far the slower phase's time per request exceeds the arrival
-  interval, `max(0, 1/P - interval, 1/D - interval)` seconds, P and D the summed prefill and decode
-  rates. Zero means both phases keep up; then latency decides.
-- "max_rate": the highest sustainable request rate, `min(P, D)`, reported negated.
+Capacity model (a fluid one; all rates in requests/s):
+- the disaggregated part: PREFILL replicas i at rates p_i, DECODERs j at d_j. Decoders are chosen
+  by load (the serving policy), so decoder j receives the share d_j / D of every prefill
+  replica's KV, D = sum d_j; prefill routing counts the hand-off backlog, so prefill replica i
+  takes at most c_i = min_j kv_ij * D / d_j prompts/s (kv_ij: what the links between i's and j's
+  devices carry). The part sustains F_D = min(P, D), P = sum min(p_i, c_i).
+- each MIXED replica serves its own requests end to end at m_i (its time shared between the
+  phases, see `evaluate`); F = F_D + sum m_i.
+Objectives (lower is better, ties broken by lower predicted latency):
+- "bottleneck" (the method's): how far the time per request exceeds the arrival interval,
+  `max(0, 1/F - interval)` seconds; with only PREFILL and DECODER replicas and no link limit this
+  is `max(0, 1/P - interval, 1/D - interval)`. Zero means every phase keeps up; then latency decides.
+- "max_rate": the highest sustainable request rate F, reported negated.
 
-Predicted latency (the tie-break) is the mean per-request service time if requests spread over a
-phase's replicas in proportion to their rates, sum(p_i * prefill_latency_i) / P +
-sum(d_i * decode_latency_i) / D, plus each phase's queueing delay at the arrival rate
-(`predicted_latency`). Without the queueing term, every plan that just keeps up scores 0 on the
-bottleneck objective and the tie-break would pick the one with the fastest replicas and no
-headroom, whose queues then grow with every burst; with it, headroom is worth its waiting time.
+Predicted latency (the tie-break): requests spread in proportion to capacity; the disaggregated
+share gets the rate-weighted service time of each phase (a prompt's latency includes its KV
+hand-off) plus each phase's queueing delay as one M/D/1 server of its summed rate
+(`predicted_latency`), each MIXED replica its own service time plus its M/D/1 delay. Without the
+queueing term every plan that just keeps up scores 0 on the bottleneck objective and the
+tie-break would pick the one with the fastest replicas and no headroom, whose queues then grow
+with every burst; with it, headroom is worth its waiting time.
 
-Concurrency: a decoder's summed capacity only ever helps both objectives, so each decoder runs
+Concurrency: a decoder's (or MIXED replica's) rate only ever helps both objectives, so each runs
 the concurrency with the highest rate among those keeping each request at the speed floor
-(computed by the caller; ties go to the lower latency). The enumeration oracle below confirms
-that choosing it independently loses nothing.
+(computed by the caller; ties go to the lower latency).
 
-Split: maximising min(P, D) over role subsets is a two-way partition problem (NP-hard in general),
-so no polynomial algorithm can be exact on every input; `assign_roles` is a polynomial heuristic
-that is exact on every small case we tested (tests/plan/test_roles.py, thousands of random
-instances of up to 9 replicas: one miss in 1000 at 6-9 replicas, by 1%):
+Split: choosing roles is a partition problem (NP-hard in general). `assign_roles` is exact where
+that is cheap: with at most `EXACT_ROWS` role vectors (every replica's allowed roles multiplied
+out: 2^R, or 3^R where replicas may be MIXED; e.g. R <= 7 with MIXED, R <= 12 without) it scores
+all of them at once with numpy, in the same order and with the same scoring as the exhaustive
+grouping search, so both pick the same split. Above that it is a polynomial heuristic:
 1. sort replicas by prefill-vs-decode efficiency (p_i / d_i) and try every split point of that
-   order: the fractional (LP) optimum lies on one, so the best is within one replica of it;
-2. best-improvement local search from that split (and, for <= 12 replicas, from its mirror
-   image): flip the roles of any 1-3 replicas at once (<= 12 replicas: O(R^3) per pass) or single
-   moves and PREFILL<->DECODER swaps (more replicas: O(R^2) per pass, at most 8 passes).
-All vectorised with numpy. `assign_roles_exhaustive` is the method's enumeration (2^R role sets x
-every concurrency), kept as the test oracle.
+   order (the fractional optimum of the PREFILL/DECODER split lies on one), and the all-MIXED
+   vector where every replica can be MIXED;
+2. best-improvement local search from the best start: change any one replica's role, or any two
+   (<= 16 replicas), or swap a PREFILL and a DECODER (more replicas, at most 8 passes);
+3. with link limits, the search runs on the replicas' own rates, then again with each prefill
+   rate capped by its hand-off capacity under the split found (two rounds); the best by the true
+   score wins.
+`assign_roles_exhaustive` enumerates every role set and every decoder concurrency (the method's
+enumeration), kept as the test oracle.
 """
 
 from __future__ import annotations
@@ -44,17 +56,17 @@ from typing import TypeVar
 
 import numpy as np
 
-from e2llm.plan.types import Objective
+from e2llm.plan.types import Objective, Role
 
 OBJECTIVES = tuple(Objective)
 Num = TypeVar("Num", float, np.ndarray)
-# Local-search passes (each strictly improves). Small cases run to a local optimum; with many
-# replicas the split-point start is already within one replica of the fractional optimum and the
-# remaining passes mostly polish the latency tie-break, so they are capped to bound GA time.
+EXACT_ROWS = 4096  # role vectors scored at once by the exact path
+_PREFILL, _DECODER, _MIXED = 0, 1, 2
+_CODES = {_PREFILL: Role.PREFILL, _DECODER: Role.DECODER, _MIXED: Role.MIXED}
 _MAX_PASSES = 64
-_MAX_PASSES_LARGE = 8
-_FLIP_K = 3  # local search flips up to this many replicas at once ...
-_FLIP_K_MAX_R = 12  # ... while there are at most this many replicas (then moves and swaps)
+_MAX_PASSES_LARGE = 8  # many replicas: the split-point start is already close; bound GA time
+_PAIRS_MAX_R = 16  # local search changes two replicas at once up to this many replicas
+_KV_ROUNDS = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,18 +76,32 @@ class DecodeChoice:
     concurrency: int
     rate_rps: float  # requests per second: concurrency * tok/s per request / mean output tokens
     latency_s: float  # decode time of one request at this concurrency
+    compute_rps: float = 0.0  # the rate before the KV ports' cap (0: not capped, = rate_rps)
+
+
+@dataclass(frozen=True, slots=True)
+class MixedChoice:
+    """The replica doing both phases (chunked prefill) at its best concurrency."""
+
+    concurrency: int
+    rate_rps: float  # requests per second served end to end
+    latency_s: float  # one request, prompt and tokens, at that load
 
 
 @dataclass(frozen=True, slots=True)
 class ReplicaRates:
     prefill_rps: float  # prompts per second in the PREFILL role
-    prefill_latency_s: float  # prefill time of one prompt
+    prefill_latency_s: float  # prefill time of one prompt, with its KV hand-off
     decode: tuple[DecodeChoice, ...] = ()  # empty: cannot be a DECODER
+    mixed: MixedChoice | None = None  # None: cannot be MIXED
     best: DecodeChoice | None = field(init=False, default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.decode:  # the highest rate, then the lower latency, then the smaller batch
-            best = min(self.decode, key=lambda c: (-c.rate_rps, c.latency_s, c.concurrency))
+        if self.decode:  # the highest rate (then before any port cap), the lower latency, the smaller batch
+            best = min(
+                self.decode,
+                key=lambda c: (-c.rate_rps, -max(c.rate_rps, c.compute_rps), c.latency_s, c.concurrency),
+            )
             object.__setattr__(self, "best", best)
 
     def best_decode(self) -> DecodeChoice | None:
@@ -84,16 +110,32 @@ class ReplicaRates:
 
 @dataclass(frozen=True, slots=True)
 class RoleAssignment:
-    prefill: tuple[bool, ...]  # per replica: True = PREFILL, False = DECODER
-    concurrency: tuple[int, ...]  # decoders: chosen concurrency; prefill replicas: 1
+    prefill: tuple[bool, ...]  # per replica: True = PREFILL
+    concurrency: tuple[int, ...]  # decoders and MIXED: chosen concurrency; prefill replicas: 1
     objective: float
     latency_s: float
-    prefill_rps: float
+    prefill_rps: float  # summed PREFILL rate, each capped by its hand-off capacity
     decode_rps: float
+    mixed: tuple[bool, ...] = ()  # per replica: True = MIXED; () = none
+    mixed_rps: float = 0.0
+    idle: tuple[bool, ...] = ()  # per replica: True = serves nothing (a pool without its partner)
 
     @property
     def key(self) -> tuple[float, float]:
         return sort_key(self.objective, self.latency_s)
+
+    @property
+    def roles(self) -> tuple[Role, ...]:
+        mixed = self.mixed or (False,) * len(self.prefill)
+        return tuple(
+            Role.PREFILL if p else Role.MIXED if m else Role.DECODER
+            for p, m in zip(self.prefill, mixed, strict=True)
+        )
+
+    @property
+    def rate_rps(self) -> float:
+        """The sustainable request rate F of the capacity model."""
+        return sustainable_rate(self.prefill_rps, self.decode_rps, self.mixed_rps)
 
 
 def sort_key(objective: float, latency_s: float) -> tuple[float, float]:
@@ -101,28 +143,27 @@ def sort_key(objective: float, latency_s: float) -> tuple[float, float]:
     return (round(objective, 9), latency_s)
 
 
-def objective_value(kind: str, prefill_rps: float, decode_rps: float, interval_s: float) -> float:
+def sustainable_rate(prefill_rps: float, decode_rps: float, mixed_rps: float = 0.0) -> float:
+    disaggregated = min(prefill_rps, decode_rps) if prefill_rps > 0 and decode_rps > 0 else 0.0
+    return disaggregated + mixed_rps
+
+
+def objective_value(
+    kind: str, prefill_rps: float, decode_rps: float, interval_s: float, mixed_rps: float = 0.0
+) -> float:
+    rate = sustainable_rate(prefill_rps, decode_rps, mixed_rps)
     if kind == "bottleneck":
-        slower = max(1.0 / prefill_rps, 1.0 / decode_rps)
-        return max(0.0, slower - interval_s)
+        return max(0.0, 1.0 / rate - interval_s) if rate > 0 else float("inf")
     if kind == "max_rate":
-        return -min(prefill_rps, decode_rps)
+        return -rate
     raise ValueError(f"unknown objective {kind!r}; choose from {OBJECTIVES}")
 
 
-def _objective_array(kind: str, p: np.ndarray, d: np.ndarray, interval_s: float) -> np.ndarray:
-    with np.errstate(divide="ignore"):
-        if kind == "bottleneck":
-            slower = np.maximum(1.0 / p, 1.0 / d)
-            return np.maximum(0.0, slower - interval_s)
-    return -np.minimum(p, d)
-
-
 def predicted_latency(p_sum: Num, p_weighted: Num, d_sum: Num, d_weighted: Num, interval_s: float) -> Num:
-    """Mean per-request latency (s): rate-weighted service time of each phase (`*_weighted` is
-    sum(rate_i * latency_i)) plus each phase's queueing delay. The delay treats a phase as one
-    M/D/1 server of its summed rate X at arrival rate lam = 1/interval: rho / (2 X (1 - rho)),
-    rho = lam / X, infinite once rho >= 1. Works elementwise on numpy arrays."""
+    """Mean per-request latency (s) of a disaggregated pool: rate-weighted service time of each
+    phase (`*_weighted` is sum(rate_i * latency_i)) plus each phase's queueing delay. The delay
+    treats a phase as one M/D/1 server of its summed rate X at arrival rate lam = 1/interval:
+    rho / (2 X (1 - rho)), rho = lam / X, infinite once rho >= 1. Works elementwise on arrays."""
     lam = 1.0 / interval_s
     with np.errstate(divide="ignore", invalid="ignore"):
         service = p_weighted / p_sum + d_weighted / d_sum
@@ -130,188 +171,326 @@ def predicted_latency(p_sum: Num, p_weighted: Num, d_sum: Num, d_weighted: Num, 
     return service + wait
 
 
-def _md1_wait(rate: Num, lam: float) -> Num:
-    rho = lam / np.asarray(rate, dtype=float)
-    wait = np.where(rho < 1.0, rho / (2.0 * np.asarray(rate, dtype=float) * (1.0 - rho)), np.inf)
+def _md1_wait(rate: Num, lam: Num | float) -> Num:
+    r = np.asarray(rate, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.asarray(lam, dtype=float) / r
+        wait = np.where(rho < 1.0, rho / (2.0 * r * (1.0 - rho)), np.inf)
     return float(wait) if np.ndim(wait) == 0 else wait  # type: ignore[return-value]
 
 
-def assign_roles(
-    replicas: Sequence[ReplicaRates], interval_s: float, objective: str
-) -> RoleAssignment | None:
-    """Polynomial role + concurrency choice; None unless >= 1 prefill and >= 1 decoder are possible."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
-    best = [r.best_decode() for r in replicas]
-    n = len(replicas)
-    if n < 2 or all(b is None for b in best):
-        return None
-    p = np.array([r.prefill_rps for r in replicas])
-    lp = np.array([r.prefill_latency_s for r in replicas])
-    d = np.array([b.rate_rps if b else 0.0 for b in best])
-    ld = np.array([b.latency_s if b else 0.0 for b in best])
-    can_decode = d > 0
+# --- scoring ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Arrays:
+    """Per-replica numbers in the shapes the vectorised scoring wants."""
 
-    # split points of the efficiency order: prefill-leaning replicas first
-    ratio = np.where(can_decode, p / np.where(can_decode, d, 1.0), np.inf)
-    order = np.lexsort((np.arange(n), -ratio))
-    cum_p, cum_lp = np.cumsum(p[order]), np.cumsum((p * lp)[order])
-    cum_d, cum_ld = np.cumsum(d[order][::-1])[::-1], np.cumsum((d * ld)[order][::-1])[::-1]
-    # split s: replicas order[:s] prefill, order[s:] decode; s in 1..n-1
-    all_decode_from = np.minimum.accumulate(can_decode[order][::-1])[::-1]  # [s]: order[s:] can decode
-    ok = all_decode_from[1:] & (cum_p[:-1] > 0)
-    if not ok.any():
-        return None
-    ps, ds = cum_p[:-1], cum_d[1:]
+    p: np.ndarray
+    lp: np.ndarray
+    d: np.ndarray
+    ld: np.ndarray
+    m: np.ndarray
+    lm: np.ndarray
+    allowed: tuple[tuple[int, ...], ...]  # role codes each replica may take, in enumeration order
+
+    @classmethod
+    def of(cls, replicas: Sequence[ReplicaRates]) -> _Arrays:
+        best = [r.best_decode() for r in replicas]
+        allowed = tuple(
+            (_PREFILL,) + ((_DECODER,) if b else ()) + ((_MIXED,) if r.mixed else ())
+            for r, b in zip(replicas, best, strict=True)
+        )
+        return cls(
+            p=np.array([r.prefill_rps for r in replicas]),
+            lp=np.array([r.prefill_latency_s for r in replicas]),
+            d=np.array([b.rate_rps if b else 0.0 for b in best]),
+            ld=np.array([b.latency_s if b else 0.0 for b in best]),
+            m=np.array([r.mixed.rate_rps if r.mixed else 0.0 for r in replicas]),
+            lm=np.array([r.mixed.latency_s if r.mixed else 0.0 for r in replicas]),
+            allowed=allowed,
+        )
+
+    def with_prefill(self, p: np.ndarray) -> _Arrays:
+        return _Arrays(p, self.lp, self.d, self.ld, self.m, self.lm, self.allowed)
+
+
+def score_roles(
+    codes: np.ndarray, a: _Arrays, interval_s: float, objective: str, kv: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(objective, latency, P, D, M) of every role vector (rows of `codes`) of one replica set."""
+    one = [x[None, :] for x in (a.p, a.lp, a.d, a.ld, a.m, a.lm)]
+    out = score_batch(
+        codes, *one, interval_s=interval_s, objective=objective, kv=None if kv is None else kv[None]
+    )
+    return out[0][0], out[1][0], out[2][0], out[3][0], out[4][0]
+
+
+def score_batch(
+    codes: np.ndarray,
+    p: np.ndarray,
+    lp: np.ndarray,
+    d: np.ndarray,
+    ld: np.ndarray,
+    m: np.ndarray,
+    lm: np.ndarray,
+    *,
+    interval_s: float,
+    objective: str,
+    kv: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(objective, latency, P, D, M), each (A, S), of S role vectors (rows of `codes`, (S, R):
+    0 PREFILL, 1 DECODER, 2 MIXED) applied to A replica sets of R replicas (rate arrays (A, R);
+    `kv` (A, R, R) or None). The objective is inf where the vector is not a valid plan. PREFILL
+    replicas without any DECODER (or the reverse) beside MIXED ones are idle: a pool with
+    nowhere to hand off to serves nothing, and the plan leaves their devices unused."""
+    is_p, is_d, is_m = codes == _PREFILL, codes == _DECODER, codes == _MIXED
+    fd, fm = is_d.T.astype(float), is_m.T.astype(float)  # (R, S)
+    d_sum = d @ fd  # (A, S)
+    p_eff = np.where(is_p[None], p[:, None, :], 0.0)  # (A, S, R)
+    if kv is not None:
+        p_eff = np.minimum(p_eff, _handoff_caps(is_d, d, d_sum, kv))
+    p_sum = p_eff.sum(axis=2)
+    m_sum = m @ fm
+    pooled = (is_p.any(axis=1) & is_d.any(axis=1))[None, :]  # (1, S)
+    valid = pooled | is_m.any(axis=1)[None, :]
+    f_d = np.where(pooled, np.minimum(p_sum, d_sum), 0.0)
+    rate = f_d + m_sum
+    lam = 1.0 / interval_s
     with np.errstate(divide="ignore", invalid="ignore"):
-        obj = np.where(ok, np.round(_objective_array(objective, ps, ds, interval_s), 9), np.inf)
-        lat = np.where(ok, predicted_latency(ps, cum_lp[:-1], ds, cum_ld[1:], interval_s), np.inf)
-    s_best = 1 + int(np.lexsort((lat, obj))[0])
-    start = np.zeros(n, dtype=bool)
-    start[order[:s_best]] = True
-    # two starts for small cases: the best split point and its mirror image (the other
-    # phase-heavy side); with many replicas the split point alone is within one replica of
-    # the fractional optimum
-    found = [_improve(start, p, lp, d, ld, can_decode, interval_s, objective)]
-    mirror = ~start
-    if n <= _FLIP_K_MAX_R and can_decode[start].all():
-        found.append(_improve(mirror, p, lp, d, ld, can_decode, interval_s, objective))
-    is_p = min(found, key=lambda f: f[1])[0]
-    return _assignment(is_p, best, p, lp, d, ld, interval_s, objective)
+        obj = np.maximum(0.0, 1.0 / rate - interval_s) if objective == "bottleneck" else -rate
+        rho = lam / rate
+        # the disaggregated share of the arrivals, lam * F_D / F, queues at each of its phases
+        lam_d = lam * f_d / rate
+        service_d = (p_eff * lp[:, None, :]).sum(axis=2) / p_sum + ((d * ld) @ fd) / d_sum
+        lat_d = np.where(pooled, service_d + _md1_wait(p_sum, lam_d) + _md1_wait(d_sum, lam_d), 0.0)
+        n_m = is_m.sum(axis=1)[None, :]
+        wait_m = np.where(rho < 1.0, n_m * rho / (2.0 * rate * (1.0 - rho)), np.inf)
+        lat_m = np.where(n_m > 0, ((m * lm) @ fm) / rate + wait_m, 0.0)
+        lat = (f_d / rate) * lat_d + lat_m
+        lat = np.where(np.isnan(lat), np.inf, lat)
+    ok = valid & (rate > 0)
+    return np.where(ok, np.round(obj, 9), np.inf), np.where(ok, lat, np.inf), p_sum, d_sum, m_sum
+
+
+def _handoff_caps(is_d: np.ndarray, d: np.ndarray, d_sum: np.ndarray, kv: np.ndarray) -> np.ndarray:
+    """c_i = min over decoders j of kv_ij * D / d_j, (A, S, R_i): is_d (S, R), d (A, R),
+    d_sum (A, S), kv (A, R_i, R_j)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = d_sum[:, :, None] / np.where(d > 0, d, 1.0)[:, None, :]  # (A, S, R_j): D / d_j
+        scale = np.where(is_d[None], share, np.inf)
+        caps = kv[:, None, :, :] * scale[:, :, None, :]  # (A, S, R_i, R_j)
+    caps = np.where(np.isnan(caps), np.inf, caps)
+    return caps.min(axis=3)
 
 
 @functools.cache
-def _flip_sets(n: int, k: int) -> np.ndarray:
-    """Rows: every set of 1..k replicas to flip between roles, as a 0/1 matrix (sets x n)."""
-    rows = [c for size in range(1, k + 1) for c in itertools.combinations(range(n), size)]
-    out = np.zeros((len(rows), n))
-    for i, c in enumerate(rows):
-        out[i, list(c)] = 1.0
-    return out
+def role_vectors(allowed: tuple[tuple[int, ...], ...]) -> np.ndarray:
+    """Every role vector, one row each, in `itertools.product` order of the allowed roles."""
+    rows = list(itertools.product(*allowed))
+    return np.array(rows, dtype=np.int8).reshape(len(rows), len(allowed))
 
 
-def _improve(
-    is_p: np.ndarray,
-    p: np.ndarray,
-    lp: np.ndarray,
-    d: np.ndarray,
-    ld: np.ndarray,
-    can_decode: np.ndarray,
+def _rows(allowed: tuple[tuple[int, ...], ...]) -> int:
+    n = 1
+    for roles in allowed:
+        n *= len(roles)
+    return n
+
+
+# --- the search ------------------------------------------------------------------------------
+def assign_roles(
+    replicas: Sequence[ReplicaRates],
     interval_s: float,
     objective: str,
-) -> tuple[np.ndarray, tuple[float, float]]:
-    """Best-improvement local search, stopping at a local optimum. Neighbourhood: flipping the
-    roles of any 1..3 replicas at once while there are at most `_FLIP_K_MAX_R` replicas, else
-    single moves and PREFILL<->DECODER swaps (O(R^2) per pass); vectorised either way."""
-    n = len(is_p)
-    pw, dw = p * lp, d * ld
-    here = (np.inf, np.inf)
-    for _ in range(_MAX_PASSES if n <= _FLIP_K_MAX_R else _MAX_PASSES_LARGE):
-        psum, pwsum = float(p[is_p].sum()), float(pw[is_p].sum())
-        dsum, dwsum = float(d[~is_p].sum()), float(dw[~is_p].sum())
-        here = sort_key(
-            objective_value(objective, psum, dsum, interval_s),
-            predicted_latency(psum, pwsum, dsum, dwsum, interval_s),
-        )
-        sign = np.where(is_p, -1.0, 1.0)  # +1: the replica would join PREFILL
-        if n <= _FLIP_K_MAX_R:
-            flips = _flip_sets(n, _FLIP_K)
-            dp_, dpw, dd, ddw = (
-                flips @ (sign * p),
-                flips @ (sign * pw),
-                flips @ (-sign * d),
-                flips @ (-sign * dw),
-            )
-            ok = flips @ (~can_decode & is_p).astype(float) == 0  # who cannot decode stays PREFILL
-        else:
-            pi, di = np.flatnonzero(is_p), np.flatnonzero(~is_p)
-            dp_, dpw = (
-                np.concatenate((sign * p, _swaps(p, pi, di))),
-                np.concatenate((sign * pw, _swaps(pw, pi, di))),
-            )
-            dd = np.concatenate((-sign * d, -_swaps(d, pi, di)))
-            ddw = np.concatenate((-sign * dw, -_swaps(dw, pi, di)))
-            ok = np.concatenate((~is_p | can_decode, np.repeat(can_decode[pi], len(di))))
-        cand_p, cand_d = psum + dp_, dsum + dd
-        ok = ok & (cand_p > 1e-12) & (cand_d > 1e-12)
-        if not ok.any():
-            break
-        with np.errstate(divide="ignore", invalid="ignore"):
-            obj = np.where(ok, np.round(_objective_array(objective, cand_p, cand_d, interval_s), 9), np.inf)
-            lat = np.where(
-                ok, predicted_latency(cand_p, pwsum + dpw, cand_d, dwsum + ddw, interval_s), np.inf
-            )
+    kv: np.ndarray | None = None,
+    *,
+    exact_rows: int = EXACT_ROWS,
+) -> RoleAssignment | None:
+    """Role + concurrency choice; None when no role vector is a valid plan. `kv[i, j]`: the
+    hand-off capacity (requests/s) from replica i as PREFILL to replica j as DECODER (inf: no
+    limit; None: no limits at all)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
+    if not replicas:
+        return None
+    a = _Arrays.of(replicas)
+    if kv is not None and np.isinf(kv).all():
+        kv = None
+    if _rows(a.allowed) <= exact_rows:
+        codes = role_vectors(a.allowed)
+        obj, lat, *_ = score_roles(codes, a, interval_s, objective, kv)
         pick = int(np.lexsort((lat, obj))[0])
-        if (float(obj[pick]), float(lat[pick])) >= here:
+        if not np.isfinite(obj[pick]):
+            return None
+        return _assignment(codes[pick], replicas, a, interval_s, objective, kv)
+    best: tuple[tuple[float, float], np.ndarray] | None = None
+    search = a
+    for _ in range(_KV_ROUNDS if kv is not None else 1):
+        found = _heuristic(search, interval_s, objective)
+        if found is None:
             break
-        if n <= _FLIP_K_MAX_R:
-            is_p = is_p ^ (_flip_sets(n, _FLIP_K)[pick] > 0)
-        elif pick < n:
-            is_p = is_p.copy()
-            is_p[pick] = not is_p[pick]
-        else:
-            a, b = divmod(pick - n, len(di))
-            is_p = is_p.copy()
-            is_p[pi[a]], is_p[di[b]] = False, True
-    return is_p, here
+        obj, lat, *_ = score_roles(found[None, :], a, interval_s, objective, kv)
+        key = (float(obj[0]), float(lat[0]))
+        if best is None or key < best[0]:
+            best = (key, found)
+        if kv is None:
+            break
+        caps = _handoff_caps(found[None, :] == _DECODER, a.d, np.array([a.d[found == _DECODER].sum()]), kv)[0]
+        search = a.with_prefill(np.minimum(a.p, caps))
+    if best is None or not np.isfinite(best[0][0]):
+        return None
+    return _assignment(best[1], replicas, a, interval_s, objective, kv)
 
 
-def _swaps(v: np.ndarray, to_decode: np.ndarray, to_prefill: np.ndarray) -> np.ndarray:
-    """Change of the PREFILL sum of `v` for every swap (row: who leaves PREFILL, column: who joins)."""
-    return (v[to_prefill][None, :] - v[to_decode][:, None]).ravel()
+def _heuristic(a: _Arrays, interval_s: float, objective: str) -> np.ndarray | None:
+    """Split-point starts (and all-MIXED), then best-improvement local search."""
+    n = len(a.p)
+    can_d = a.d > 0
+    starts = []
+    ratio = np.where(can_d, a.p / np.where(can_d, a.d, 1.0), np.inf)
+    order = np.lexsort((np.arange(n), -ratio))  # prefill-leaning replicas first
+    for s in range(1, n):
+        if can_d[order[s:]].all():
+            codes = np.full(n, _DECODER, dtype=np.int8)
+            codes[order[:s]] = _PREFILL
+            starts.append(codes)
+    if all(_MIXED in roles for roles in a.allowed):
+        starts.append(np.full(n, _MIXED, dtype=np.int8))
+    if not starts:
+        return None
+    obj, lat, *_ = score_roles(np.array(starts), a, interval_s, objective)
+    pick = int(np.lexsort((lat, obj))[0])
+    return _improve(starts[pick], a, interval_s, objective)
+
+
+def _improve(codes: np.ndarray, a: _Arrays, interval_s: float, objective: str) -> np.ndarray:
+    """Best-improvement local search over role vectors, stopping at a local optimum."""
+    n = len(codes)
+    here = _key(codes, a, interval_s, objective)
+    for _ in range(_MAX_PASSES if n <= _PAIRS_MAX_R else _MAX_PASSES_LARGE):
+        cands = _neighbours(codes, a.allowed, pairs=n <= _PAIRS_MAX_R)
+        if not len(cands):
+            break
+        obj, lat, *_ = score_roles(cands, a, interval_s, objective)
+        pick = int(np.lexsort((lat, obj))[0])
+        key = (float(obj[pick]), float(lat[pick]))
+        if key >= here:
+            break
+        codes, here = cands[pick], key
+    return codes
+
+
+def _key(codes: np.ndarray, a: _Arrays, interval_s: float, objective: str) -> tuple[float, float]:
+    obj, lat, *_ = score_roles(codes[None, :], a, interval_s, objective)
+    return float(obj[0]), float(lat[0])
+
+
+def _neighbours(codes: np.ndarray, allowed: tuple[tuple[int, ...], ...], *, pairs: bool) -> np.ndarray:
+    """Every vector one role change away; with `pairs` also two changes, else PREFILL<->DECODER
+    swaps (a change of two that keeps both pools' sizes)."""
+    n = len(codes)
+    singles = [(i, r) for i in range(n) for r in allowed[i] if r != codes[i]]
+    rows = []
+    for i, r in singles:
+        row = codes.copy()
+        row[i] = r
+        rows.append(row)
+    if pairs:
+        for (i, r), (j, s) in itertools.combinations(singles, 2):
+            if i != j:
+                row = codes.copy()
+                row[i], row[j] = r, s
+                rows.append(row)
+    else:
+        dec = [int(j) for j in np.flatnonzero(codes == _DECODER)]
+        for i in (int(i) for i in np.flatnonzero(codes == _PREFILL)):
+            if _DECODER not in allowed[i]:
+                continue
+            for j in dec:
+                row = codes.copy()
+                row[i], row[j] = _DECODER, _PREFILL
+                rows.append(row)
+    return np.array(rows, dtype=np.int8).reshape(len(rows), n)
 
 
 def _assignment(
-    is_p: np.ndarray,
-    best: Sequence[DecodeChoice | None],
-    p: np.ndarray,
-    lp: np.ndarray,
-    d: np.ndarray,
-    ld: np.ndarray,
+    codes: np.ndarray,
+    replicas: Sequence[ReplicaRates],
+    a: _Arrays,
     interval_s: float,
     objective: str,
+    kv: np.ndarray | None,
 ) -> RoleAssignment:
-    psum, dsum = float(p[is_p].sum()), float(d[~is_p].sum())
-    lat = predicted_latency(psum, float((p * lp)[is_p].sum()), dsum, float((d * ld)[~is_p].sum()), interval_s)
-    conc = tuple(1 if flag else (b.concurrency if b else 1) for flag, b in zip(is_p, best, strict=True))
+    obj, lat, p_sum, d_sum, m_sum = score_roles(codes[None, :], a, interval_s, objective, kv)
+    conc = []
+    for code, r in zip(codes, replicas, strict=True):
+        if code == _DECODER:
+            conc.append(r.best.concurrency if r.best else 1)
+        elif code == _MIXED:
+            conc.append(r.mixed.concurrency if r.mixed else 1)
+        else:
+            conc.append(1)
+    return _make(
+        codes, tuple(conc), float(obj[0]), float(lat[0]), float(p_sum[0]), float(d_sum[0]), float(m_sum[0])
+    )
+
+
+def _make(
+    codes: np.ndarray | Sequence[int],
+    conc: tuple[int, ...],
+    obj: float,
+    lat: float,
+    p_sum: float,
+    d_sum: float,
+    m_sum: float,
+) -> RoleAssignment:
+    codes = [int(c) for c in codes]
+    pooled = _PREFILL in codes and _DECODER in codes
+    mixed = tuple(c == _MIXED for c in codes)
+    idle = tuple(not pooled and c != _MIXED for c in codes)
     return RoleAssignment(
-        prefill=tuple(bool(x) for x in is_p),
+        prefill=tuple(c == _PREFILL for c in codes),
         concurrency=conc,
-        objective=objective_value(objective, psum, dsum, interval_s),
+        objective=obj,
         latency_s=lat,
-        prefill_rps=psum,
-        decode_rps=dsum,
+        prefill_rps=p_sum if pooled else 0.0,
+        decode_rps=d_sum if pooled else 0.0,
+        mixed=mixed if any(mixed) else (),
+        mixed_rps=m_sum,
+        idle=idle if any(idle) else (),
     )
 
 
 def assign_roles_exhaustive(
     replicas: Sequence[ReplicaRates], interval_s: float, objective: str, *, every_concurrency: bool = True
 ) -> RoleAssignment | None:
-    """The method's enumeration: every role set, and (if `every_concurrency`) every combination
-    of decoder concurrencies; otherwise each decoder at its best-rate concurrency. Exponential:
-    an oracle for tests and for the exhaustive grouping search, not for the planner."""
-    n = len(replicas)
-    best_key: tuple[float, float] | None = None
-    result: RoleAssignment | None = None
-    for roles in itertools.product((True, False), repeat=n):
-        if all(roles) or not any(roles):
-            continue
-        psum = sum(r.prefill_rps for r, is_p in zip(replicas, roles, strict=True) if is_p)
-        pw = sum(r.prefill_rps * r.prefill_latency_s for r, is_p in zip(replicas, roles, strict=True) if is_p)
-        decoders = [r for r, is_p in zip(replicas, roles, strict=True) if not is_p]
-        if every_concurrency:
-            options: list[Sequence[DecodeChoice]] = [r.decode for r in decoders]
-        else:
-            options = [[b] if (b := r.best_decode()) else [] for r in decoders]
+    """The method's enumeration: every role vector, and (if `every_concurrency`) every
+    combination of decoder concurrencies; otherwise each decoder at its best-rate concurrency.
+    Exponential: an oracle for tests, not for the planner. No link limits."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
+    base = _Arrays.of(replicas)
+    best: tuple[tuple[float, float], RoleAssignment] | None = None
+    for codes in role_vectors(base.allowed):
+        decoders = [i for i, c in enumerate(codes) if c == _DECODER]
+        options: list[Sequence[DecodeChoice]] = [
+            replicas[i].decode if every_concurrency else [c for c in (replicas[i].best,) if c]
+            for i in decoders
+        ]
         for combo in itertools.product(*options):
-            dsum = sum(c.rate_rps for c in combo)
-            dw = sum(c.rate_rps * c.latency_s for c in combo)
-            obj = objective_value(objective, psum, dsum, interval_s)
-            lat = predicted_latency(psum, pw, dsum, dw, interval_s)
-            key = sort_key(obj, lat)
-            if best_key is None or key < best_key:
-                best_key = key
-                it = iter(combo)
-                conc = tuple(1 if is_p else next(it).concurrency for is_p in roles)
-                result = RoleAssignment(roles, conc, obj, lat, psum, dsum)
-    return result
+            d, ld = base.d.copy(), base.ld.copy()
+            for i, c in zip(decoders, combo, strict=True):
+                d[i], ld[i] = c.rate_rps, c.latency_s
+            a = _Arrays(base.p, base.lp, d, ld, base.m, base.lm, base.allowed)
+            obj, lat, p_sum, d_sum, m_sum = score_roles(codes[None, :], a, interval_s, objective)
+            key = (float(obj[0]), float(lat[0]))
+            if not np.isfinite(key[0]) or (best is not None and key >= best[0]):
+                continue
+            it = iter(combo)
+            conc = tuple(
+                next(it).concurrency
+                if c == _DECODER
+                else (replicas[i].mixed.concurrency if c == _MIXED and replicas[i].mixed else 1)  # type: ignore[union-attr]
+                for i, c in enumerate(codes)
+            )
+            best = (key, _make(codes, conc, *key, float(p_sum[0]), float(d_sum[0]), float(m_sum[0])))
+    return None if best is None else best[1]

@@ -2,22 +2,29 @@
 
 Given a layer splitter (the DP, or the proportional split), find the device groups, roles and
 decode concurrencies that minimise the objective: by the GA (default) or by the exhaustive
-oracle (`PlannerParams.exhaustive`, clusters of at most 7 devices).
+oracle (`PlannerParams.exhaustive`, clusters of at most 7 devices). Both score a set of groups the
+same way (`RoleScorer`): each group's rates in every role, the KV hand-off limits between them
+(`kv_links`), and the role assignment (`roles`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
+
+import numpy as np
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
 from e2llm.errors import InputError
 from e2llm.plan.evaluate import GroupEval, GroupEvaluator, Splitter
-from e2llm.plan.exhaustive import MAX_DEVICES, Rates, search_exhaustive
+from e2llm.plan.exhaustive import MAX_DEVICES, Arrangement, search_exhaustive
 from e2llm.plan.ga import INFEASIBLE, GAParams, Individual, Key, evolve
+from e2llm.plan.kv_links import KvLinks, Stages, stages_of
 from e2llm.plan.request import PlanRequest
-from e2llm.plan.roles import RoleAssignment, assign_roles, assign_roles_exhaustive
+from e2llm.plan.roles import ReplicaRates, RoleAssignment, assign_roles
 from e2llm.plan.sizer import MemorySizer
 from e2llm.specs.units import GIB
 
@@ -36,6 +43,69 @@ class Grouping:
     generations: int  # GA generations run (0 for the exhaustive search)
 
 
+@dataclass(frozen=True, slots=True)
+class _Replica:
+    rates: ReplicaRates
+    prefill: Stages  # its devices and layers as PREFILL
+    decoder: Stages | None  # ... as DECODER at its best concurrency; None: cannot decode
+
+
+class RoleScorer:
+    """Scores sets of groups (device names in pipeline order): rates, hand-off limits, roles."""
+
+    def __init__(
+        self, ev: GroupEvaluator, objective: str, *, mixed: bool = True, exact_rows: int | None = None
+    ):
+        self.ev = ev
+        self.objective = objective
+        self.mixed = mixed
+        self.interval_s = ev.shape.interval_s
+        self.links = KvLinks(ev.cost, ev.shape.mean_input_tokens)
+        self._exact = {} if exact_rows is None else {"exact_rows": exact_rows}
+        self._replicas: dict[tuple[str, ...], _Replica | None] = {}
+
+    def replica(self, group: Sequence[str]) -> _Replica | None:
+        names = tuple(group)
+        if names not in self._replicas:
+            ev = self.ev.evaluate(names)
+            rates = self.ev.rates(names)
+            if ev is None or rates is None:
+                self._replicas[names] = None
+            else:
+                if not self.mixed:
+                    rates = dataclasses.replace(rates, mixed=None)
+                best = rates.best_decode()
+                dec = ev.phase(False, best.concurrency).partition.ranges if best else None
+                self._replicas[names] = _Replica(
+                    rates,
+                    stages_of(names, ev.prefill.partition.ranges),
+                    stages_of(names, dec) if dec is not None else None,
+                )
+        return self._replicas[names]
+
+    def replicas(self, groups: Sequence[Sequence[str]]) -> list[_Replica] | None:
+        out = []
+        for g in groups:
+            r = self.replica(g)
+            if r is None:
+                return None
+            out.append(r)
+        return out
+
+    def kv(self, reps: Sequence[_Replica]) -> np.ndarray | None:
+        """The hand-off limits between the replicas (None: none can bind)."""
+        return self.links.matrix(
+            [r.prefill for r in reps], [r.decoder for r in reps], [r.rates.prefill_rps for r in reps]
+        )
+
+    def assign(self, groups: Sequence[Sequence[str]]) -> RoleAssignment | None:
+        reps = self.replicas(groups)
+        if reps is None:
+            return None
+        rates = [r.rates for r in reps]
+        return assign_roles(rates, self.interval_s, self.objective, self.kv(reps), **self._exact)
+
+
 def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None = None) -> Grouping:
     """Raises InputError when the model fits in no grouping, or no grouping has a decoder."""
     cost, shape = req.cost, req.workload
@@ -43,57 +113,20 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
     names = cost.cluster.names
     free = tuple(ev.free_bytes(n) for n in names)
     need = ev.model_bytes - RUNTIME_OVERHEAD_BYTES
-    total = sum(max(f, 0.0) for f in free)
-    if total < need:
-        raise InputError(
-            f"model {cost.model.name}",
-            f"fits in no grouping of the devices: needs {need / GIB:.1f} GiB, "
-            f"the devices hold {total / GIB:.1f} GiB in total",
-        )
-    interval = shape.interval_s
+    if sum(max(f, 0.0) for f in free) < need:
+        raise fits_nowhere(ev)
     if req.params.exhaustive:
         if len(names) > MAX_DEVICES:
             raise InputError("exhaustive", f"refuses clusters above {MAX_DEVICES} devices", len(names))
-        memo: dict[tuple[int, ...], Rates | None] = {}
+        return _exhaustive(req, ev, need)
 
-        def rates_of(g: tuple[int, ...]) -> Rates | None:
-            if g not in memo:
-                memo[g] = _rates_tuple(ev, [names[i] for i in g])
-            return memo[g]
-
-        found = search_exhaustive(
-            len(names),
-            lambda g: ev.may_fit([names[i] for i in g]),
-            rates_of,
-            interval,
-            req.params.objective,
-        )
-        if found is None:
-            raise _no_plan(req, need)
-        groups = tuple(tuple(names[i] for i in g) for g in found.groups)
-        evals = tuple(_must(ev.evaluate(g)) for g in groups)
-        rates = [_must(ev.rates(g)) for g in groups]
-        assignment = _must(
-            assign_roles_exhaustive(rates, interval, req.params.objective, every_concurrency=False)
-        )
-        used = {n for g in groups for n in g}
-        return Grouping(
-            groups, evals, assignment, tuple(n for n in names if n not in used), found.arrangements, 0
-        )
-
+    scorer = RoleScorer(ev, req.params.objective, mixed=req.params.mixed)
     cache: dict[tuple[tuple[int, ...], ...], Key] = {}
 
     def fitness(ind: Individual) -> Key:
         canon = ind.canonical
         if canon not in cache:
-            rates = []
-            for g in canon:
-                r = ev.rates([names[i] for i in g])
-                if r is None:
-                    cache[canon] = INFEASIBLE
-                    return INFEASIBLE
-                rates.append(r)
-            a = assign_roles(rates, interval, req.params.objective)
+            a = scorer.assign([[names[i] for i in g] for g in canon])
             cache[canon] = a.key if a else INFEASIBLE
         return cache[canon]
 
@@ -106,30 +139,56 @@ def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None =
         fitness,
         sizer,
         random.Random(req.params.seed),
-        params or GAParams(),
+        params or dataclasses.replace(GAParams(), generations=req.params.budget),
         seeds=seeds,
         progress=req.progress,
     )
     if result.key == INFEASIBLE:
         raise _no_plan(req, need)
     groups = tuple(tuple(names[i] for i in g) for g in result.best.groups)
-    evals = tuple(_must(ev.evaluate(g)) for g in groups)
-    assignment = _must(assign_roles([_must(ev.rates(g)) for g in groups], interval, req.params.objective))
     unused = tuple(names[i] for i in result.best.unused)
-    return Grouping(groups, evals, assignment, unused, len(cache), result.generations)
+    return _grouping(scorer, groups, unused, len(cache), result.generations)
 
 
-def _rates_tuple(ev: GroupEvaluator, group: list[str]) -> Rates | None:
-    r = ev.rates(group)
-    if r is None:
-        return None
-    best = r.best_decode()
-    return (
-        r.prefill_rps,
-        r.prefill_latency_s,
-        best.rate_rps if best else 0.0,
-        best.latency_s if best else 0.0,
-        best is not None,
+def _exhaustive(req: PlanRequest, ev: GroupEvaluator, need: float) -> Grouping:
+    names = req.cost.cluster.names
+    objective = req.params.objective
+    scorer = RoleScorer(ev, objective, mixed=req.params.mixed, exact_rows=1 << 62)  # always enumerate
+
+    def replicas_of(arrangement: Arrangement) -> tuple[list[ReplicaRates], np.ndarray | None] | None:
+        reps = scorer.replicas([[names[i] for i in g] for g in arrangement])
+        return None if reps is None else ([r.rates for r in reps], scorer.kv(reps))
+
+    def fits(group: tuple[int, ...]) -> bool:
+        return ev.may_fit([names[i] for i in group])
+
+    found = search_exhaustive(len(names), fits, replicas_of, scorer.interval_s, objective)
+    if found is None:
+        raise _no_plan(req, need)
+    groups = tuple(tuple(names[i] for i in g) for g in found.groups)
+    used = {n for g in groups for n in g}
+    return _grouping(scorer, groups, tuple(n for n in names if n not in used), found.arrangements, 0)
+
+
+def _grouping(
+    scorer: RoleScorer,
+    groups: tuple[tuple[str, ...], ...],
+    unused: tuple[str, ...],
+    evaluations: int,
+    generations: int,
+) -> Grouping:
+    evals = tuple(_must(scorer.ev.evaluate(g)) for g in groups)
+    return Grouping(groups, evals, _must(scorer.assign(groups)), unused, evaluations, generations)
+
+
+def fits_nowhere(ev: GroupEvaluator) -> InputError:
+    """The error of a cluster whose devices together cannot hold one copy of the model."""
+    need = ev.model_bytes - RUNTIME_OVERHEAD_BYTES
+    total = sum(max(ev.free_bytes(n), 0.0) for n in ev.cost.cluster.names)
+    return InputError(
+        f"model {ev.cost.model.name}",
+        f"fits in no grouping of the devices: needs {need / GIB:.1f} GiB, "
+        f"the devices hold {total / GIB:.1f} GiB in total",
     )
 
 
@@ -141,7 +200,8 @@ def _must(x: _T | None) -> _T:
 def _no_plan(req: PlanRequest, need: float) -> InputError:
     return InputError(
         f"model {req.cost.model.name}",
-        "no grouping of the devices forms both a PREFILL and a DECODER replica "
-        f"({need / GIB:.1f} GiB each) with a decoder keeping >= {req.workload.min_decode_tok_s:g} tok/s "
+        "no grouping of the devices forms both a PREFILL and a DECODER replica"
+        + (", or a MIXED one," if req.params.mixed else "")
+        + f" ({need / GIB:.1f} GiB each) with a decoder keeping >= {req.workload.min_decode_tok_s:g} tok/s "
         "per request; try --system pipeline, or a lower min_decode_tok_s",
     )

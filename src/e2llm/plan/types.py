@@ -54,6 +54,9 @@ class Objective(StrEnum):
         return ObjectiveKind.BOTTLENECK_S if self is Objective.BOTTLENECK else ObjectiveKind.NEG_MAX_RATE
 
 
+GA_BUDGET = 200  # default GA generations (`--budget`)
+
+
 @dataclass(frozen=True, slots=True)
 class PlannerParams:
     """What a planner is asked besides the cost model and the workload shape. A plan carries
@@ -62,6 +65,10 @@ class PlannerParams:
     seed: int = 1  # the GA's random stream
     objective: Objective = Objective.BOTTLENECK
     exhaustive: bool = False  # the exhaustive oracle instead of the GA (small clusters)
+    # may the planner assign MIXED replicas? Off by default (PREFILL / DECODER only, the method's)
+    # until the runtime serves them (the simulator does: `e2llm plan/compare --mixed on`)
+    mixed: bool = False
+    budget: int = GA_BUDGET  # the GA's budget: generations at most (it stops early once it stops improving)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objective", Objective(self.objective))  # code may pass "max_rate"
@@ -136,6 +143,11 @@ class Plan:
     model_spec: ModelSpec | None = None
     workload: WorkloadShape | None = None
     params: PlannerParams | None = None
+    # The planner's predictions (None: not computed): the request rate the plan sustains by its
+    # capacity model, the upper bound no plan exceeds (`plan.bound`), the mean latency.
+    rate_rps: float | None = None
+    bound_rps: float | None = None
+    latency_s: float | None = None
 
     def __post_init__(self) -> None:
         # Plans built in code may name the choices by their JSON spelling.
@@ -150,6 +162,13 @@ class Plan:
         if spec is None or (spec.is_moe and spec.weight_precision != spec.expert_precision):
             return None
         return spec.weight_precision
+
+    @property
+    def bound_share(self) -> float | None:
+        """The plan's sustainable rate as a share of the bound."""
+        if self.rate_rps is None or not self.bound_rps:
+            return None
+        return self.rate_rps / self.bound_rps
 
     @property
     def can_replan(self) -> bool:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from e2llm.plan.types import Role
 
-PREFILL_ROLES = frozenset({Role.PREFILL, Role.MIXED, Role.COLOCATED})
 DECODE_ROLES = frozenset({Role.DECODER, Role.MIXED, Role.COLOCATED})
 
 
@@ -39,10 +38,6 @@ class ReplicaLoad:
     kv_capacity_tokens: int = 0  # longest context whose KV fits on the empty replica
     kv_used_share: float = 0.0  # share of its KV memory reserved, all devices together
     decode_tok_s: float = 0.0  # tokens/s of its full batch near the routed request's context
-
-    @property
-    def prefills(self) -> bool:
-        return self.role in PREFILL_ROLES
 
     @property
     def decodes(self) -> bool:

@@ -13,7 +13,6 @@ import one. It also counts its compute time and bytes moved for `/metrics`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Sequence
@@ -23,10 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from e2llm.runtime.backend import KVParts
 from e2llm.runtime.cluster import ACTOR_RESOURCE_SHARE, device_resource
 from e2llm.runtime.draw import GREEDY, Picked, TokenDraw
-
-KVParts = dict[int, tuple[np.ndarray, np.ndarray]]  # absolute layer index -> (K, V)
 
 
 @dataclass(frozen=True)
@@ -39,12 +37,13 @@ class StageConfig:
     embedding: bool
     lm_head: bool
     torch_device: str = "cpu"  # "cpu", "cuda", "mps" or "auto" (resolved on the worker's node)
-    dtype: str = "float32"
+    dtype: str = "float32"  # activations
     threads: int = 1
-
-
-def torch_dtype_bytes(dtype: str) -> int:
-    return 4 if dtype == "float32" else 2
+    precision: str | None = None  # weights (None: as `dtype`); see `runtime.precision`
+    expert_precision: str | None = None
+    kv_dtype: str | None = None  # None: as `dtype`
+    backend: str = "torch"  # `runtime.backend.BACKENDS`
+    kv_reserve: tuple[int, int] = (0, 0)  # (sequences, tokens each) of KV held from the start
 
 
 def resolve_torch_device(name: str) -> str:
@@ -66,25 +65,30 @@ class StageWorker:
     def __init__(self, config: StageConfig):
         import torch
 
-        from e2llm.runtime.model import StageModel
-        from e2llm.runtime.weights import PreparedModel, load_stage_weights, read_config
+        from e2llm.runtime.backend import BackendRequest
+        from e2llm.runtime.engine import build_backend
+        from e2llm.runtime.model import precision_of
+        from e2llm.runtime.weights import read_config
 
         torch.set_num_threads(config.threads)
         self.config = config
         self.device = resolve_torch_device(config.torch_device)
-        path = Path(config.model_path)
-        prepared = PreparedModel(path=path, config=read_config(path), name=path.name)
-        self.eos_ids = prepared.config.eos_token_ids
-        self.model = StageModel(
-            prepared.config,
-            config.start,
-            config.end,
-            config.embedding,
-            config.lm_head,
-            self.device,
-            getattr(torch, config.dtype),
-            weights=load_stage_weights(prepared, config.start, config.end, config.embedding, config.lm_head),
+        self.eos_ids = read_config(Path(config.model_path)).eos_token_ids
+        precision = config.precision or precision_of(getattr(torch, config.dtype))
+        request = BackendRequest(
+            model_path=config.model_path,
+            start=config.start,
+            end=config.end,
+            embedding=config.embedding,
+            lm_head=config.lm_head,
+            device=self.device,
+            precision=precision,
+            expert_precision=config.expert_precision or precision,
+            activations=config.dtype,
+            kv=config.kv_dtype or config.dtype,
         )
+        self.model = build_backend(config.backend, request)
+        self.model.reserve_kv(*config.kv_reserve)
         self.compute_s = {"prefill": 0.0, "decode": 0.0}
         self.calls = {"prefill": 0, "decode": 0}
         self.kv_bytes_in = 0
@@ -93,14 +97,12 @@ class StageWorker:
 
     def info(self) -> dict[str, Any]:
         """Answered once the weights are loaded: the serving loop waits on it before serving."""
-        # the model's KV at the element size this stage holds it in
-        kv = dataclasses.replace(self.model.config, kv_bytes_per_value=torch_dtype_bytes(self.config.dtype))
-        layers = range(self.config.start, self.config.end)
+        memory = self.model.memory()
         return {
             "device": self.device,
             "threads": self.config.threads,
-            "weight_bytes": sum(p.numel() * p.element_size() for p in self.model.parameters()),
-            "kv_bytes_per_token": int(sum(kv.kv_bytes_per_token(i) for i in layers)),
+            "weight_bytes": memory.weight_bytes,
+            "kv_bytes_per_token": memory.kv_bytes_per_token,
         }
 
     def prefill(self, seq_id: str, inputs: np.ndarray, draw: TokenDraw | None = None) -> Any:
@@ -160,7 +162,7 @@ class StageWorker:
         return {
             "compute_s": dict(self.compute_s),
             "calls": dict(self.calls),
-            "kv_bytes": self.model.kv_bytes(),
+            "kv_bytes": self.model.memory().kv_bytes,
             "sequences": len(self.sequences),
             "kv_bytes_in": self.kv_bytes_in,
             "kv_bytes_out": self.kv_bytes_out,

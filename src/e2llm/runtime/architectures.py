@@ -18,8 +18,8 @@ from e2llm.specs.gguf_header import GGUFHeader
 from e2llm.specs.model_files import spec_from_hf_dict
 from e2llm.specs.model_spec import ModelSpec
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral")
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "gpt_oss", "mixtral")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
 def runtime_spec(raw: Mapping[str, Any], where: str = "config.json", name: str = "model") -> ModelSpec:
@@ -37,7 +37,7 @@ def runtime_spec(raw: Mapping[str, Any], where: str = "config.json", name: str =
     spec = spec_from_hf_dict(raw, where, name)
     if spec.rope_type not in SUPPORTED_ROPE_TYPES:
         raise InputError(where, f"rope type must be one of {', '.join(SUPPORTED_ROPE_TYPES)}", spec.rope_type)
-    if spec.sliding_window and model_type != "mistral":
+    if spec.sliding_window and model_type not in ("mistral", "mixtral", "gpt_oss"):
         # Llama-family configs other than Mistral may carry a window they never use (Qwen2's
         # `sliding_window` with `use_sliding_window: false`); transformers ignores it there too.
         spec = dataclasses.replace(spec, sliding_window=0, sliding_layers=())

@@ -130,12 +130,12 @@ class Completions:
     ) -> AsyncIterator[str]:
         name, request_id = self.served.name, rid.split("-", 1)[1]
 
-        def chunk(text: str, finish: str | None, events: list[TokenEvent]) -> str:
+        def chunk(text: str | None, finish: str | None, events: list[TokenEvent]) -> str:
             lp = None if logprobs is None else _logprobs(logprobs, events, chat)
             if chat:
-                delta = {"content": text} if text else {}
+                delta = {} if text is None else {"content": text}
                 return _data(oa.chat_chunk(rid, name, delta, finish, None, lp))
-            return _data(oa.completion_chunk(rid, name, text, finish, None, lp))
+            return _data(oa.completion_chunk(rid, name, text or "", finish, None, lp))
 
         try:
             if chat:
@@ -147,11 +147,14 @@ class Completions:
                     yield _data(_event_error(event, request_id).body)
                     break
                 pending.append(event)
-                if event.text:
+                # One chunk per generated token, even when it completes no character yet (a
+                # multi-byte character's first bytes, text held back for a stop string): a client
+                # timing tokens (e2llm bench) sees each when it is generated.
+                if event.text or event.token_id is not None:
                     yield chunk(event.text, None, pending)
                     pending = []
                 if event.finish_reason is not None:
-                    yield chunk("", event.finish_reason, pending)
+                    yield chunk(None, event.finish_reason, pending)
                     break
                 event = await gen.events.get()
             if req.include_usage:

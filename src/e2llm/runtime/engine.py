@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from e2llm.errors import InputError
+from e2llm.runtime.backend import BackendRequest, StageBackend
 from e2llm.runtime.model import StageModel
 from e2llm.runtime.sampling import SamplingParams, new_generator, sample
 from e2llm.runtime.text import IncrementalDetokenizer, StopStrings
@@ -30,14 +33,30 @@ def load_stage(
     dtype: torch.dtype = torch.float32,
     embedding: bool | None = None,
     lm_head: bool | None = None,
+    precision: str | None = None,
+    expert_precision: str | None = None,
+    kv_dtype: torch.dtype | None = None,
 ) -> StageModel:
     """Build the stage for layers [start, end) from a prepared model, reading only its tensors.
-    By default the first stage embeds and the last one holds the final norm and LM head."""
+    By default the first stage embeds and the last one holds the final norm and LM head.
+    `precision` (default: that of `dtype`) is how its weights are held; see `StageModel`."""
     n = prepared.config.n_layers
     emb = start == 0 if embedding is None else embedding
     head = end == n if lm_head is None else lm_head
     weights = load_stage_weights(prepared, start, end, emb, head)
-    return StageModel(prepared.config, start, end, emb, head, device=device, dtype=dtype, weights=weights)
+    return StageModel(
+        prepared.config,
+        start,
+        end,
+        emb,
+        head,
+        device=device,
+        dtype=dtype,
+        weights=weights,
+        precision=precision,
+        expert_precision=expert_precision,
+        kv_dtype=kv_dtype,
+    )
 
 
 class LocalPipeline:
@@ -65,9 +84,11 @@ class LocalPipeline:
         splits: Sequence[tuple[int, int]],
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        **stage_options: Any,
     ) -> LocalPipeline:
-        """E.g. splits [(0, 10), (10, 20), (20, 30)] for three stages."""
-        return LocalPipeline([load_stage(prepared, a, b, device, dtype) for a, b in splits])
+        """E.g. splits [(0, 10), (10, 20), (20, 30)] for three stages; `stage_options` as
+        `load_stage` takes them (precision, expert_precision, kv_dtype)."""
+        return LocalPipeline([load_stage(prepared, a, b, device, dtype, **stage_options) for a, b in splits])
 
     def prefill(self, seq_id: str, token_ids: Sequence[int] | Tensor) -> Tensor:
         """Logits [vocab] after the prompt (or after continuing a cached prefix)."""
@@ -148,3 +169,29 @@ def handoff(prefill: LocalPipeline, decode: LocalPipeline, seq_id: str, free_sou
         if missing := dst.missing_layers(seq_id):
             raise ValueError(f"hand-off of {seq_id!r} left layers {missing} without KV")
     return moved
+
+
+def torch_backend(req: BackendRequest) -> StageBackend:
+    """The torch `StageModel` as a stage backend (the first implementation, and the oracle)."""
+    return load_stage(
+        PreparedModel.at(Path(req.model_path)),
+        req.start,
+        req.end,
+        req.device,
+        getattr(torch, req.activations),
+        req.embedding,
+        req.lm_head,
+        precision=req.precision,
+        expert_precision=req.expert_precision,
+        kv_dtype=getattr(torch, req.kv),
+    )
+
+
+# Stage backends by name: a worker builds the one its `StageConfig.backend` names.
+BACKENDS: dict[str, Callable[[BackendRequest], StageBackend]] = {"torch": torch_backend}
+
+
+def build_backend(kind: str, req: BackendRequest) -> StageBackend:
+    if kind not in BACKENDS:
+        raise ValueError(f"unknown stage backend {kind!r}; known: {sorted(BACKENDS)}")
+    return BACKENDS[kind](req)

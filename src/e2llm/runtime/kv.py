@@ -103,6 +103,12 @@ class KVCache:
         span = slice(slots[0], slots[-1] + 1) if consecutive else None
         return SlotBatch(torch.tensor(slots, device=self.device), span, length, start)
 
+    def reserve(self, slots: int, capacity: int) -> None:
+        """Hold the pool for `slots` sequences of `capacity` tokens now (the planned load), so
+        serving it allocates nothing more."""
+        if slots > self.k.shape[1] or capacity > self.k.shape[3]:
+            self._grow(max(slots, self.k.shape[1]), max(capacity, self.k.shape[3]))
+
     def _reserve(self, length: int) -> None:
         if length > self.k.shape[3]:
             capacity = self.k.shape[3]

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
+from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Stage
 from e2llm.runtime.actors import StageConfig, spawn_stage_actor
 from e2llm.runtime.cluster import torch_threads_per_actor
+from e2llm.runtime.memory import check_fits, kv_reservation
 from e2llm.runtime.metrics import ServingMetrics
+from e2llm.runtime.precision import stage_precision
 from e2llm.runtime.replica import ReplicaRunner
 from e2llm.specs.units import GIB
 
@@ -65,6 +68,8 @@ def start_runners(
     t0 = time.monotonic()
     n_actors = sum(len(r.stages) for r in plan.replicas)
     threads = options.threads or torch_threads_per_actor(n_actors)
+    precision = stage_precision(plan.model_spec, options.dtype, options.torch_device)
+    spec = plan.model_spec
     actors_by_replica = []
     for replica in plan.replicas:
         actors = []
@@ -76,8 +81,12 @@ def start_runners(
                 embedding=stage.embedding,
                 lm_head=stage.lm_head,
                 torch_device=options.torch_device,
-                dtype=options.dtype,
+                dtype=precision.activations,
                 threads=threads,
+                precision=precision.weights,
+                expert_precision=precision.experts,
+                kv_dtype=precision.kv,
+                kv_reserve=kv_reservation(spec, replica, stage),
             )
             actors.append(spawn_stage_actor(config, stage.device))
         actors_by_replica.append(actors)
@@ -92,6 +101,12 @@ def start_runners(
     runners = []
     for replica, actors in zip(plan.replicas, actors_by_replica, strict=True):
         mine, infos = infos[: len(actors)], infos[len(actors) :]
+        try:  # emulated devices too: a stage that does not fit fails here, not by swapping
+            check_fits(replica, mine, spec, device_memory_gb(plan))
+        except InputError:
+            for actor in everyone:
+                ray.kill(actor)
+            raise
         budget = kv_budget_tokens(replica.stages, mine, memory_gb) if replica.does_decode else None
         runner = ReplicaRunner(replica, actors, metrics, budget)
         if generation:  # labels (metrics, errors) stay unique across plans

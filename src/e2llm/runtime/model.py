@@ -10,6 +10,8 @@ mask is built from the positions, so rows of different lengths share one pass.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -18,15 +20,43 @@ import torch
 from torch import Tensor, nn
 
 from e2llm.errors import InputError
+from e2llm.runtime.backend import MemoryReport
+from e2llm.runtime.checkpoint import TORCH_DTYPES, StageTensors, stage_tensors
 from e2llm.runtime.kv import KVCache, SlotBatch
-from e2llm.runtime.layers import Block, RMSNorm, fuse_checkpoint, rope_inv_freq, rope_tables
+from e2llm.runtime.layers import Block, Experts, RMSNorm, rope_inv_freq, rope_scale, rope_tables
+from e2llm.runtime.quant import Weight, make_linear, module_bytes
 from e2llm.specs.model_spec import ModelSpec
 
 Visibility = Literal["all", "causal", "positions"]
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap back to the OS after loading (glibc keeps it otherwise, and the stage's
+    resident memory would count the decoding temporaries)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def precision_of(dtype: torch.dtype) -> str:
+    return next(name for name, d in TORCH_DTYPES.items() if d == dtype)
+
+
+class TokenEmbedding(nn.Module):
+    """Rows of a linear module's weight as the token embedding (a tied head and the embedding
+    are one module; quantized tables are per-row int8)."""
+
+    def __init__(self, table: nn.Module):
+        super().__init__()
+        self.table = table
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return self.table.embed(ids)  # type: ignore[operator]
+
+
 class StageModel(nn.Module):
-    """Layers [start, end) of a Llama-family model, with its own KV cache for many sequences.
+    """Layers [start, end) of a decoder (Llama family, GPT-OSS, Mixtral), with its own KV cache
+    for many sequences. Weights are held at `precision` (default: that of `dtype`, the
+    activation dtype), MoE experts at `expert_precision`, K/V in `kv_dtype` (default `dtype`).
 
     `prefill` and `decode` are the two phase entry points; inputs are token ids on the stage that
     holds the embedding, otherwise hidden states from the previous stage. Outputs are hidden states,
@@ -43,48 +73,94 @@ class StageModel(nn.Module):
         lm_head: bool,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
-        weights: Mapping[str, Tensor] | None = None,
+        weights: Mapping[str, Weight] | None = None,
+        precision: str | None = None,
+        expert_precision: str | None = None,
+        kv_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         if not 0 <= start < end <= config.n_layers:
             raise InputError("stage", f"layer range must lie within [0, {config.n_layers})", (start, end))
         self.config, self.start, self.end = config, start, end
         self.device, self.dtype = torch.device(device), dtype
+        self.precision = precision or precision_of(dtype)
+        self.expert_precision = expert_precision or self.precision
+        self._embedding, self._lm_head = embedding, lm_head
+        self.embed_tokens: nn.Module | None = None  # built by load_weights
+        self.lm_head: nn.Module | None = None
         with torch.device("meta"):  # shapes only; storage comes from load_weights
-            self.embed_tokens = nn.Embedding(config.vocab, config.hidden) if embedding else None
             self.layers = nn.ModuleDict({str(i): Block(config, i) for i in range(start, end)})
             self.norm = RMSNorm(config.hidden, config.rms_eps) if lm_head else None
-            self.lm_head = nn.Linear(config.hidden, config.vocab, bias=False) if lm_head else None
+        self.windows = sorted({config.window(i) for i in range(start, end)})
         self.inv_freq = rope_inv_freq(config).to(self.device)
-        self.cache = KVCache(range(start, end), config.n_kv_heads, config.head_dim, dtype, self.device)
+        self.rope_scale = rope_scale(config)
+        self.cache = KVCache(
+            range(start, end), config.n_kv_heads, config.head_dim, kv_dtype or dtype, self.device
+        )
         if weights is not None:
             self.load_weights(weights)
 
     @property
     def has_embedding(self) -> bool:
-        return self.embed_tokens is not None
+        return self._embedding
 
     @property
     def has_lm_head(self) -> bool:
-        return self.lm_head is not None
+        return self._lm_head
 
-    def load_weights(self, weights: Mapping[str, Tensor]) -> None:
-        """Assign a checkpoint slice (keys as `load_stage_weights` returns them) to this stage."""
-        state = fuse_checkpoint(weights, self.config)
-        share_head = self.config.tied_embeddings and self.has_embedding and self.has_lm_head
-        if share_head:
-            state.pop("lm_head.weight", None)
-        state = {k: v.to(device=self.device, dtype=self.dtype) for k, v in state.items()}
-        missing, unexpected = self.load_state_dict(state, strict=False, assign=True)
-        missing = [k for k in missing if not (share_head and k == "lm_head.weight")]
-        if missing or unexpected:
-            raise InputError(
-                "weights",
-                f"stage [{self.start}, {self.end}) missing {missing[:3]}, unexpected {unexpected[:3]}",
+    def load_weights(self, weights: Mapping[str, Weight]) -> None:
+        """Build this stage's modules from a checkpoint slice (keys as `load_stage_weights`
+        returns them), at the stage's precision."""
+        keys = list(weights)
+        layers = sorted({int(k.split(".")[1]) for k in keys if k.startswith("layers.")})
+        # layer by layer: a lazily decoded checkpoint then holds one layer's temporaries at a time
+        for group in [[k for k in keys if k.startswith(f"layers.{i}.")] for i in layers]:
+            self._load_group({k: weights[k] for k in group})
+        self._load_tables(self._load_group({k: weights[k] for k in keys if not k.startswith("layers.")}))
+        if leftover := [n for n, p in self.named_parameters() if p.is_meta]:
+            raise InputError("weights", f"stage [{self.start}, {self.end}) lacks tensors", leftover[:3])
+        release_freed_memory()
+
+    def _load_group(self, weights: Mapping[str, Weight]) -> StageTensors:
+        share = self.config.tied_embeddings and self.has_embedding and self.has_lm_head
+        t = stage_tensors(weights, self.config, self.precision, self.expert_precision, share)
+        device, dtype = self.device, self.dtype
+        for path, (w, b) in t.linears.items():
+            self.set_submodule(path, make_linear(w, b, dtype, device))
+        for path, (w13, w2, b13, b2) in t.experts.items():
+            bank = self.get_submodule(path)
+            assert isinstance(bank, Experts)
+            bank.load(w13, w2, b13, b2, dtype, device)
+        for path, value in t.params.items():
+            module_path, _, name = path.rpartition(".")
+            dt = torch.float32 if name == "sinks" else dtype
+            setattr(
+                self.get_submodule(module_path), name, nn.Parameter(value.to(device, dt), requires_grad=False)
             )
-        if share_head:
-            assert self.lm_head is not None and self.embed_tokens is not None
-            self.lm_head.weight = self.embed_tokens.weight
+        return t
+
+    def _load_tables(self, t: StageTensors) -> None:
+        device, dtype = self.device, self.dtype
+        if self.has_lm_head:
+            if t.lm_head is None:
+                raise InputError(
+                    "weights", f"stage [{self.start}, {self.end}) lacks tensor", "lm_head.weight"
+                )
+            self.lm_head = make_linear(t.lm_head, None, dtype, device)
+        if self.has_embedding:
+            if t.embedding is None:
+                raise InputError(
+                    "weights", f"stage [{self.start}, {self.end}) lacks tensor", "embed_tokens.weight"
+                )
+            if t.tied:
+                assert self.lm_head is not None
+                self.embed_tokens = TokenEmbedding(self.lm_head)
+            else:
+                self.embed_tokens = TokenEmbedding(make_linear(t.embedding, None, dtype, device))
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights this stage holds in memory (shared tensors counted once)."""
+        return module_bytes(self)
 
     # -- the one forward ---------------------------------------------------------------------
     def forward(
@@ -106,13 +182,15 @@ class StageModel(nn.Module):
         from `positions`: chunked prefill, mixed-length decode).
         """
         h = self.embed_tokens(x) if self.embed_tokens is not None else x.to(self.dtype)
-        cos, sin = rope_tables(positions, self.inv_freq, self.dtype)
-        if self.config.sliding_window and slots.length > self.config.sliding_window:
-            visibility = "positions"
-        mask = self._mask(positions, slots.length) if visibility == "positions" else None
+        cos, sin = rope_tables(positions, self.inv_freq, self.dtype, self.rope_scale)
+        full = self._mask(positions, slots.length, 0) if visibility == "positions" else None
+        masks = {
+            w: self._mask(positions, slots.length, w) if w and slots.length > w else full
+            for w in self.windows
+        }
         causal = visibility == "causal"
         for block in self.layers.values():
-            h = block(h, cos, sin, positions, cache, slots, mask, causal)
+            h = block(h, cos, sin, positions, cache, slots, masks, causal)
         if self.lm_head is None:
             return h
         assert self.norm is not None
@@ -120,13 +198,14 @@ class StageModel(nn.Module):
             h = h[:, -1:]
         return self.lm_head(self.norm(h)).float()
 
-    def _mask(self, positions: Tensor, length: int) -> Tensor:
+    @staticmethod
+    def _mask(positions: Tensor, length: int, window: int) -> Tensor:
         """Boolean [B, 1, T, length]: key j is visible to the query at position p iff j <= p
-        (and p - j < sliding_window when set)."""
+        (and p - j < window when the layer slides)."""
         keys = torch.arange(length, device=positions.device)
         mask = keys[None, None, :] <= positions[:, :, None]
-        if self.config.sliding_window:
-            mask &= keys[None, None, :] > positions[:, :, None] - self.config.sliding_window
+        if window:
+            mask &= keys[None, None, :] > positions[:, :, None] - window
         return mask[:, None]
 
     # -- phases --------------------------------------------------------------------------------
@@ -218,6 +297,15 @@ class StageModel(nn.Module):
     def kv_bytes(self) -> int:
         """Bytes of K/V held for live sequences (reserved pool memory may be larger)."""
         return self.cache.used_bytes()
+
+    def reserve_kv(self, sequences: int, tokens: int) -> None:
+        """Reserve the KV pool for `sequences` sequences of `tokens` tokens (the plan's load)."""
+        self.cache.reserve(sequences, tokens)
+
+    def memory(self) -> MemoryReport:
+        cfg = self.config
+        per_token = 2 * cfg.n_kv_heads * cfg.head_dim * self.cache.k.element_size() * (self.end - self.start)
+        return MemoryReport(self.weight_bytes(), self.kv_bytes(), self.kv_reserved_bytes(), per_token)
 
     def kv_reserved_bytes(self) -> int:
         """Bytes of the KV pool (grown by doubling; kept for reuse after sequences end)."""

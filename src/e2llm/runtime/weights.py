@@ -1,10 +1,11 @@
-"""Where model weights come from, converting them once, and loading one stage's share.
+"""Where model weights come from, preparing them once, and loading one stage's share.
 
-A GGUF file is dequantised by transformers (~25 s for SmolLM2-135M) exactly once into a cache
-directory in Hugging Face layout (config.json, model.safetensors in fp32, tokenizer files); every
-stage worker then reads only its own tensors from that file by key (a memory-mapped safetensors
-read: seconds, not tens of seconds). An HF model directory is already in that layout and is used
-in place.
+A GGUF file is prepared once into a cache directory holding its config.json (from the GGUF
+metadata), the tokenizer files (extracted by transformers, ~10 s) and a pointer to the GGUF;
+every stage worker then reads only its own tensors from the GGUF itself, memory-mapped and kept in
+their block formats (`gguf_weights`). An HF model directory is already in that layout and is used
+in place; its tensors are read by key from the safetensors files (GPT-OSS MXFP4 `*_blocks` /
+`*_scales` pairs stay MXFP4).
 """
 
 from __future__ import annotations
@@ -13,32 +14,34 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from e2llm.errors import InputError
-from e2llm.runtime.architectures import SUPPORTED_MODEL_TYPES, check_gguf_tensors, runtime_spec
-from e2llm.specs.gguf_header import read_gguf_header
+from e2llm.runtime.architectures import runtime_spec
+from e2llm.runtime.gguf_weights import check_gguf, gguf_config, has_tokenizer, load_gguf_stage
+from e2llm.runtime.quant import Mxfp4Weight, Weight, mxfp4_from_hf
 from e2llm.specs.model_catalog import smollm2_gguf_path
-from e2llm.specs.model_files import spec_from_gguf
 from e2llm.specs.model_spec import ModelSpec
 
+logger = logging.getLogger(__name__)
 CACHE_ENV = "E2LLM_CACHE_DIR"
-# How transformers and gguf refuse a file they cannot convert: no or an unknown tokenizer, missing
-# metadata, a quantisation they cannot dequantise. Tensor names, shapes and sizes are checked
-# before (`check_gguf_tensors`); any other exception is a bug and propagates as itself.
+# How transformers refuses a file it cannot take the tokenizer from (an unknown tokenizer, missing
+# metadata). Architecture and block formats are checked before (`check_gguf`); any other
+# exception is a bug and propagates as itself.
 _CONVERSION_REFUSALS = (ValueError, KeyError, NotImplementedError)
 # Bump when the layout of a prepared directory changes, so stale caches are not reused.
-_FORMAT_VERSION = "1"
+_FORMAT_VERSION = "2"
+_SOURCE_FILE = "e2llm-source.json"  # in a prepared GGUF directory: {"gguf": path of the weights}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,25 @@ class PreparedModel:
     path: Path
     config: ModelSpec
     name: str
+
+    @property
+    def gguf(self) -> Path | None:
+        """The GGUF file the weights are read from (None: safetensors in `path`)."""
+        source = self.path / _SOURCE_FILE
+        return Path(json.loads(source.read_text())["gguf"]) if source.is_file() else None
+
+    @staticmethod
+    def at(path: Path, name: str | None = None) -> PreparedModel:
+        return PreparedModel(path=path, config=read_config(path), name=name or path.name)
+
+    def transformers_model(self, dtype: torch.dtype = torch.float32) -> Any:
+        """The same weights as a transformers model (the reference implementation; a GGUF is
+        dequantised by transformers itself)."""
+        from transformers import AutoModelForCausalLM
+
+        if (gguf := self.gguf) is not None:
+            return AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(str(self.path), dtype=dtype)
 
     def tokenizer(self) -> Any:
         """The model's tokenizer (a transformers tokenizer, with its chat template)."""
@@ -133,48 +155,44 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _convert_gguf(source: ModelSource, out: Path) -> None:
-    """Dequantise a GGUF with transformers and save it in HF layout (fp32 safetensors)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _convert_gguf(source: ModelSource, out: Path, tokenizer: bool = True) -> None:
+    """Write config.json (from the GGUF metadata), the tokenizer files and the weights pointer."""
+    from transformers import AutoTokenizer
 
-    folder, fname = str(source.path.parent), source.path.name
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)  # shared with embed_tokens; safetensors refuses shared storage
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
-    raw = model.config.to_dict()
-    raw.pop("quantization_config", None)  # the saved weights are plain fp32, not GGUF
-    raw.pop("_name_or_path", None)
+    raw = gguf_config(source.path)
     (out / "config.json").write_text(json.dumps(raw, indent=2))
-    model.generation_config.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    if tokenizer:
+        if not has_tokenizer(source.path):
+            raise ValueError("the file has no tokenizer (tokenizer.ggml.tokens)")
+        folder, fname = str(source.path.parent), source.path.name
+        AutoTokenizer.from_pretrained(folder, gguf_file=fname).save_pretrained(str(out))
+    (out / _SOURCE_FILE).write_text(json.dumps({"gguf": str(source.path)}))
 
 
-def prepare_model(source: ModelSource, cache_dir: Path | None = None) -> PreparedModel:
+def prepare_model(
+    source: ModelSource, cache_dir: Path | None = None, tokenizer: bool = True
+) -> PreparedModel:
     """Return an HF-layout directory for `source`, converting a GGUF once into the cache.
+    `tokenizer=False` prepares a GGUF without one (token ids only: tests on tiny written files).
 
     Safe when several processes prepare the same model at once: one converts under a file lock
     into a temporary directory that is renamed into place; the others wait and reuse it.
     """
     if not source.is_gguf:
         return PreparedModel(path=source.path, config=read_config(source.path), name=source.name)
-    # refuse a file the runtime cannot run before a long conversion
-    header = read_gguf_header(source.path)
-    arch = header.metadata.get("general.architecture")
-    if arch not in SUPPORTED_MODEL_TYPES:
-        raise InputError(str(source.path), f"GGUF architecture must be one of {SUPPORTED_MODEL_TYPES}", arch)
-    check_gguf_tensors(header, spec_from_gguf(source.path), str(source.path))
+    check_gguf(source.path)  # refuse what the runtime cannot run before any work
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
-    final = root / _cache_key(source)
+    final = root / (_cache_key(source) + ("" if tokenizer else "-ids"))
     if not final.is_dir():
         with _locked(root / f"{final.name}.lock"):
             if not final.is_dir():
                 tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=root))
                 try:
-                    _convert_gguf(source, tmp)
+                    if tokenizer:
+                        _convert_gguf(source, tmp)
+                    else:
+                        _convert_gguf(source, tmp, tokenizer=False)
                     os.rename(tmp, final)
                 except _CONVERSION_REFUSALS as err:
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -212,16 +230,18 @@ def _safetensors(path: Path) -> Iterator[Any]:
 
 def load_stage_weights(
     prepared: PreparedModel, start: int, end: int, embedding: bool, lm_head: bool
-) -> dict[str, torch.Tensor]:
+) -> Mapping[str, Weight]:
     """Read only the tensors of layers [start, end) (+ embedding, + final norm and LM head).
 
     Keys are HF names without the `model.` prefix (`layers.3.self_attn.q_proj.weight`,
-    `embed_tokens.weight`, `norm.weight`, `lm_head.weight`); a tied LM head is read from the
-    embedding matrix.
+    `embed_tokens.weight`, `norm.weight`, `lm_head.weight`; MoE layers as `checkpoint` describes);
+    a tied LM head is read from the embedding matrix. GGUF tensors keep their block formats.
     """
     cfg = prepared.config
     if not 0 <= start < end <= cfg.n_layers:
         raise InputError("stage", f"layer range must lie within [0, {cfg.n_layers})", (start, end))
+    if (gguf := prepared.gguf) is not None:
+        return load_gguf_stage(gguf, cfg, start, end, embedding, lm_head)
     files = _key_files(prepared.path)
     wanted: dict[str, str] = {}  # stage key -> checkpoint key
     for key in files:
@@ -241,10 +261,7 @@ def load_stage_weights(
             raise InputError(
                 str(prepared.path), "checkpoint has no lm_head.weight and embeddings are not tied"
             )
-        embed = [k for k in files if k.removeprefix("model.") == "embed_tokens.weight"]
-        if not embed:
-            raise InputError(str(prepared.path), "checkpoint has no embed_tokens.weight for its tied LM head")
-        wanted["lm_head.weight"] = embed[0]
+        wanted["lm_head.weight"] = next(k for k in files if k.removeprefix("model.") == "embed_tokens.weight")
     by_file: dict[Path, list[tuple[str, str]]] = {}
     for short, key in wanted.items():
         by_file.setdefault(files[key], []).append((short, key))
@@ -253,4 +270,65 @@ def load_stage_weights(
         with _safetensors(f) as fh:
             for short, key in pairs:
                 out[short] = fh.get_tensor(key)
+    return _moe_names(out, cfg.model_type) if cfg.n_experts else dict(out)
+
+
+def _moe_names(hf: dict[str, torch.Tensor], model_type: str) -> dict[str, Weight]:
+    """HF MoE tensors -> the expert layout of `checkpoint`: GPT-OSS `mlp.experts.gate_up_proj`
+    [E, H, 2I] (gate/up interleaved; or MXFP4 `_blocks`/`_scales` [E, 2I, H/32, 16]) and
+    `down_proj` [E, I, H]; Mixtral `gate_up_proj` [E, 2I, H] (gate, then up), `down_proj`
+    [E, H, I] and the router `mlp.gate`."""
+    gpt_oss = model_type == "gpt_oss"
+    out: dict[str, Weight] = {}
+    stacks: dict[str, dict[int, torch.Tensor]] = {}
+    for key in [k for k in hf if ".block_sparse_moe." in k]:  # Mixtral's own per-expert files
+        head, _, rest = key.partition(".block_sparse_moe.")
+        value = hf.pop(key)
+        if rest == "gate.weight":
+            hf[head + ".mlp.gate.weight"] = value
+            continue
+        _, e, which, _ = rest.split(".")  # experts.E.w1.weight
+        name = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}[which]
+        stacks.setdefault(f"{head}.mlp.experts.{name}", {})[int(e)] = value
+    for key, parts in stacks.items():
+        out[key] = torch.stack([parts[e] for e in sorted(parts)])
+    for key, value in hf.items():
+        head, sep, name = key.partition(".mlp.experts.")
+        if not sep:
+            out[key.replace(".mlp.gate.weight", ".mlp.router.weight")] = value
+            continue
+        if name.endswith("_scales"):
+            continue
+        w: Weight
+        if name.endswith("_blocks"):  # MXFP4: rows are outputs already
+            w = mxfp4_from_hf(value, hf[key.removesuffix("_blocks") + "_scales"])
+            name = name.removesuffix("_blocks")
+        elif name.endswith("_bias") or not gpt_oss:
+            w = value
+        else:
+            w = value.transpose(-1, -2).contiguous()  # GPT-OSS dense experts are [E, in, out]
+        ex = head + ".mlp.experts."
+        if name.startswith("gate_up_proj"):
+            suffix = name.removeprefix("gate_up_proj")
+            gate, up = _split_gate_up(w, gpt_oss, bias=bool(suffix))
+            out[ex + "gate_proj" + suffix], out[ex + "up_proj" + suffix] = gate, up
+        else:
+            out[ex + name] = w
     return out
+
+
+def _halves(t: torch.Tensor, axis: int, interleaved: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if interleaved:
+        moved = t.movedim(axis, 0)
+        return moved[0::2].movedim(0, axis).contiguous(), moved[1::2].movedim(0, axis).contiguous()
+    a, b = t.chunk(2, axis)
+    return a.contiguous(), b.contiguous()
+
+
+def _split_gate_up(w: Weight, interleaved: bool, bias: bool) -> tuple[Weight, Weight]:
+    """[E, 2I, K] rows (or a bias [E, 2I]) -> gate rows and up rows."""
+    if isinstance(w, Mxfp4Weight):
+        (b1, b2), (e1, e2) = _halves(w.blocks, -3, interleaved), _halves(w.exponents, -2, interleaved)
+        return Mxfp4Weight(b1, e1), Mxfp4Weight(b2, e2)
+    assert isinstance(w, torch.Tensor)
+    return _halves(w, -1 if bias else -2, interleaved)

@@ -64,7 +64,8 @@ def spec_from_hf_dict(raw: Mapping[str, Any], where: str, name: str) -> ModelSpe
     window, sliding = _hf_sliding(cfg, n_layers)
     weights, experts = _hf_precision(cfg, where)
     model_type = str(cfg.get("model_type") or "llama")
-    bias = bool(cfg.get("attention_bias", False))
+    gpt_oss = model_type == "gpt_oss"
+    bias = bool(cfg.get("attention_bias", gpt_oss))
     rope = _hf_rope(cfg, where)
     return ModelSpec(
         name=str(cfg.get("_name_or_path") or name),
@@ -97,6 +98,14 @@ def spec_from_hf_dict(raw: Mapping[str, Any], where: str, name: str) -> ModelSpe
             rope, "original_max_position_embeddings", where, default=8192, maximum=MAX_DIM
         ),
         eos_token_ids=_token_ids(cfg.get("eos_token_id"), field_where(where, "eos_token_id")),
+        rope_beta_fast=get_number(rope, "beta_fast", where, default=32.0),
+        rope_beta_slow=get_number(rope, "beta_slow", where, default=1.0),
+        rope_truncate=bool(rope.get("truncate", True)),
+        rope_attention_factor=get_number(rope, "attention_factor", where, default=0.0),
+        attention_sinks=gpt_oss,
+        moe_bias=gpt_oss,
+        swiglu_limit=get_number(cfg, "swiglu_limit", where, default=7.0) if gpt_oss else 0.0,
+        swiglu_alpha=get_number(cfg, "swiglu_alpha", where, default=1.702),
     )
 
 

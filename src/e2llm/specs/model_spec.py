@@ -19,9 +19,9 @@ from typing import Any
 from e2llm.errors import InputError
 from e2llm.specs.fields import REQUIRED, as_mapping, check_keys, field_where, get_int, get_number, get_str
 
-# Bytes per parameter of each weight format, block scales included
-# (int8: one fp16 scale per 32 weights; q4: 4-bit + fp16 scale per 32 (llama.cpp Q4_0);
-#  mxfp4: 4-bit + one 8-bit shared exponent per 32, as in GPT-OSS).
+# Bytes per parameter each weight format streams per token, block scales included, as the
+# cost model's llama.cpp calibration assumes (int8: one fp16 scale per 32 weights (Q8_0);
+# q4: 4-bit + fp16 scale per 32 (Q4_0); mxfp4: 4-bit + one 8-bit exponent per 32, as GPT-OSS).
 BYTES_PER_PARAM: dict[str, float] = {
     "fp32": 4.0,
     "bf16": 2.0,
@@ -30,6 +30,18 @@ BYTES_PER_PARAM: dict[str, float] = {
     "q4": 0.5625,
     "mxfp4": 0.53125,
 }
+# Bytes per parameter the runtime holds in memory (what stage memory and the planner's fit use):
+# int8 is per-row int8 (one scale per row); q4 is torch's int4 kernel layout, 4-bit codes plus a
+# 16-bit scale and zero per 32, which GGUF Q4_0/Q4_1/Q4_K load into.
+RESIDENT_BYTES_PER_PARAM: dict[str, float] = {**BYTES_PER_PARAM, "int8": 1.0, "q4": 0.625}
+QUANTIZED = ("int8", "q4", "mxfp4")
+
+
+def table_precision(weight_precision: str) -> str:
+    """Embedding and LM head precision: quantized models keep them per-row int8 (llama.cpp files
+    keep token_embd/output at 8 bits too, and a row lookup needs a per-row layout)."""
+    return "int8" if weight_precision in QUANTIZED else weight_precision
+
 
 # Bounds for model files (config.json, GGUF, a plan's model_spec), far above any real model:
 # past them the cost model's arithmetic overflows or a per-layer tuple eats the memory.
@@ -75,6 +87,21 @@ class ModelSpec:
     rope_high_freq_factor: float = 4.0  # llama3 only
     rope_original_max_position: int = 8192  # llama3 / yarn
     eos_token_ids: tuple[int, ...] = ()  # tokens that end a generation
+    rope_beta_fast: float = 32.0  # yarn only
+    rope_beta_slow: float = 1.0  # yarn only
+    rope_truncate: bool = True  # yarn only
+    rope_attention_factor: float = 0.0  # yarn only; 0: from the factor
+    # GPT-OSS: a learned per-head logit that takes softmax mass; biases on the router and experts;
+    # the clamped GLU (limit 7, alpha 1.702; limit 0: plain SwiGLU). MoE routing is top-k on the
+    # router logits, then softmax over the k (equal to Mixtral's softmax-top-k-renormalise).
+    attention_sinks: bool = False
+    moe_bias: bool = False
+    swiglu_limit: float = 0.0
+    swiglu_alpha: float = 1.702
+
+    def window(self, layer: int) -> int:
+        """Sliding window of `layer` (0: full attention)."""
+        return self.sliding_window if self.sliding_window and layer in self.sliding_layers else 0
 
     @property
     def is_moe(self) -> bool:
@@ -106,23 +133,40 @@ class ModelSpec:
         ffn = self.expert_params * (self.experts_per_token if self.is_moe else 1)
         return self.attn_params + ffn + router + 2 * self.hidden
 
-    @property
-    def layer_weight_bytes(self) -> float:
+    def _layer_bytes(self, table: dict[str, float]) -> float:
         dense = self.layer_params - (self.expert_params * self.n_experts if self.is_moe else 0)
         experts = self.expert_params * self.n_experts if self.is_moe else 0
-        return (
-            dense * BYTES_PER_PARAM[self.weight_precision] + experts * BYTES_PER_PARAM[self.expert_precision]
-        )
+        return dense * table[self.weight_precision] + experts * table[self.expert_precision]
+
+    @property
+    def layer_weight_bytes(self) -> float:
+        """Memory of one decoder layer's weights as the runtime holds them."""
+        return self._layer_bytes(RESIDENT_BYTES_PER_PARAM)
+
+    @property
+    def layer_stream_bytes(self) -> float:
+        """Weight bytes one decoder layer streams per pass (the roofline's traffic)."""
+        return self._layer_bytes(BYTES_PER_PARAM)
 
     @property
     def embedding_bytes(self) -> float:
-        return self.vocab * self.hidden * BYTES_PER_PARAM[self.weight_precision]
+        return self.vocab * self.hidden * RESIDENT_BYTES_PER_PARAM[table_precision(self.weight_precision)]
 
     @property
     def lm_head_bytes(self) -> float:
         """Final norm + LM head. With tied embeddings the head reuses the embedding matrix, but a
         stage that holds the head without the embedding still needs its own copy."""
-        return self.vocab * self.hidden * BYTES_PER_PARAM[self.weight_precision] + self.hidden * 2
+        return self.embedding_bytes + self.hidden * 2
+
+    def stage_weight_bytes(self, n_layers: int, *, embedding: bool = False, lm_head: bool = False) -> float:
+        """Weights of a stage holding `n_layers` layers (+ the embedding, + final norm and LM
+        head). A tied head on the stage that also embeds shares the embedding matrix."""
+        b = n_layers * self.layer_weight_bytes
+        if embedding:
+            b += self.embedding_bytes
+        if lm_head:
+            b += self.hidden * 2 if embedding and self.tied_embeddings else self.lm_head_bytes
+        return b
 
     def kv_bytes_per_token(self, layer: int) -> float:
         """K and V of one token in one layer (GQA: n_kv_heads, not n_heads)."""
@@ -191,7 +235,8 @@ def model_from_dict(d: Mapping[str, Any], source: str) -> ModelSpec:
             top = MAX_LAYERS if key == "n_layers" else MAX_DIM
             kw[key] = get_int(d, key, source, default=default, minimum=1 if default else 0, maximum=top)
         elif f.type == "float":
-            kw[key] = get_number(d, key, source, default=default)
+            # fields whose default is 0 mean "off" (GPT-OSS numerics): 0 is allowed there
+            kw[key] = get_number(d, key, source, default=default, strict=default != 0)
         elif f.type == "bool":
             kw[key] = bool(d.get(key, default))
         elif f.type == "str":

@@ -1,0 +1,57 @@
+"""KV hand-off capacity of replica pairs: the simulator's per-range transfers, and the screen."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from test_search import TINY
+
+from e2llm.cost.build import build_cost_model
+from e2llm.plan.kv_links import KvLinks
+from e2llm.specs.device import Cluster, Device, Link
+
+
+def cluster(rng: random.Random | None = None) -> Cluster:
+    devices = tuple(Device(f"d{i}", 4.0, 10.0, 200.0) for i in range(4))
+    links = {frozenset(("d1", "d3")): Link(50.0, 3.0)}
+    if rng is not None:
+        links = {
+            frozenset((a.name, b.name)): Link(rng.uniform(20, 1000), 1.0)
+            for a in devices
+            for b in devices
+            if a.name < b.name
+        }
+    return Cluster(devices, Link(1000.0, 0.3), links)
+
+
+def test_capacity_is_the_slowest_range_over_its_link() -> None:
+    cost = build_cost_model(TINY, cluster())
+    links = KvLinks(cost, 512)
+    prefill = (("d0", 0, 3), ("d1", 3, 8))
+    decoder = (("d2", 0, 5), ("d3", 5, 8))
+    # ranges: d0->d2 [0,3), d1->d2 [3,5), d1->d3 [5,8) over the 50 Mbit/s link
+    want = min(
+        1000e6 / 8 / cost.kv_bytes(0, 3, 512),
+        1000e6 / 8 / cost.kv_bytes(3, 5, 512),
+        50e6 / 8 / cost.kv_bytes(5, 8, 512),
+    )
+    assert links.capacity(prefill, decoder) == pytest.approx(want)
+    assert links.capacity(prefill, decoder) == pytest.approx(50e6 / 8 / cost.kv_bytes(5, 8, 512))
+
+
+def test_floor_is_below_every_pair_and_screens_the_matrix() -> None:
+    rng = random.Random(4)
+    for _ in range(30):
+        cost = build_cost_model(TINY, cluster(rng))
+        links = KvLinks(cost, 512)
+        names = list(cost.cluster.names)
+        rng.shuffle(names)
+        cut = rng.randint(1, 7)
+        pre = ((names[0], 0, cut), (names[1], cut, 8))
+        dec = ((names[2], 0, rng.randint(1, 7)),)
+        dec = (*dec, (names[3], dec[0][2], 8))
+        assert links.floor(pre) <= links.capacity(pre, dec) * (1 + 1e-12)
+        kv = links.matrix([pre, dec], [None, dec], [links.floor(pre) * 2, 0.0])
+        assert kv is not None and kv[0, 1] == pytest.approx(links.capacity(pre, dec))
+        assert links.matrix([pre, dec], [None, dec], [links.floor(pre) * 0.5, 0.0]) is None
