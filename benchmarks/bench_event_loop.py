@@ -60,8 +60,12 @@ async def _big(client: httpx.AsyncClient, prompt_bytes: int) -> int:
     return r.status_code
 
 
-def _gaps(stamps: list[float], start: float, end: float) -> list[float]:
-    inside = [t for t in stamps if start <= t <= end]
+def _gaps(stamps: list[float], start: float, end: float, edges: bool) -> list[float]:
+    """Gaps between the chunks of [start, end]; with `edges`, also from the last chunk before
+    it and to the first after it (a window without any chunk is then one gap, the stall)."""
+    before = [t for t in stamps if t < start][-1:] if edges else []
+    after = [t for t in stamps if t > end][:1] if edges else []
+    inside = before + [t for t in stamps if start <= t <= end] + after
     return [b - a for a, b in itertools.pairwise(inside)]
 
 
@@ -81,7 +85,7 @@ async def _run(url: str, prompt_bytes: int) -> dict[str, object]:
         await asyncio.sleep(end - time.monotonic() + 1.0)
         done.set()
         await stream
-    quiet, burst = _gaps(stamps, t0, t1), _gaps(stamps, t1, end)
+    quiet, burst = _gaps(stamps, t0, t1, False), _gaps(stamps, t1, end, True)
     return {
         "quiet_worst_gap_ms": round(1000 * max(quiet), 1),
         "quiet_median_gap_ms": round(1000 * statistics.median(quiet), 1),

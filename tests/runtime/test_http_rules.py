@@ -17,6 +17,8 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,7 @@ import openai
 import pytest
 from httpkit import MODEL, CharTokenizer, SlowEcho, running, served_model
 
+from e2llm.runtime.cpu_pool import WORKER_NICENESS, CpuPool
 from e2llm.runtime.draw import TokenLogprob
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.http_access import LOOPBACK_HOSTS, allowed_hosts_for, host_allowed
@@ -337,6 +340,24 @@ def test_tokenising_runs_off_the_loop_in_a_bounded_pool() -> None:
     assert all(r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "server_busy" for r in busy)
     assert tok.threads and not any(on_loop for _, on_loop in tok.threads)
     assert threading.get_ident() not in {ident for ident, _ in tok.threads}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="threads have their own priority on Linux only")
+def test_pool_threads_run_at_the_workers_niceness_not_the_loops() -> None:
+    """Tokenising a pile of prompts must not take the CPU from the event loop or the stage
+    workers: the pool's threads are niced like Ray's workers, the API process itself is not."""
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = niceness()
+    pool = CpuPool(threads=1, max_pending_cost=10)
+    try:
+        in_pool = asyncio.run(pool.run(1, niceness))
+    finally:
+        pool.shutdown()
+    assert in_pool >= WORKER_NICENESS > 0
+    assert niceness() == before
 
 
 def test_a_prompt_that_cannot_fit_is_refused_without_tokenising() -> None:

@@ -6,6 +6,9 @@ the work waiting for them by its size (`cost`: the characters to tokenise), not 
 calls: a burst of two hundred short prompts passes, a pile of megabyte prompts does not. Beyond
 `max_pending_cost` (running and queued together), `run` refuses at once (`PoolFull`, a 503 with
 Retry-After for the client) instead of queueing without limit; an idle pool takes any one call.
+The threads run at `niceness` (Linux: per thread), by default that of Ray's workers, so that
+tokenising a pile of prompts cannot starve the stage workers on the same machine of CPU (nor
+the event loop, which keeps the API process's own priority).
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 _T = TypeVar("_T")
+WORKER_NICENESS = 15  # Ray's default for its worker processes (`RAY_worker_niceness`)
 
 
 class PoolFull(Exception):
@@ -25,10 +31,15 @@ class PoolFull(Exception):
 
 
 class CpuPool:
-    def __init__(self, threads: int, max_pending_cost: int):
+    def __init__(self, threads: int, max_pending_cost: int, niceness: int = WORKER_NICENESS):
         self.max_pending_cost = max_pending_cost
         self.pending_cost = 0  # of the calls running or queued
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="e2llm-cpu")
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads,
+            thread_name_prefix="e2llm-cpu",
+            initializer=_lower_priority,
+            initargs=(niceness,),
+        )
 
     async def run(self, cost: int, fn: Callable[..., _T], *args: object) -> _T:
         """`fn(*args)` on a pool thread; `PoolFull` if `cost` more would exceed the bound."""
@@ -51,3 +62,10 @@ class CpuPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _lower_priority(niceness: int) -> None:
+    """Give this thread (not the process) `niceness`; where threads have no priority of their own
+    (not Linux), it stays as it is."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
