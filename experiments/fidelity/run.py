@@ -48,7 +48,7 @@ from e2llm.specs.workload import Request, with_load
 from e2llm.specs.workload_file import load_workload
 from e2llm.testbed.control import device_command
 from e2llm.testbed.lifecycle import down, load_state, up
-from e2llm.testbed.profiles import bridge_latency_ms, run_inside, write_cluster
+from e2llm.testbed.profiles import profile_testbed
 from e2llm.testbed.topology import TestbedOptions
 
 HERE = Path(__file__).resolve().parent
@@ -115,19 +115,6 @@ def server_counters(url: str) -> dict[str, float]:
     }
 
 
-def profile_devices(state: Any, out: Path, quick: bool) -> dict[str, str]:
-    files = {}
-    for node in state.topology.devices:
-        name = f"{node.name}.json"
-        argv = [sys.executable, str(HERE / "profile_device.py"), str(out / name), f"testbed-{node.name}"]
-        started = time.monotonic()
-        line = run_inside(state, node.name, [*argv, *(["--quick"] if quick else [])], timeout_s=3600)
-        took = time.monotonic() - started
-        log(f"profiled {node.name} ({node.cpu_cores:.2f} cores) in {took:.0f} s: {line.strip()}")
-        files[node.name] = name
-    return files
-
-
 def measure_plan(
     state: Any, system: str, plan_path: Path, plan: Any, cost: Any, workload: Any, out: Path
 ) -> dict[str, Any]:
@@ -178,10 +165,11 @@ def inside(args: argparse.Namespace) -> int:
     state = load_state(args.cluster)
     out = Path(args.out)
     t0 = time.time()
-    profiles = profile_devices(state, out, args.quick)
-    latency = bridge_latency_ms(state)
-    cluster_path = write_cluster(state, out, profiles, round(latency, 3))
-    log(f"bridge latency {latency:.3f} ms; emulated cluster {cluster_path}")
+    quick = ["--quick"] if args.quick else []
+    script = [sys.executable, str(HERE / "profile_device.py")]
+    cluster_path = profile_testbed(
+        state, out, lambda node, path: [*script, str(path), f"testbed-{node.name}", *quick], progress=log
+    )
     model = with_precision(load_model("smollm2-135m"), "fp32")  # what the runtime holds
     cost = build_cost_model(model, load_cluster(cluster_path))
     workload = load_workload(args.workload)
