@@ -30,6 +30,9 @@ FLAGS = {
     "model": "--model",
     "ray_address": "--ray-address",
     "api_key": "--api-key",
+    "scale": "--scale",
+    "memory_scale": "--memory-scale",
+    "cpu_budget_cores": "--cpu-budget",
 }
 
 
