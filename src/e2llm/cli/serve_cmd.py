@@ -18,9 +18,12 @@ from e2llm.cli.options import (
     device_choice,
     dtype_choice,
 )
+from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape
+from e2llm.policy.settings import PolicySettings
+from e2llm.runtime.drift import DriftSettings
 from e2llm.runtime.http_limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -50,7 +53,16 @@ EXAMPLES = """examples:
   e2llm serve                                   # built-in SmolLM2-135M on a local emulated cluster
   e2llm serve examples/clusters/local-cpu.yaml --port 8001
   e2llm serve plan.json --ray-address 192.168.1.10:6379   # devices run `ray start` (docs/deploy.md)
+  e2llm serve examples/clusters/local-cpu.yaml --workload examples/workloads/smoke.yaml --precision bf16
   E2LLM_API_KEY=secret e2llm serve --host 0.0.0.0 --allowed-hosts llm.lab,192.168.1.10
+  e2llm serve plan.json --adapt off                # the paper: the plan's roles stay fixed
+
+--adapt on (the default, as for `e2llm simulate`, so that a prediction is of what is served):
+e2llm's role controller moves replicas between PREFILL and DECODER while serving when one pool
+queues and the move raises the rate both sustain (stop routing, drain, switch, publish; weights
+stay loaded). --policy FILE sets its thresholds. /health and /metrics show roles and switches.
+With it, a lasting drift of the live workload (--drift-*) re-plans roles and concurrency for the
+observed shape, regrouping the devices only if new roles cannot absorb it.
 """
 
 
@@ -117,6 +129,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_BODY_TIMEOUT_S,
         help="seconds to receive a request body; slower gets 408 (default %(default)s)",
     )
+    add_policy_arguments(p)
+    d = DriftSettings()
+    p.add_argument(
+        "--drift-threshold",
+        type=float,
+        default=d.threshold,
+        metavar="F",
+        help="re-plan roles and concurrency (regroup only if roles cannot absorb it) when the live arrival "
+        "rate or mean input/output tokens change by this factor - 1 (0: never; default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=float,
+        default=d.window_s,
+        metavar="S",
+        help="seconds of recent requests the live workload is measured over (default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-hold",
+        type=float,
+        default=d.hold_s,
+        metavar="S",
+        help="seconds a drift must last before the re-plan (default %(default)s)",
+    )
     add_log_level(p)
     p.set_defaults(func=run)
 
@@ -135,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
     limits = _limits(args)
     if not 0 <= args.drain_s <= 86400:
         raise InputError("--drain-s", "must be in [0, 86400] seconds", args.drain_s)
+    policy = policy_from_args(args)
+    drift = DriftSettings(args.drift_threshold, args.drift_window, args.drift_hold)
     # Read, then dropped from the environment: the Ray processes started later inherit it
     # otherwise, and the key belongs to this API process only.
     api_key = args.api_key or os.environ.pop(API_KEY_ENV, None) or None
@@ -166,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     plan = runnable_plan(plan, prepared.config.n_layers, where)
     _check(plan, where)
     print(describe_plan(plan), flush=True)
-    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits)
+    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits, policy, drift)
 
 
 def _limits(args: argparse.Namespace) -> HttpLimits:
@@ -249,6 +287,8 @@ def _serve(
     devices: list[str],
     api_key: str | None,
     limits: HttpLimits,
+    policy: PolicySettings,
+    drift: DriftSettings,
 ) -> int:
     from e2llm.runtime.cluster import start_ray, stop_ray
     from e2llm.runtime.http_access import allowed_hosts_for
@@ -277,7 +317,7 @@ def _serve(
     deployment = None
     try:
         print(f"e2llm serve: starting {n_actors} stage actors on {len(devices)} devices", flush=True)
-        deployment = Deployment.launch(plan, str(prepared.path), options)
+        deployment = Deployment.launch(plan, str(prepared.path), options, policy, drift)
         cfg = prepared.config
         tokenizer = prepared.tokenizer()
         served = ServedModel(

@@ -63,5 +63,8 @@ class Picked:
     def of(cls, tokens: Sequence[int], logprobs: Sequence[TokenLogprob | None] | None = None) -> Picked:
         return cls(tuple(int(t) for t in tokens), tuple(logprobs or [None] * len(tokens)))
 
-    def row(self, i: int) -> tuple[int, TokenLogprob | None]:
+    def row(self, i: int) -> Chosen:
         return self.tokens[i], self.logprobs[i]
+
+
+Chosen = tuple[int, TokenLogprob | None]  # one sequence's token, with its logprob where asked
