@@ -18,9 +18,12 @@ from e2llm.cli.options import (
     device_choice,
     dtype_choice,
 )
+from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape
+from e2llm.policy.settings import PolicySettings
+from e2llm.runtime.drift import DriftSettings
 from e2llm.runtime.http_limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -51,6 +54,14 @@ EXAMPLES = """examples:
   e2llm serve plan.json --ray-address 192.168.1.10:6379   # devices run `ray start` (docs/deploy.md)
   e2llm serve examples/clusters/local-cpu.yaml --workload examples/workloads/smoke.yaml --precision bf16
   E2LLM_API_KEY=secret e2llm serve --host 0.0.0.0
+  e2llm serve plan.json --adapt off                # the paper: the plan's roles stay fixed
+
+--adapt on (the default, as for `e2llm simulate`, so that a prediction is of what is served):
+e2llm's role controller moves replicas between PREFILL and DECODER while serving when one pool
+queues and the move raises the rate both sustain (stop routing, drain, switch, publish; weights
+stay loaded). --policy FILE sets its thresholds. /health and /metrics show roles and switches.
+With it, a lasting drift of the live workload (--drift-*) re-plans roles and concurrency for the
+observed shape, regrouping the devices only if new roles cannot absorb it.
 """
 
 
@@ -101,6 +112,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_BODY_TIMEOUT_S,
         help="seconds to receive a request body; slower gets 408 (default %(default)s)",
     )
+    add_policy_arguments(p)
+    d = DriftSettings()
+    p.add_argument(
+        "--drift-threshold",
+        type=float,
+        default=d.threshold,
+        metavar="F",
+        help="re-plan roles and concurrency (regroup only if roles cannot absorb it) when the live arrival "
+        "rate or mean input/output tokens change by this factor - 1 (0: never; default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=float,
+        default=d.window_s,
+        metavar="S",
+        help="seconds of recent requests the live workload is measured over (default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-hold",
+        type=float,
+        default=d.hold_s,
+        metavar="S",
+        help="seconds a drift must last before the re-plan (default %(default)s)",
+    )
     add_log_level(p)
     p.set_defaults(func=run)
 
@@ -117,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
     device_choice(args.device, auto=True)
     dtype_choice(args.dtype)
     limits = _limits(args)
+    policy = policy_from_args(args)
+    drift = DriftSettings(args.drift_threshold, args.drift_window, args.drift_hold)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     target = Path(args.target) if args.target else None
     if target is not None and not target.is_file():
@@ -146,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     plan = runnable_plan(plan, prepared.config.n_layers, where)
     _check(plan, where)
     print(describe_plan(plan), flush=True)
-    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits)
+    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits, policy, drift)
 
 
 def _limits(args: argparse.Namespace) -> HttpLimits:
@@ -229,6 +266,8 @@ def _serve(
     devices: list[str],
     api_key: str | None,
     limits: HttpLimits,
+    policy: PolicySettings,
+    drift: DriftSettings,
 ) -> int:
     import uvicorn
 
@@ -257,7 +296,7 @@ def _serve(
     deployment = None
     try:
         print(f"e2llm serve: starting {n_actors} stage actors on {len(devices)} devices", flush=True)
-        deployment = Deployment.launch(plan, str(prepared.path), options)
+        deployment = Deployment.launch(plan, str(prepared.path), options, policy, drift)
         cfg = prepared.config
         served = ServedModel(
             name=plan.model if not args.model else prepared.name,

@@ -98,6 +98,8 @@ def _shape_to_dict(shape: WorkloadShape) -> dict[str, float]:
         "interval_s": shape.interval_s,
         "min_decode_tok_s": shape.min_decode_tok_s,
         "kv_context_tokens": shape.kv_context_tokens,
+        "robust_input_tokens": shape.robust_input_tokens,
+        "robust_output_tokens": shape.robust_output_tokens,
     }
 
 
@@ -241,6 +243,8 @@ def _shape(d: dict[str, Any], key: str, source: str) -> WorkloadShape | None:
         interval_s=number("interval_s"),
         min_decode_tok_s=number("min_decode_tok_s", positive=False),
         kv_context_tokens=number("kv_context_tokens", positive=False),
+        robust_input_tokens=number("robust_input_tokens", positive=False),
+        robust_output_tokens=number("robust_output_tokens", positive=False),
     )
 
 

@@ -147,6 +147,29 @@ class StageWorker:
         self.calls["decode"] += 1
         return result
 
+    def mixed(
+        self,
+        seq_ids: list[str],
+        inputs: tuple[np.ndarray | None, list[np.ndarray]],
+        sampling: list[SamplingTuple] | None,
+        chunk_ids: list[str],
+        chunk_sampling: list[SamplingTuple | None] | None = None,
+    ) -> tuple[np.ndarray | None, list[Any]]:
+        """One iteration of a MIXED replica (Sarathi-style): a decode step of `seq_ids` and the
+        next prefill chunk of each `chunk_ids` sequence (continuing its cached prefix), in one
+        call, so both travel the pipeline together. `inputs` = (decode inputs, chunk inputs) as
+        `decode` and `prefill` take them. Returns the same pair of outputs; on the LM-head stage a
+        chunk's entry is its sequence's first token where `chunk_sampling` asks for one (the
+        prompt's last chunk), else None."""
+        decode_in, chunk_in = inputs
+        out = self.decode(seq_ids, decode_in, sampling) if decode_in is not None else None
+        smp = chunk_sampling or [None] * len(chunk_ids)
+        chunks = []
+        for seq_id, x, s in zip(chunk_ids, chunk_in, smp, strict=True):
+            got = self.prefill(seq_id, x, s)
+            chunks.append(None if self.config.lm_head and s is None else got)
+        return out, chunks
+
     def export_kv(self, seq_id: str, start: int, end: int) -> KVParts:
         """This stage's K and V of `seq_id` for the layers it holds within `[start, end)`."""
         parts = {

@@ -109,6 +109,18 @@ class ServingMetrics:
         self.tok_s = Gauge("e2llm_tokens_per_second", "Generated tokens/s over the last 10 s", registry=r)
         self.tok_s.set_function(self.tokens_per_s)
         self.event_count = Counter("e2llm_events", "Notable events by kind", ["kind"], registry=r)
+        self.role_switches = Counter(
+            "e2llm_role_switches", "Role changes of replicas at run time", ["replica", "role"], registry=r
+        )
+        self.mixed_steps = Counter(
+            "e2llm_mixed_iterations",
+            "MIXED iterations that carried prompt chunks beside a decode batch",
+            ["replica"],
+            registry=r,
+        )
+        self.role = Gauge(
+            "e2llm_replica_role", "1 for each replica's current role", ["replica", "role"], registry=r
+        )
         self.stages = _StageCollector()
         r.register(self.stages)
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -141,6 +153,19 @@ class ServingMetrics:
 
     def set_prefill_queue(self, replica: str, waiting: int) -> None:
         self.queue.labels(replica, "prefill").set(waiting)
+
+    def set_role(self, replica: str, role: str, before: str | None = None) -> None:
+        """`replica` works in `role` now (`before`: the role it left, counted as a switch)."""
+        if before is not None:
+            self.role.labels(replica, before).set(0)
+            self.role_switches.labels(replica, role).inc()
+        self.role.labels(replica, role).set(1)
+
+    def switch_count(self) -> int:
+        """Role changes so far, all replicas."""
+        return int(
+            sum(s.value for m in self.role_switches.collect() for s in m.samples if s.name.endswith("_total"))
+        )
 
     def request_finished(self, gen: _Finished) -> None:
         outcome = "cancelled" if gen.cancelled else (gen.finish_reason or "unknown")

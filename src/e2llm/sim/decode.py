@@ -360,7 +360,7 @@ class DecodeEngine:
     def _chunked_step(self, now: float) -> list[Event]:
         """One Sarathi iteration: every active sequence gains a token while the prompts at the
         head of the chunk queue advance by the budget left over."""
-        pieces = plan_chunks(self._chunks, self.chunk_tokens - len(self.active))
+        pieces = plan_chunks(self._chunks, len(self.active), self.chunk_tokens)
         stages = self.replica.stages
         chunk_s = [
             sum(self._chunk_stage_s(k, p.done + n) - self._chunk_stage_s(k, p.done) for p, n in pieces)
