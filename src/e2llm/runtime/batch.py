@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from e2llm.policy.chunking import plan_chunks
 from e2llm.policy.routing import admits
+from e2llm.runtime.draw import Chosen
 from e2llm.runtime.generation import Generation
 from e2llm.sim.state import NO_KV_LIMIT
 
@@ -44,7 +45,7 @@ class DecodeSlots:
         self.active: list[Generation] = []  # in the decode batch
         self.prefilling: list[Generation] = []  # MIXED: admitted prompts being prefilled, in order
         self._prefilled: dict[str, int] = {}  # ... and how many context tokens each has done
-        self._first: dict[str, asyncio.Future[int | None]] = {}  # ... resolved with the first token
+        self._first: dict[str, asyncio.Future[Chosen | None]] = {}  # ... resolved with the first token
         self._left: dict[str, asyncio.Future[None]] = {}  # seq_id -> resolved when it leaves
 
     @property
@@ -85,10 +86,10 @@ class DecodeSlots:
         """Context tokens the MIXED prompts being prefilled have done so far."""
         return sum(self._prefilled.values())
 
-    def start_prefill(self, gen: Generation) -> asyncio.Future[int | None]:
+    def start_prefill(self, gen: Generation) -> asyncio.Future[Chosen | None]:
         """`gen` (admitted) is prefilled chunk by chunk from the next iteration; the future gets
         its first token, or None if it is cancelled or leaves first."""
-        first: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        first: asyncio.Future[Chosen | None] = asyncio.get_running_loop().create_future()
         self._first[gen.seq_id] = first
         self._prefilled[gen.seq_id] = 0
         self.prefilling.append(gen)
@@ -107,7 +108,7 @@ class DecodeSlots:
         )
         return [(g, d, n) for g, d, n in zip(self.prefilling, done, sizes, strict=False)]
 
-    def chunk_done(self, gen: Generation, tokens: int, first_token: int | None) -> None:
+    def chunk_done(self, gen: Generation, tokens: int, first_token: Chosen | None) -> None:
         """`tokens` more of `gen`'s context are prefilled; the last piece brings its first token."""
         if gen.seq_id not in self._prefilled:
             return  # it left meanwhile

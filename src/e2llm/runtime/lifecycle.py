@@ -42,15 +42,27 @@ class RequestLifecycle:
         self.metrics = metrics
         self.window = window  # the live workload: each arrival, and each finished request
         self.migrations = 0  # requests moved to another replica after a loss
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Generation] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
 
     def submit(self, gen: Generation) -> None:
         """Start serving `gen` in the background; results arrive on `gen.events`."""
         if self.window is not None:
             self.window.arrive(time.monotonic(), len(gen.prompt_ids))
         task = asyncio.get_running_loop().create_task(self._serve(gen))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = gen
+        task.add_done_callback(self._tasks.pop)
+
+    def fail_all(self, message: str, status: int = 503) -> int:
+        """End every request in flight with an explicit error (shutting down); returns how many.
+        Each still leaves its replicas through the usual path, which frees its KV."""
+        gens = [g for g in self._tasks.values() if not g.done]
+        for gen in gens:
+            gen.fail(message, status)
+        return len(gens)
 
     def cancel_all(self) -> None:
         """Shutting down: stop every request (each still releases its KV on the way out)."""
@@ -69,7 +81,7 @@ class RequestLifecycle:
                     evicted = isinstance(e, Evicted)  # moved for a role switch: not a loss
                     if gen.migrations >= MAX_MIGRATIONS and not evicted:
                         log.warning("request %s failed: %s; no migrations left", gen.seq_id, e)
-                        gen.fail(f"generation failed: {e}; no migrations left", 503)
+                        gen.fail(f"generation failed: its replica was lost {MAX_MIGRATIONS + 1} times", 503)
                         return
                     gen.migrations += 0 if evicted else 1
                     self.migrations += 1
@@ -98,7 +110,7 @@ class RequestLifecycle:
             first = await prefiller.prefill(gen)
             if first is None:  # the client left while queued
                 return
-            gen.add_token(first)
+            gen.add_token(*first)
             if gen.done:
                 return
             typical = len(gen.prompt_ids) + gen.max_tokens // 2
@@ -117,8 +129,8 @@ class RequestLifecycle:
             where = (
                 prefiller.label if decoder in (None, prefiller) else f"{prefiller.label} -> {decoder.label}"
             )
-            log.error("request %s failed on replica %s: %s", gen.seq_id, where, e)
-            gen.fail(f"generation failed: {e}")
+            log.error("request %s failed on replica %s", gen.seq_id, where, exc_info=e)
+            gen.fail(f"generation failed on replica {where}")  # a 500: the client sees no detail
         finally:
             prefiller.release(gen)
             router.settle(prefiller)

@@ -18,6 +18,7 @@ import dataclasses
 import logging
 from collections.abc import Callable
 
+from e2llm.errors import InputError
 from e2llm.plan.types import Plan
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.runtime.cluster import advertised_devices
@@ -131,9 +132,13 @@ class PlanSwitcher:
                     )
                 runners = await asyncio.to_thread(self._start_replicas, plan, fleet.generation + 1)
             except Exception as e:
-                self.error = f"re-planning failed: {type(e).__name__}: {e}"
+                # `error` is public (`/health`): an InputError says what is wrong with the devices
+                # left (no feasible plan...); anything else (a bug, an actor that failed to start)
+                # is told only here, with its traceback
+                known = isinstance(e, InputError)
+                self.error = f"re-planning failed: {e if known else 'internal error, see the server log'}"
                 text = f"{self.error}; serving on with plan generation {fleet.generation}"
-                log.error("%s", text)
+                log.error("%s", text, exc_info=None if known else e)
                 self.record_event(EventKind.REPLAN_FAILED, text)
                 return False
             finally:

@@ -41,6 +41,7 @@ from e2llm.plan.types import Replica, Role
 from e2llm.policy.settings import PolicySettings
 from e2llm.runtime.batch import DecodeSlots
 from e2llm.runtime.capacity import Capacity, from_plan
+from e2llm.runtime.draw import Chosen, Picked
 from e2llm.runtime.generation import Generation
 from e2llm.runtime.loss import ReplicaLost, actor_hex, is_actor_loss
 from e2llm.runtime.metrics import ServingMetrics
@@ -133,6 +134,7 @@ class ReplicaRunner:
             return
         self.lost = reason
         held = self.requests_here
+        self.metrics.replica_gone(self.label)
         self.slots.fail_all(ReplicaLost(self.label, reason))
         self._wake.set()
         if self.actors:
@@ -221,8 +223,9 @@ class ReplicaRunner:
         return max(0.0, self._wire_until_s - now) if self.kv_out else 0.0
 
     # ---- prefill -------------------------------------------------------------------------
-    async def prefill(self, gen: Generation) -> int | None:
-        """Run `gen`'s context through the pipeline; returns the first token, or None if the
+    async def prefill(self, gen: Generation) -> Chosen | None:
+        """Run `gen`'s context through the pipeline; returns the first token (and its logprob,
+        where asked), or None if the
         client left while the request was queued. The KV stays here until `release(gen)`.
         On a MIXED replica the prompt first takes a decode slot, then is prefilled by chunks."""
         n = len(gen.context_ids)
@@ -249,7 +252,7 @@ class ReplicaRunner:
             if queued:
                 self._set_waiting(-1)
 
-    async def _whole_prefill(self, gen: Generation, started: Callable[[], None]) -> int | None:
+    async def _whole_prefill(self, gen: Generation, started: Callable[[], None]) -> Chosen | None:
         if self.role is Role.PREFILL and self._kv_held is not None:
             await self._kv_held.acquire()
             self._holding.add(gen.seq_id)  # the hold is the sequence's until `release`
@@ -258,9 +261,10 @@ class ReplicaRunner:
             if gen.cancelled:
                 return None
             started()
-            return int(await prefill_call(self.actors, gen))
+            picked: Picked = await prefill_call(self.actors, gen)
+            return picked.row(0)
 
-    async def _chunked_prefill(self, gen: Generation, started: Callable[[], None]) -> int | None:
+    async def _chunked_prefill(self, gen: Generation, started: Callable[[], None]) -> Chosen | None:
         if self.lost is not None:
             raise ReplicaLost(self.label, self.lost)
         admitted = self.slots.queue(gen)
@@ -342,9 +346,9 @@ class ReplicaRunner:
         self.metrics.decode_step(self.label, len(batch), time.monotonic() - t0)
         if self.lost is not None:
             return  # lost meanwhile (noticed elsewhere): these sequences have moved on
-        for group, tokens in zip(groups, results, strict=True):
-            for gen, token in zip(group, tokens, strict=True):
-                gen.add_token(int(token))
+        for group, picked in zip(groups, results, strict=True):
+            for i, gen in enumerate(group):
+                gen.add_token(*picked.row(i))
 
     async def _mixed_step(self, batch: list[Generation], pieces: list[Piece]) -> None:
         """One MIXED iteration: a decode step of `batch` plus the prompt `pieces`, split over
@@ -368,18 +372,19 @@ class ReplicaRunner:
             self.metrics.mixed_steps.labels(self.label).inc()
         if self.lost is not None:
             return
-        for group, share, (tokens, firsts) in zip(groups, shares, results, strict=True):
-            for gen, token in zip(group, tokens if tokens is not None else [], strict=True):
-                gen.add_token(int(token))
+        for group, share, (picked, firsts) in zip(groups, shares, results, strict=True):
+            for i, gen in enumerate(group):
+                gen.add_token(*picked.row(i))
             for (gen, _, count), first in zip(share, firsts, strict=True):
-                self.slots.chunk_done(gen, count, None if first is None else int(first))
+                self.slots.chunk_done(gen, count, None if first is None else first.row(0))
 
     def _step_failed(self, error: Exception, gens: list[Generation]) -> None:
         if is_actor_loss(error):  # the sequences move elsewhere (see `lifecycle`)
             self.mark_lost(f"stage actor died during decode: {type(error).__name__}")
             return
-        # a stage failed: fail these sequences, keep serving others
-        log.error("replica %s: decode step of %d sequences failed: %s", self.label, len(gens), error)
+        # a stage failed: fail these sequences (the details stay in this log), keep serving others
+        ids = ",".join(g.seq_id for g in gens)
+        log.error("replica %s: decode step of requests %s failed", self.label, ids, exc_info=error)
         for gen in gens:
-            gen.fail(f"decode failed on replica {self.label}: {error}")
+            gen.fail(f"decode failed on replica {self.label}")
             self.slots.leave(gen)

@@ -38,6 +38,7 @@ from e2llm.runtime.plan_switch import PlanSwitcher, StartReplicas, describe_plan
 from e2llm.runtime.replica import ReplicaRunner
 
 DEFAULT_OPTIONS = LaunchOptions()
+SHUTTING_DOWN = "the server is shutting down; retry on another server or later"
 FIXED_ROLES = PolicySettings()  # the library default: the plan's roles stay as planned
 DEFAULT_DRIFT = DriftSettings()
 
@@ -100,8 +101,19 @@ class Deployment:
             self._control.cancel()
         self.drift.stop()
         self.plans.stop()
+        self.requests.fail_all(SHUTTING_DOWN)
         self.requests.cancel_all()
         await self.fleet.stop()
+
+    # ---- shutdown (`http_serve`): new requests refused, then a bounded drain --------------------
+    def begin_shutdown(self) -> int:
+        """Refuse new requests (503) from now on; returns the requests still in flight."""
+        self.closing = True
+        return self.requests.in_flight
+
+    def abort(self) -> int:
+        """End every request in flight with a 503 (the drain time is over); returns how many."""
+        return self.requests.fail_all(SHUTTING_DOWN)
 
     async def _control_loop(self) -> None:
         """Every `CONTROL_PERIOD_S`: the role controller's look, then the drift watch's."""

@@ -20,6 +20,10 @@ Prompts reach an engine in two modes:
   done, and all of them join the decode batch when the last one is done (or, if `on_prefilled`
   sends them elsewhere, their KV leaves for another decoder).
 - `CHUNKED` (MIXED replicas): see sim/mixed.py.
+
+One file of ~380 lines on purpose: admission, the segment clock and the two prompt modes share
+one state (the batch, its segment, each device's KV); split, each part would reach into the
+other's fields.
 """
 
 from __future__ import annotations
