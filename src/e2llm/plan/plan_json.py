@@ -4,6 +4,10 @@ Old plan files still load: a plan without `workload`, planner parameters (`plann
 `planner.exhaustive`), `cluster` or `model_spec` (or with `{}` for them) gets `None` there, and
 a plan with a planner seed but no `planner.objective` was made for the objective its
 `objective_kind` measures.
+
+~320 lines because the reader checks every field of the plan contract and names the bad one; its
+field readers check JSON a program wrote (types, bounds), where `specs/fields.py` reads what a
+user wrote (units, ranges, unknown keys).
 """
 
 from __future__ import annotations

@@ -20,6 +20,10 @@ Prompts reach an engine in two modes:
   done, and all of them join the decode batch when the last one is done (or, if `on_prefilled`
   sends them elsewhere, their KV leaves for another decoder).
 - `CHUNKED` (MIXED replicas): see sim/mixed.py.
+
+One file of ~380 lines on purpose: admission, the segment clock and the two prompt modes share
+one state (the batch, its segment, each device's KV); split, each part would reach into the
+other's fields.
 """
 
 from __future__ import annotations
@@ -351,7 +355,7 @@ class DecodeEngine:
     def _chunked_step(self, now: float) -> list[Event]:
         """One Sarathi iteration: every active sequence gains a token while the prompts at the
         head of the chunk queue advance by the budget left over."""
-        pieces = plan_chunks(self._chunks, self.chunk_tokens - len(self.active))
+        pieces = plan_chunks(self._chunks, len(self.active), self.chunk_tokens)
         stages = self.replica.stages
         chunk_s = [
             sum(self._chunk_stage_s(k, p.done + n) - self._chunk_stage_s(k, p.done) for p, n in pieces)
