@@ -25,6 +25,7 @@ class Script:
     gap_s: float = 0.0  # between tokens
     stall_s: float = 0.0  # sleep after the first token (to trigger client timeouts)
     queue_s: float | None = 0.125  # x-e2llm-queue-s header value
+    empty_first: int = 0  # the first this many tokens come with empty text (partial characters)
 
 
 def _handler(script: Script, seen: list[dict]) -> type[BaseHTTPRequestHandler]:
@@ -75,7 +76,8 @@ def _handler(script: Script, seen: list[dict]) -> type[BaseHTTPRequestHandler]:
             for i in range(n):
                 if i:
                     time.sleep(script.gap_s)
-                chunk = {"choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]}
+                text = "" if i < script.empty_first else f" t{i}"
+                chunk = {"choices": [{"index": 0, "text": text, "finish_reason": None}]}
                 self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 self.wfile.flush()
                 if i == 0 and script.stall_s:

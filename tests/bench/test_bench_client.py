@@ -36,6 +36,16 @@ def test_times_come_from_the_stream_and_the_queue_header() -> None:
     assert body["max_tokens"] == 6 and body["stream"] is True and body["ignore_eos"] is True
 
 
+def test_a_token_without_text_yet_is_timed_when_it_arrives() -> None:
+    """The first tokens of a multi-byte character carry no text: the first token is still the
+    first chunk, not the first one with text (that would inflate TTFT and shrink TBT)."""
+    with scripted_server(Script(first_delay_s=0.1, gap_s=0.3, empty_first=2)) as (url, _):
+        [rec] = _run(url, [Request(0, 0.0, 8, 4)])
+    assert rec.completed and rec.output_tokens == 4
+    assert rec.ttft_s < 0.35  # not 0.1 + 2 x 0.3
+    assert rec.e2e_s - rec.ttft_s > 2.5 * 0.3  # three gaps after the first token, not one
+
+
 def test_requests_are_sent_open_loop_at_their_arrival_times() -> None:
     reqs = [Request(0, 0.0, 8, 2), Request(1, 0.3, 8, 2)]
     with scripted_server(Script(first_delay_s=0.6, queue_s=None)) as (url, _):

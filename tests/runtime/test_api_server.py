@@ -170,6 +170,25 @@ def test_openai_client_sees_errors_as_exceptions(client: openai.OpenAI) -> None:
         client.completions.create(model=MODEL, prompt="word " * 9000)
 
 
+def test_a_stream_has_one_chunk_per_generated_token(server: str) -> None:
+    """Token ids whose text is not a whole character yet still get their chunk (empty text)."""
+    n = 12
+    body = {"model": MODEL, "prompt": list(range(200, 232)), "max_tokens": n, "ignore_eos": True,
+            "temperature": 0, "stream": True}  # fmt: skip
+    headers = {"authorization": f"Bearer {KEY}"}
+    chunks = []
+    with httpx.stream("POST", f"{server}/v1/completions", json=body, headers=headers, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                chunks.append(json.loads(line[6:]))
+    tokens = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"] is None]
+    assert len(tokens) == n, [c["choices"] for c in chunks]
+    done = httpx.post(f"{server}/v1/completions", json={**body, "stream": False}, headers=headers, timeout=60)
+    assert (
+        "".join(c["choices"][0]["text"] for c in chunks if c["choices"]) == done.json()["choices"][0]["text"]
+    )
+
+
 def test_disconnect_mid_stream_frees_kv_everywhere(server: str, client: openai.OpenAI) -> None:
     body = {
         "model": MODEL,

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from e2llm.specs.cluster_file import cluster_from_dict
-from e2llm.testbed.control import sent_bytes
+from e2llm.testbed.control import class_rates, sent_bytes
 from e2llm.testbed.netcmds import (
     classid,
     link_state_command,
@@ -114,3 +114,13 @@ def test_sent_bytes_reads_one_class_from_tc_statistics():
     assert sent_bytes(stats, "1:11") == 99
     with pytest.raises(ValueError, match="no htb class 1:12"):
         sent_bytes(stats, "1:12")
+
+
+def test_class_rates_read_the_units_tc_prints():
+    out = (
+        "class htb 1:1 root prio 0 rate 100Mbit ceil 100Mbit burst 1600b cburst 1600b \n"
+        "class htb 1:10 root prio 0 rate 12500Kbit ceil 12500Kbit burst 1600b cburst 1600b \n"
+        "class htb 1:11 root prio 0 rate 2Gbit ceil 2Gbit burst 1600b cburst 1600b \n"
+        "class htb 1:12 root prio 0 rate 800bit ceil 800bit burst 1600b cburst 1600b \n"
+    )
+    assert class_rates(out) == pytest.approx({"1:1": 100.0, "1:10": 12.5, "1:11": 2000.0, "1:12": 0.0008})

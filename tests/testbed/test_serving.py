@@ -211,6 +211,8 @@ def test_kv_crosses_the_shaped_links_and_a_halved_link_loses_nothing(served: Ser
     assert kv1 - kv0 > 0 and shaped1 - shaped0 >= kv1 - kv0, (shaped1 - shaped0, kv1 - kv0)
     try:
         results, _ = asyncio.run(streams_with(url, halve))  # halved while they decode
+        enforced = {(peer or "head"): mbps / (2 if peer in peers else 1) for peer, mbps in rates.items()}
+        assert control.link_rates(state, "dev1") == pytest.approx(enforced)  # what tc applies now
         assert check_streams(served, results) == STREAMS
         seconds2 = histogram_totals(url, ("e2llm_kv_transfer_seconds",))
         results, _ = asyncio.run(streams_with(url, _no_fault))  # all handed off at half rate

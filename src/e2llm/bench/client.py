@@ -5,7 +5,9 @@ list of token ids (the OpenAI API accepts that form), so the server sees exactly
 the workload asks for, whatever its tokenizer; `ignore_eos` asks the server to generate exactly
 `max_tokens` tokens, as vLLM and our runtime do, since a small model otherwise stops after a few.
 
-Each SSE event that carries generated text or a token is one token. The server's own waiting
+Each SSE event with a choice that is not the final one (no finish reason) or that carries text
+is one token: `e2llm serve` sends one chunk per generated token, with empty text while a token
+completes no character yet. The server's own waiting
 time (queued, not served) comes from the `x-e2llm-queue-s` response header or, when the server
 can only know it after the headers are sent, from an `e2llm` object in the final event.
 """
@@ -81,7 +83,7 @@ async def stream_completion(client: httpx.AsyncClient, url: str, payload: dict[s
                     return Outcome(sent, first, last, tokens, queue_s, f"server error: {event['error']}")
                 now = time.perf_counter()
                 choices = event.get("choices") or []
-                if any(c.get("text") or c.get("token_id") is not None for c in choices):
+                if any(c.get("text") or c.get("finish_reason") is None for c in choices):
                     tokens += 1
                     if first is None:
                         first = now

@@ -123,11 +123,12 @@ def run_up(args: argparse.Namespace) -> int:
 def _profile(state: object, args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from e2llm.testbed.profiles import profile_testbed
+    from e2llm.testbed.profiles import e2llm_profile, profile_testbed
     from e2llm.testbed.state import TestbedState
 
     assert isinstance(state, TestbedState)
-    path = profile_testbed(state, Path(args.profile_dir), args.model, args.quick, progress=_progress)
+    command = e2llm_profile(args.model, args.quick)
+    path = profile_testbed(state, Path(args.profile_dir), command, progress=_progress)
     print(f"cluster with the devices' profiles: {path}  (e2llm plan {path} --model ... --workload ...)")
 
 
@@ -157,7 +158,8 @@ def run_status(args: argparse.Namespace) -> int:
         print(
             f"  {d.name:<12} {d.address:<14} link {'up' if d.link_up else 'DOWN':<4} "
             f"ray {'in' if d.in_ray else 'OUT':<3} raylet {d.raylet_pid or '-'!s:<7} "
-            f"cpu {d.cpu_cores:.2f}  memory {used}/{d.memory_limit_gib:.2f} GiB"
+            f"cpu {d.cpu_cores:.2f}  memory {used}/{d.memory_limit_gib:.2f} GiB  "
+            f"Mbit/s: {', '.join(f'{peer} {mbps:g}' for peer, mbps in d.links_mbps.items())}"
         )
     return 0 if st.healthy else 1
 

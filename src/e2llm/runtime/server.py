@@ -215,7 +215,10 @@ def create_app(
                     error = oa.ApiError(event.status, event.error or "generation failed", "server_error")
                     yield _data(error.body)
                     break
-                if event.text:
+                # One chunk per generated token, even when it completes no character yet (a
+                # multi-byte character's first bytes, text held back for a stop string): a client
+                # timing tokens (e2llm bench) sees each when it is generated.
+                if event.text or event.token_id is not None:
                     if chat:
                         yield _data(oa.chat_chunk(rid, served.name, {"content": event.text}, None))
                     else:

@@ -19,6 +19,7 @@ from e2llm.plan.types import Objective, Plan, PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.policy.settings import PolicySettings
 from e2llm.progress import Progress
+from e2llm.sim.execution import IDEAL, Execution
 from e2llm.sim.metrics import summarize
 from e2llm.sim.simulator import ServingContext, SimResult, simulate
 from e2llm.sim.validate import check_plan, check_serves
@@ -64,16 +65,18 @@ def run_plan(
     seed: int | None = None,
     where: str = "plan",
     settings: PolicySettings | None = None,
+    execution: Execution = IDEAL,
 ) -> Run:
     """Simulate `plan` on `workload` at `load`, requests drawn with `seed` (else the workload's),
-    served with the policy `settings` (default: the plan's roles, fixed).
+    served with the policy `settings` (default: the plan's roles, fixed) by an engine that runs it as
+    `execution` says (default: the ideal pipelined engine).
     Raises InputError for a plan that cannot run."""
     settings = settings or PolicySettings()
     check_plan(plan, cost, where, settings.chunk_tokens)
     w = load.apply(workload)
     requests = generate_requests(w, seed)
     check_serves(plan, cost, requests, where)
-    ctx = ServingContext(settings, min_decode_tok_s=w.min_decode_tok_s)
+    ctx = ServingContext(settings, min_decode_tok_s=w.min_decode_tok_s, execution=execution)
     result = simulate(plan, cost, requests, ctx)
     metrics = summarize(result.records, w.min_decode_tok_s, result.role_switches)
     return Run(plan.system, load, plan, tuple(requests), result, metrics)

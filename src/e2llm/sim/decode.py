@@ -32,6 +32,7 @@ from e2llm.cost.model import CostModel
 from e2llm.plan.types import Replica
 from e2llm.policy.routing import admits
 from e2llm.sim.engine import Event
+from e2llm.sim.execution import IDEAL, Execution
 from e2llm.sim.mixed import Prefilling, mixed_step, plan_chunks
 from e2llm.sim.state import BusyLog, Job, KvSizer, decode_step, prefill_stage_s
 
@@ -70,9 +71,13 @@ class DecodeEngine:
         chunk_tokens: int,
         on_prefilled: OnPrefilled,
         on_idle: OnIdle,
+        execution: Execution = IDEAL,
     ) -> None:
         self.replica = replica
         self.concurrency = concurrency
+        self.execution = execution
+        self._importing = 0  # hand-offs whose KV is on its way here and pauses decoding
+        self._carry = 0.0  # what is left of a decode step a prompt interleaved into (prompts_interleave)
         self.mode = mode
         self.chunk_tokens = chunk_tokens
         self.kv = KvSizer(cost, replica)
@@ -142,6 +147,30 @@ class DecodeEngine:
             return []  # a boundary that is already due will look at the queue
         if self._seg_event is None:
             return self._boundary(now, 0)
+        prompt = job.prefill_start_s is None and self.mode is Mode.PROMPTS_FIRST
+        return self._interrupt(now, at_once=prompt and self.execution.prompts_interleave)
+
+    def kv_incoming(self, now: float) -> list[Event]:
+        """A hand-off towards this engine starts (see `execution.Execution`): with
+        `kv_import_pauses_decode`, decoding stops at the next step boundary until it is in."""
+        if not self.execution.kv_import_pauses_decode:
+            return []
+        self._importing += 1
+        return self._interrupt(now) if self._seg_event is not None else []
+
+    def kv_arrived(self, now: float, job: Job) -> list[Event]:
+        """The KV of `job`'s hand-off is here (every part): decoding may go on; admit the job."""
+        if self.execution.kv_import_pauses_decode:
+            self._importing -= 1
+        out = self.arrive(now, job)
+        if not self._importing and self._seg_event is None and not (self.hold or self._phase or out):
+            out += self._boundary(now, 0)
+        return out
+
+    def _interrupt(self, now: float, at_once: bool = False) -> list[Event]:
+        """End the running segment at its next step boundary (once); `at_once`: now, the rest of
+        the step under way carried over to after the prompt phase that interrupts it."""
+        assert self._seg_event is not None
         if self._interrupted:
             return []
         k = int((now - self._seg_t0) / self._seg_dt) + 1 if self._seg_dt > 0 else self._seg_steps
@@ -149,7 +178,12 @@ class DecodeEngine:
             return []  # the segment ends at that boundary anyway
         self._seg_event.cancel()
         self._interrupted = True
-        self._seg_event = Event(max(now, self._seg_t0 + k * self._seg_dt), self._boundary, k)
+        end = self._seg_t0 + k * self._seg_dt
+        if at_once and end > now:
+            self._carry = end - now
+            self._seg_event = Event(now, self._boundary, k - 1)
+        else:
+            self._seg_event = Event(max(now, end), self._boundary, k)
         return [self._seg_event]
 
     def release(self, now: float) -> list[Event]:
@@ -161,7 +195,7 @@ class DecodeEngine:
     def _step(self, batch: int, context: int) -> tuple[float, list[float]]:
         got = self._step_cache.get((batch, context))
         if got is None:
-            got = decode_step(self._cost, self.replica.stages, batch, context)
+            got = decode_step(self._cost, self.replica.stages, batch, context, self.execution.step_barrier)
             self._step_cache[(batch, context)] = got
         return got
 
@@ -227,6 +261,11 @@ class DecodeEngine:
     def _start_segment(self, now: float) -> list[Event]:
         if not self.active:
             return self._on_idle(now) if self.idle else []
+        if self._importing:
+            return []  # paused until the KV on its way is in (`kv_arrived`)
+        if self._carry > 0:  # a step was cut for a prompt that did not start after all: finish it
+            carry, self._carry = self._carry, 0.0
+            return [Event(now + carry, self._carried_step_then_go_on)]
         n = min(s.remaining for s in self.active)
         batch = len(self.active)
         mean_ctx = sum(s.context for s in self.active) / batch + (n - 1) / 2
@@ -279,11 +318,24 @@ class DecodeEngine:
         return [Event(max(free_at), self._prefill_done, jobs)]
 
     def _prefill_done(self, now: float, jobs: list[Job]) -> list[Event]:
+        if self._carry > 0:  # the interleaved decode step ends now, before the prompts join it
+            carry, self._carry = self._carry, 0.0
+            for stage, share in zip(self.replica.stages, self._seg_shares, strict=True):
+                self._busy.add(stage.device, now, now + carry, share)
+            return [Event(now + carry, self._carried_step_done, jobs)]
         self._phase = False
         out: list[Event] = []
         for job in jobs:
             out += self._prefilled(now, job)
         return out + self._boundary(now, 0)
+
+    def _carried_step_then_go_on(self, now: float) -> list[Event]:
+        self._advance(now, 1, now)
+        return self._boundary(now, 0)
+
+    def _carried_step_done(self, now: float, jobs: list[Job]) -> list[Event]:
+        self._advance(now, 1, now)
+        return self._prefill_done(now, jobs)
 
     # --- CHUNKED (MIXED) ----------------------------------------------------------------------
     def _chunk_stage_s(self, k: int, tokens: int) -> float:

@@ -20,6 +20,7 @@ from e2llm.sim.state import BusyLog, Job, KvSizer, prefill_stage_s
 
 PrefillDone = Callable[[float, Job], list[Event]]
 OnIdle = Callable[[float], list[Event]]
+Start = Callable[[float], list[Event]]
 _NOMINAL_TOKENS = 1024  # prompt length for the nominal rate of a plan that does not state one
 
 
@@ -43,6 +44,12 @@ class PrefillPipeline:
         n = len(replica.stages)
         self._queues: list[deque[tuple[float, Job]]] = [deque() for _ in range(n)]  # (queued at, job)
         self._idle = [True] * n
+        self._entered = 0  # prompts started on the first stage so far
+        self._passed = [0] * n  # prompts each stage has finished so far (stages are FIFO)
+        # per stage: (prompts it must finish first, what to start then): see `after_entered`
+        self._waiting_calls: list[deque[tuple[int, Callable[[float], list[Event]]]]] = [
+            deque() for _ in range(n)
+        ]
         self.pending_tokens = 0  # prompt tokens routed here and not yet prefilled
         self.backlog_s = 0.0  # estimated bottleneck-stage work routed here and not yet done
         self._svc_cache: dict[int, tuple[float, float]] = {}
@@ -78,12 +85,22 @@ class PrefillPipeline:
         self._queues[0].append((now, job))
         return self._try_start(now, 0)
 
+    def after_entered(self, now: float, k: int, start: Start) -> list[Event]:
+        """Run `start` once stage k has finished every prompt already in the pipeline: where a
+        call to a stage queues behind the prompts sent to it before (Ray actors run their calls in
+        order; `execution.RAY_RUNTIME`'s KV export)."""
+        if self._passed[k] >= self._entered:
+            return start(now)
+        self._waiting_calls[k].append((self._entered, start))
+        return []
+
     def _try_start(self, now: float, k: int) -> list[Event]:
         if not self._idle[k] or not self._queues[k]:
             return []
         queued_at, job = self._queues[k].popleft()
         self._idle[k] = False
         if k == 0:
+            self._entered += 1
             job.prefill_start_s = now
         else:
             job.prefill_queued_s += now - queued_at
@@ -94,7 +111,12 @@ class PrefillPipeline:
 
     def _stage_done(self, now: float, k: int, job: Job) -> list[Event]:
         self._idle[k] = True
-        out = self._try_start(now, k)
+        self._passed[k] += 1
+        out: list[Event] = []
+        calls = self._waiting_calls[k]
+        while calls and calls[0][0] <= self._passed[k]:
+            out += calls.popleft()[1](now)
+        out += self._try_start(now, k)
         stages = self.replica.stages
         if k + 1 < len(stages):
             n_bytes = self._cost.activation_bytes(job.input_tokens)

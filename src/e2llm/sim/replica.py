@@ -24,6 +24,7 @@ from e2llm.plan.types import Replica, Role
 from e2llm.policy.load import ReplicaLoad
 from e2llm.sim.decode import DecodeEngine, Mode, OnPrefilled
 from e2llm.sim.engine import Event
+from e2llm.sim.execution import IDEAL, Execution
 from e2llm.sim.network import Network
 from e2llm.sim.prefill import PrefillDone, PrefillPipeline
 from e2llm.sim.state import BusyLog, Job, KvSizer, RangeKv, decode_step
@@ -39,7 +40,9 @@ _KV_PROBE_TOKENS = 1024  # prompt length at which a replica's KV hand-off second
 OnIdle = Callable[[float, "ReplicaSim"], list[Event]]
 
 
-def decode_slots(cost: CostModel, replica: Replica, context: int, min_decode_tok_s: float) -> int:
+def decode_slots(
+    cost: CostModel, replica: Replica, context: int, min_decode_tok_s: float, execution: Execution = IDEAL
+) -> int:
     """Decode batch of a replica the plan did not make a decoder (0: it cannot hold one sequence
     of `context` tokens, or is too slow for the floor even alone)."""
     if replica.does_decode:
@@ -50,7 +53,8 @@ def decode_slots(cost: CostModel, replica: Replica, context: int, min_decode_tok
     for c in range(1, MAX_CONCURRENCY + 1):
         if any(c * n > cap for n, cap in zip(per_seq, kv.capacity, strict=True)):
             break
-        if min_decode_tok_s > 0 and 1.0 / decode_step(cost, replica.stages, c, context)[0] < min_decode_tok_s:
+        step = decode_step(cost, replica.stages, c, context, execution.step_barrier)[0]
+        if min_decode_tok_s > 0 and 1.0 / step < min_decode_tok_s:
             break
         best = c
     return best
@@ -69,6 +73,7 @@ class ReplicaSim:
         on_prefill_done: PrefillDone,
         on_prefilled: OnPrefilled,
         on_idle: OnIdle,
+        execution: Execution = IDEAL,
     ) -> None:
         self.replica = replica
         self.id = replica.id
@@ -92,6 +97,7 @@ class ReplicaSim:
                 chunk_tokens=chunk_tokens,
                 on_prefilled=on_prefilled,
                 on_idle=self._idle,
+                execution=execution,
             )
             if slots > 0
             else None

@@ -18,8 +18,9 @@ longer than the model's.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from e2llm.cost.model import CostModel
@@ -28,6 +29,7 @@ from e2llm.policy.controller import Demand, decide_switch, drained
 from e2llm.policy.mixed_pool import returns
 from e2llm.policy.settings import PolicySettings
 from e2llm.sim.engine import Event, EventLoop
+from e2llm.sim.execution import IDEAL, Execution
 from e2llm.sim.metrics import RequestRecord
 from e2llm.sim.network import Network
 from e2llm.sim.replica import ReplicaSim, decode_slots
@@ -50,6 +52,9 @@ class SimResult:
     roles: tuple[tuple[float, int, str], ...] = ()  # (time, replica, new role) of every change
 
 
+Delivered = Callable[[float], list[Event]]
+
+
 @dataclass(frozen=True)
 class ServingContext:
     """What the serving side knows besides the plan: the policy settings, and the workload's
@@ -58,6 +63,7 @@ class ServingContext:
     settings: PolicySettings = field(default_factory=PolicySettings)
     min_decode_tok_s: float = 0.0
     kv_context_tokens: int = 0  # 0: the 90th percentile of the requests' final contexts
+    execution: Execution = IDEAL  # how the engine runs the plan (`execution.RAY_RUNTIME`: e2llm serve)
 
 
 class _Run:
@@ -65,6 +71,7 @@ class _Run:
         self.plan = plan
         self.cost = cost
         self.settings = ctx.settings
+        self.execution = ctx.execution
         self.requests = sorted(requests, key=lambda r: (r.arrival_s, r.id))
         self.jobs: list[Job] = []
         self.busy = BusyLog()
@@ -78,11 +85,12 @@ class _Run:
                 cost,
                 self.net,
                 self.busy,
-                slots=decode_slots(cost, r, context, floor),
+                slots=decode_slots(cost, r, context, floor, ctx.execution),
                 chunk_tokens=ctx.settings.chunk_tokens,
                 on_prefill_done=self._prefill_done,
                 on_prefilled=self._prefilled,
                 on_idle=self._idle,
+                execution=ctx.execution,
             )
             for r in plan.replicas
         ]
@@ -193,12 +201,29 @@ class _Run:
             if job.kv_parts_left:
                 return []
             job.kv_end_s = t
-            return engine.arrive(t, job) + src.kv_left(t)
+            return engine.kv_arrived(t, job) + src.kv_left(t)
 
-        out: list[Event] = []
-        for a, b, n in sizes:
-            out += self.net.send(now, a, b, n, part_done)
+        out: list[Event] = engine.kv_incoming(now)
+        for (a, b, n), k in zip(sizes, self._kv_sources(src, dst), strict=True):
+            send = functools.partial(self._send, a, b, n, part_done)
+            pipe = src.pipe
+            if self.execution.kv_import_pauses_decode and pipe is not None and src.role is Role.PREFILL:
+                out += pipe.after_entered(now, k, send)  # the export queues behind the prompts sent before
+            else:
+                out += send(now)
         return out
+
+    def _send(self, a: str, b: str, n: float, done: Delivered, now: float) -> list[Event]:
+        return self.net.send(now, a, b, n, done)
+
+    def _kv_sources(self, src: ReplicaSim, dst: ReplicaSim) -> list[int]:
+        """The prefill stage index of each part of `_kv_parts(src, dst)`, in the same order."""
+        return [
+            k
+            for k, ps in enumerate(src.replica.stages)
+            for ds in dst.replica.stages
+            if max(ps.start, ds.start) < min(ps.end, ds.end)
+        ]
 
     def _kv_parts(self, src: ReplicaSim, dst: ReplicaSim) -> list[tuple[str, str, RangeKv]]:
         """(prefill device, decoder device, layers both hold) for every overlapping stage pair."""

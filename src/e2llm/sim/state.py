@@ -163,16 +163,18 @@ def prefill_stage_s(cost: CostModel, s: Stage, tokens: int) -> float:
 
 
 def decode_step(
-    cost: CostModel, stages: tuple[Stage, ...], batch: int, context: int
+    cost: CostModel, stages: tuple[Stage, ...], batch: int, context: int, barrier: bool = False
 ) -> tuple[float, list[float]]:
     """Time for every sequence of a decode batch to gain one token, and each stage's busy share.
 
     The batch of `batch` sequences is split into M = min(batch, stages) micro-batches that cycle
-    through the pipeline (llama.cpp / our runtime keep one micro-batch per stage in flight). In
-    steady state a micro-batch completes one lap per cycle = max(lap latency, M x slowest stage):
-    the lap is the sum of stage times and hops (including the sampled token ids going back to the
-    first stage); a stage serves all M micro-batches each cycle. Deterministic service, so this
-    cyclic flow shop has exactly that period.
+    through the pipeline (one micro-batch per stage in flight). In steady state a micro-batch
+    completes one lap per cycle = max(lap latency, M x slowest stage): the lap is the sum of stage
+    times and hops (including the sampled token ids going back to the first stage); a stage serves
+    all M micro-batches each cycle. Deterministic service, so this cyclic flow shop has exactly
+    that period. With `barrier` (`execution.Execution.step_barrier`) the micro-batches of a step
+    all finish before the next step starts: a flow shop of M equal jobs each step, whose makespan
+    is one lap plus (M - 1) x slowest stage.
     """
     k = len(stages)
     m = min(batch, k)
@@ -186,7 +188,7 @@ def decode_step(
         lap += cost.hop_s(stages[i].device, stages[i + 1].device, b)
     if k > 1:
         lap += cost.transfer_s(stages[-1].device, stages[0].device, 4.0 * b)  # token ids back
-    cycle = max(lap, m * max(times))
+    cycle = lap + (m - 1) * max(times) if barrier else max(lap, m * max(times))
     return cycle, [min(1.0, m * t / cycle) if cycle > 0 else 0.0 for t in times]
 
 

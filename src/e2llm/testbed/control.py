@@ -63,6 +63,26 @@ def class_bytes(state: TestbedState, device: str, peer: str) -> int:
     return sent_bytes(out, netcmds.classid(minor))
 
 
+def link_rates(state: TestbedState, device: str) -> dict[str, float]:
+    """The rates `device` sends at now, as tc enforces them: peer ("head" for the head) -> Mbit/s."""
+    target = node(state, device)
+    cmd = netcmds.in_ns(target, ["tc", "class", "show", "dev", NS_IFNAME])
+    rates = class_rates(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    by_id = {netcmds.classid(c.minor): c.peer or "head" for c in target.egress}
+    return {by_id[cid]: mbps for cid, mbps in rates.items() if cid in by_id}
+
+
+_UNITS = {"bit": 1e-6, "kbit": 1e-3, "mbit": 1.0, "gbit": 1e3}
+
+
+def class_rates(tc_classes: str) -> dict[str, float]:
+    """htb class id -> rate in Mbit/s, from `tc class show` output."""
+    out = {}
+    for match in re.finditer(r"class htb (\S+) .*?\brate (\d+(?:\.\d+)?)([KMG]?bit)", tc_classes):
+        out[match.group(1)] = float(match.group(2)) * _UNITS[match.group(3).lower()]
+    return out
+
+
 def sent_bytes(tc_class_stats: str, classid: str) -> int:
     """The 'Sent N bytes' of class `classid` in `tc -s class show` output."""
     match = re.search(rf"class htb {re.escape(classid)} .*?\n\s*Sent (\d+) bytes", tc_class_stats, re.S)

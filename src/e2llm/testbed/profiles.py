@@ -29,7 +29,7 @@ from e2llm.specs.cluster_file import cluster_to_dict, load_cluster
 from e2llm.testbed.control import device_command
 from e2llm.testbed.host import TestbedError
 from e2llm.testbed.state import TestbedState
-from e2llm.testbed.topology import emulated_cluster, safe_name
+from e2llm.testbed.topology import DeviceNode, emulated_cluster, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -78,27 +78,35 @@ def bridge_latency_ms(state: TestbedState) -> float:
     return float(run_inside(state, first, argv, timeout_s=120).strip())
 
 
+ProfileCommand = Callable[[DeviceNode, Path], list[str]]  # (device, output file) -> argv
+
+
+def e2llm_profile(model: str, quick: bool = False) -> ProfileCommand:
+    """`e2llm profile` of `model` as a stage actor runs: one torch thread, `PROFILE_LAYERS`."""
+
+    def argv(node: DeviceNode, out: Path) -> list[str]:
+        return [
+            e2llm_executable(), "profile", "--model", model, "--threads", "1",
+            "--layers", str(PROFILE_LAYERS), "--name", f"testbed-{node.name}", "--out", str(out),
+            *(["--quick"] if quick else []),
+        ]  # fmt: skip
+
+    return argv
+
+
 def profile_devices(
-    state: TestbedState,
-    out: Path,
-    model: str,
-    quick: bool = False,
-    progress: Callable[[str], None] = log.info,
+    state: TestbedState, out: Path, command: ProfileCommand, progress: Callable[[str], None] = log.info
 ) -> dict[str, str]:
-    """Profile every device into `out/<device>.json`; returns device -> file name."""
+    """Run `command` inside every device in turn, each writing `out/<device>.json`; returns
+    device -> file name. The last line of a command's output is reported as its summary."""
     files = {}
     for node in state.topology.devices:
         name = f"{safe_name(node.name)}.json"
-        argv = [
-            e2llm_executable(), "profile", "--model", model, "--threads", "1",
-            "--layers", str(PROFILE_LAYERS), "--name", f"testbed-{node.name}", "--out", str(out / name),
-            *(["--quick"] if quick else []),
-        ]  # fmt: skip
         started = time.monotonic()
-        summary = run_inside(state, node.name, argv, timeout_s=3600)
-        lines = summary.strip().splitlines()
-        progress(f"profiled {node.name} ({node.cpu_cores:.2f} cores) in {time.monotonic() - started:.0f} s: "
-                 f"{lines[1].strip() if len(lines) > 1 else ''}")  # fmt: skip
+        output = run_inside(state, node.name, command(node, out / name), timeout_s=3600)
+        took = time.monotonic() - started
+        summary = next((ln.strip() for ln in reversed(output.splitlines()) if ln.strip()), "")
+        progress(f"profiled {node.name} ({node.cpu_cores:.2f} cores) in {took:.0f} s: {summary}")
         files[node.name] = name
     return files
 
@@ -116,16 +124,12 @@ def write_cluster(state: TestbedState, out: Path, profiles: dict[str, str], late
 
 
 def profile_testbed(
-    state: TestbedState,
-    out: Path,
-    model: str,
-    quick: bool = False,
-    progress: Callable[[str], None] = log.info,
+    state: TestbedState, out: Path, command: ProfileCommand, progress: Callable[[str], None] = log.info
 ) -> Path:
-    """Profile every device and write `out/cluster.yaml`; returns its path."""
+    """Profile every device with `command` and write `out/cluster.yaml`; returns its path."""
     out.mkdir(parents=True, exist_ok=True)
     latency = bridge_latency_ms(state)
-    profiles = profile_devices(state, out, model, quick, progress)
+    profiles = profile_devices(state, out, command, progress)
     path = write_cluster(state, out, profiles, round(latency, 3))
     progress(f"bridge latency {latency:.3f} ms one way; wrote {path}")
     return path

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from e2llm.testbed import cgroups, host
-from e2llm.testbed.control import raylet_pid
+from e2llm.testbed.control import link_rates, raylet_pid
 from e2llm.testbed.lifecycle import advertised
 from e2llm.testbed.state import TestbedState
 
@@ -24,7 +24,7 @@ class DeviceStatus:
     cpu_cores: float
     memory_limit_gib: float
     memory_used_gib: float | None
-    links_mbps: dict[str, float]  # peer ("head" for the head) -> rate it sends at
+    links_mbps: dict[str, float]  # peer ("head" for the head) -> the rate tc enforces now
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ def status(state: TestbedState) -> TestbedStatus:
                 cpu_cores=d.cpu_cores,
                 memory_limit_gib=d.memory_limit_bytes / 2**30,
                 memory_used_gib=None if used is None else used / 2**30,
-                links_mbps={(c.peer or "head"): c.rate_mbps for c in d.egress},
+                links_mbps=link_rates(state, d.name) if d.netns in namespaces else {},
             )
         )
     return TestbedStatus(topo.testbed_id, state.address, head_alive, tuple(rows))
