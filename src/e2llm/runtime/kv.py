@@ -29,9 +29,12 @@ from torch import Tensor
 _INITIAL_CAPACITY = 128
 _INITIAL_SLOTS = 2
 
-# (keys, values) [B, kv_heads, L, head_dim], the boolean mask [B, 1, T, L] or None, and whether
-# the pass is plain causal attention (no mask needed)
-Attend = tuple[Tensor, Tensor, Tensor | None, bool]
+# (keys, values) [B, kv_heads, L, head_dim], the boolean mask [B, 1, T, L] or None, whether the
+# pass is plain causal attention (no mask needed), and for a decode step whose rows have different
+# lengths each row's count of visible keys (else None): attention then runs row by row over
+# exactly the keys the row alone would see, so a row's result does not depend on its batch (a
+# padded, masked batch changes the kernels' summation order: greedy text would flip on near-ties)
+Attend = tuple[Tensor, Tensor, Tensor | None, bool, list[int] | None]
 
 
 # one layer's part of a step: write its new K/V ([B * T, 2 * kv_heads * head_dim]), return what
@@ -214,13 +217,11 @@ class KVCache:
     ) -> list[LayerUpdate]:
         """Decode: row b writes position p_b at index p_b (mod w) and reads the first
         L = max p + 1 indices (at most w). In a ring every index below min(p_b + 1, w) holds one
-        of the last w positions, so key j is valid for row b iff j <= p_b: the full-attention
-        mask, cut to L."""
+        of the last w positions, so row b sees exactly its first min(p_b + 1, w) indices."""
         h, b = self.n_kv_heads, len(lengths)
         length = _cap(w, max(lengths) + 1)
-        mask = None
-        if min(lengths) < length - 1:
-            mask = (torch.arange(length, device=self.device) <= starts[:, None]).view(b, 1, 1, length)
+        visible = [_cap(w, n + 1) for n in lengths]
+        rows_visible = visible if min(visible) < length else None
         if span is not None and len(set(lengths)) == 1:  # block writes and views only
             at = _index(w, lengths[0])
             dst = pool[:, span, :, at : at + 1].unbind(0)
@@ -229,7 +230,7 @@ class KVCache:
             def make(i: int) -> LayerUpdate:
                 def update(kv: Tensor) -> Attend:
                     dst[i].copy_(kv.view(b, 2 * h, 1, -1))
-                    return keys[i], values[i], mask, False
+                    return keys[i], values[i], None, False, rows_visible
 
                 return update
 
@@ -243,7 +244,7 @@ class KVCache:
             def update(kv: Tensor) -> Attend:
                 layer_pool[rows, :, at_t] = kv.view(b, 2 * h, -1).to(self.dtype)
                 read = layer_pool[span, :, :length] if span is not None else layer_pool[rows, :, :length]
-                return read[:, :h], read[:, h:], mask, False
+                return read[:, :h], read[:, h:], None, False, rows_visible
 
             return update
 
@@ -262,7 +263,7 @@ class KVCache:
             def make(i: int) -> LayerUpdate:
                 def update(kv: Tensor) -> Attend:
                     dst[i].copy_(kv.view(tokens, 2 * h, -1).transpose(0, 1))
-                    return read[i][:, :h], read[i][:, h:], mask, start == 0
+                    return read[i][:, :h], read[i][:, h:], mask, start == 0, None
 
                 return update
 
@@ -280,7 +281,7 @@ class KVCache:
                 new = kv.view(tokens, 2 * h, -1).transpose(0, 1).to(self.dtype)
                 both = torch.cat((layer_pool[:, old_at], new), 1)[None]  # read before overwriting
                 layer_pool[:, kept_at] = new[:, tokens - len(kept) :]
-                return both[:, :h], both[:, h:], mask, False
+                return both[:, :h], both[:, h:], mask, False, None
 
             return update
 

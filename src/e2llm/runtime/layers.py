@@ -149,17 +149,27 @@ class Attention(nn.Module):
         d, nh, nkv = self.head_dim, self.n_heads, self.n_kv_heads
         qkv = self.wqkv(x)
         apply_rope_(qkv, nh + nkv, cos, sin)  # q and k in one go
-        keys, values, mask, causal = step.update(self.layer, qkv[:, nh * d :])
+        keys, values, mask, causal, rows = step.update(self.layer, qkv[:, nh * d :])
         q = qkv[:, : nh * d].view(b, t, nh, d).transpose(1, 2)
         if keys.dtype != q.dtype:  # KV held at fewer bytes than the activations
             keys, values = keys.to(q.dtype), values.to(q.dtype)
-        if self.sinks is not None:
-            y = sink_attention(q, keys, values, self.sinks, mask, causal)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=nh != nkv
+        if rows is None:
+            y = self._attend(q, keys, values, mask, causal)
+        else:  # decode rows of different lengths: each over its own keys, as if alone
+            y = torch.cat(
+                [
+                    self._attend(q[r : r + 1], keys[r : r + 1, :, :n], values[r : r + 1, :, :n], None, False)
+                    for r, n in enumerate(rows)
+                ]
             )
         return self.wo(y.transpose(1, 2).reshape(b * t, nh * d))
+
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        if self.sinks is not None:
+            return sink_attention(q, keys, values, self.sinks, mask, causal)
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=self.n_heads != self.n_kv_heads
+        )
 
 
 class FeedForward(nn.Module):

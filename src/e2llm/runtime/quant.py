@@ -239,6 +239,10 @@ class Int4Linear(nn.Module):
     """y = x W^T (+ b) with W in torch's packed int4 layout; runs in `dtype` (bf16 on CPU: the
     int4 CPU kernel is fastest there)."""
 
+    packed: Tensor
+    scales_zeros: Tensor
+    bias: Tensor | None
+
     def __init__(self, w: Int4Weight, bias: Tensor | None, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.out_features, self.in_features = w.shape
@@ -267,6 +271,10 @@ class Int4Linear(nn.Module):
 class Int8Linear(nn.Module):
     """y = x W^T (+ b) with per-row int8 W (`_weight_int8pack_mm`)."""
 
+    codes: Tensor
+    scale: Tensor
+    bias: Tensor | None
+
     def __init__(self, w: Int8Weight, bias: Tensor | None, dtype: torch.dtype, device: torch.device):
         super().__init__()
         if not w.per_row:
@@ -288,9 +296,7 @@ class Int8Linear(nn.Module):
 
     def embed(self, ids: Tensor) -> Tensor:
         """Rows of W as an embedding table (tied embeddings share one int8 copy)."""
-        codes, scale = self.codes, self.scale
-        assert isinstance(codes, Tensor) and isinstance(scale, Tensor)
-        return codes[ids].to(self.dtype) * scale[ids, None]
+        return self.codes[ids].to(self.dtype) * self.scale[ids, None]
 
 
 class DenseLinear(nn.Linear):
