@@ -44,10 +44,11 @@ def _handler(script: Script, seen: list[dict]) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
         def do_GET(self) -> None:
-            if self.path == "/metrics":  # 0.25 s of waiting per request answered so far
+            if self.path == "/metrics":  # 0.25 s of waiting and half a role switch per request so far
                 n = len(seen)
                 text = f"# TYPE e2llm_waiting_seconds histogram\ne2llm_waiting_seconds_sum {0.25 * n}\n"
                 text += f"e2llm_waiting_seconds_count {n}\nbroken_line\ne2llm_ttft_seconds_sum oops\n"
+                text += f'e2llm_role_switches_total{{replica="1",role="PREFILL"}} {n // 2 + 3}\n'
                 data = text.encode()
                 self.send_response(200)
                 self.send_header("content-type", "text/plain")

@@ -73,5 +73,8 @@ def test_json_and_out_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     assert metrics["waiting_time_s"]["mean"] == pytest.approx(0.125)
     # The whole waiting time, from the server's /metrics histogram (malformed lines skipped).
     assert metrics["server"] == {"waiting_mean_s": pytest.approx(0.25), "ttft_mean_s": None}
+    # The simulator's schema: the server's role switches during the run, floor attainment, goodput.
+    assert metrics["role_switches"] == 2 and metrics["floor_attainment"] is not None
+    assert metrics["second_token_s"]["mean"] is not None and metrics["goodput_rps"] > 0
     assert {p.name for p in out_dir.iterdir()} >= {"metrics.json", "requests.csv", "cdf.png"}
     assert all(b["model"] == "fake-model" for b in seen)

@@ -62,7 +62,7 @@ def test_zero_bound_is_plannings_error() -> None:
     cost = build_cost_model(TINY, Cluster(devices, Link(1000.0, 0.3)))
     assert rate_bound(cost, SHAPE) == 0.0
     with pytest.raises(InputError) as bound_error:
-        plan_bound(PlanRequest(cost, SHAPE))
+        plan_bound(cost, SHAPE)
     with pytest.raises(InputError) as plan_error:
         search_grouping(PlanRequest(cost, SHAPE), partition_layers_many)
     assert str(bound_error.value) == str(plan_error.value)

@@ -139,3 +139,22 @@ def test_mixed_shares_its_time_between_the_phases() -> None:
         assert (1 - m.rate_rps / p) / m.phase.token_s >= SHAPE.min_decode_tok_s * (1 - 1e-9)
     rates = got.rates(SHAPE)
     assert rates.mixed is not None and rates.mixed.rate_rps == max(m.rate_rps for m in got.mixed)
+
+
+def test_decoder_rate_is_capped_by_the_kv_its_ports_receive() -> None:
+    """Short outputs: a decoder finishes requests fast and must receive every one's KV; where its
+    ports cap the rate the split is redone with the port term, and kept if it sustains more."""
+    devices = tuple(Device(f"d{i}", 2.0, 1.0, 1.0) for i in range(3))
+    slow = {frozenset(("d0", o)): Link(20.0, 1.0) for o in ("d1", "d2")}  # d0's port: 20 Mbit/s
+    cluster = Cluster(devices, Link(1e4, 0.0), slow)
+    times = {d.name: LinearTimes(1.0) for d in devices}
+    short = WorkloadShape(mean_input_tokens=1000, mean_output_tokens=4, interval_s=1.0, min_decode_tok_s=1.0)
+    got = GroupEvaluator(CostModel(MODEL, cluster, times), short).evaluate(("d0", "d1"))
+    assert got is not None and got.decoder  # the ports bind
+    for compute, dec in zip(got.decode, got.decoder, strict=True):
+        assert compute.handoff_rps < compute.rate_tok_s / 4  # capped on the compute split
+        assert min(dec.rate_tok_s / 4, dec.handoff_rps) >= min(compute.rate_tok_s / 4, compute.handoff_rps)
+    better = [d for c, d in zip(got.decode, got.decoder, strict=True) if d is not c]
+    assert better and all(d.partition.counts[0] < 4 for d in better)  # fewer layers behind the slow port
+    best = got.rates(short).best_decode()
+    assert best is not None and best.rate_rps < best.compute_rps

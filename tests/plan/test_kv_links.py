@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from test_search import TINY
 
 from e2llm.cost.build import build_cost_model
-from e2llm.plan.kv_links import KvLinks
+from e2llm.plan.kv_links import Handoff, KvLinks
 from e2llm.specs.device import Cluster, Device, Link
 
 
@@ -52,6 +53,30 @@ def test_floor_is_below_every_pair_and_screens_the_matrix() -> None:
         dec = ((names[2], 0, rng.randint(1, 7)),)
         dec = (*dec, (names[3], dec[0][2], 8))
         assert links.floor(pre) <= links.capacity(pre, dec) * (1 + 1e-12)
-        kv = links.matrix([pre, dec], [None, dec], [links.floor(pre) * 2, 0.0])
+        busy = [Handoff(0, pre, None, links.floor(pre) * 2), Handoff(1, dec, dec, 0.0)]
+        kv = links.matrix(busy)
         assert kv is not None and kv[0, 1] == pytest.approx(links.capacity(pre, dec))
-        assert links.matrix([pre, dec], [None, dec], [links.floor(pre) * 0.5, 0.0]) is None
+        assert np.isinf(kv[1, 0]) and np.isinf(kv[0, 0])  # replica 0 cannot decode; no self hand-off
+        idle = [Handoff(2, pre, None, links.floor(pre) * 0.5), Handoff(1, dec, dec, 0.0)]
+        assert links.matrix(idle) is None  # the floor shows no pair can bind
+
+
+def test_matrix_computes_only_the_rows_and_columns_asked() -> None:
+    cost = build_cost_model(TINY, cluster(random.Random(7)))
+    links = KvLinks(cost, 512)
+    names = cost.cluster.names
+    stages = [((names[i], 0, 4), (names[(i + 1) % 4], 4, 8)) for i in range(4)]
+    reps = [Handoff(i, s, s, links.floor(s) * 2) for i, s in enumerate(stages)]
+    full = links.matrix(reps)
+    assert full is not None
+    part = links.matrix(reps, [0, 2], [1, 3])
+    assert part is not None
+    asked = np.zeros((4, 4), dtype=bool)
+    asked[np.ix_([0, 2], [1, 3])] = True
+    assert np.array_equal(part[asked], full[asked]) and np.isfinite(part[asked]).all()
+    assert np.isinf(part[~asked]).all()
+    # rows that bind but no column: all inf, not None (None says no row can bind at all)
+    none = links.matrix(reps, range(4), ())
+    assert none is not None and np.isinf(none).all()
+    idle = [Handoff(i + 4, s, s, links.floor(s) * 0.5) for i, s in enumerate(stages)]
+    assert links.matrix(idle, range(4), ()) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from collections.abc import Iterable
 
 import numpy as np
 import pytest
@@ -12,8 +13,10 @@ import pytest
 from e2llm.plan.roles import (
     OBJECTIVES,
     DecodeChoice,
+    KvSource,
     MixedChoice,
     ReplicaRates,
+    RoleAssignment,
     assign_roles,
     assign_roles_exhaustive,
     objective_value,
@@ -235,3 +238,59 @@ def test_handoff_limit_moves_prefill_off_a_badly_connected_replica() -> None:
     assert free is not None and free.rate_rps == pytest.approx(2.0)
     assert cut is not None and cut.prefill_rps == pytest.approx(0.2 + 1.5)
     assert cut.rate_rps == pytest.approx(1.7)
+    heuristic = assign_roles([fast_but_cut_off, slower_wired, decoder], 0.1, "max_rate", kv, exact_rows=0)
+    assert heuristic is not None and heuristic.rate_rps == pytest.approx(1.7)
+
+
+def test_heuristic_with_link_limits_scores_the_true_capacity() -> None:
+    rng = random.Random(31)
+    for _ in range(30):
+        replicas = [random_replica_mixed(rng) for _ in range(rng.randint(8, 12))]
+        n = len(replicas)
+        kv = np.array([[rng.choice((np.inf, rng.uniform(0.05, 1.0))) for _ in range(n)] for _ in range(n)])
+        got = assign_roles(replicas, 0.3, "max_rate", kv, exact_rows=0)
+        exact = assign_roles(replicas, 0.3, "max_rate", kv, exact_rows=1 << 30)
+        assert (got is None) == (exact is None)
+        if got is not None and exact is not None:
+            assert got.objective >= exact.objective - 1e-9  # never better than the optimum
+            want = score_by_hand(replicas, _codes(got), 0.3, "max_rate", kv)
+            assert want is not None and got.objective == pytest.approx(want[0], abs=1e-9)
+
+
+def test_a_kv_source_gives_the_matrix_answer_and_is_asked_only_the_split() -> None:
+    """Given a function for the hand-off limits instead of the matrix, both the exact path and the
+    heuristic answer the same; the heuristic asks only for its split's DECODER columns."""
+    rng = random.Random(37)
+    for case in range(40):
+        replicas = [random_replica_mixed(rng) for _ in range(rng.randint(3, 12))]
+        n = len(replicas)
+        kv = np.array([[rng.choice((np.inf, rng.uniform(0.05, 1.0))) for _ in range(n)] for _ in range(n)])
+        asked: list[tuple[list[int], list[int]]] = []
+        source = _recording_source(kv, asked)
+        exact_rows = 0 if case % 2 else 1 << 30
+        want = assign_roles(replicas, 0.3, "max_rate", kv, exact_rows=exact_rows)
+        got = assign_roles(replicas, 0.3, "max_rate", source, exact_rows=exact_rows)
+        assert (got is None) == (want is None)
+        if got is not None and want is not None:
+            assert (got.objective, got.latency_s) == (want.objective, want.latency_s)
+            assert got.prefill == want.prefill
+        if case % 2 and n > 4:  # the heuristic asks for one split's decoder columns, not all
+            assert all(len(c) < n - 1 for _, c in asked[1:])
+
+
+def _recording_source(kv: np.ndarray, asked: list[tuple[list[int], list[int]]]) -> KvSource:
+    """`kv` for the rows and columns asked (inf elsewhere), recording what was asked."""
+
+    def source(rows: Iterable[int], cols: Iterable[int]) -> np.ndarray | None:
+        r, c = list(rows), list(cols)
+        asked.append((r, c))
+        m = np.full(kv.shape, np.inf)
+        m[np.ix_(r, c)] = kv[np.ix_(r, c)]
+        return m
+
+    return source
+
+
+def _codes(a: RoleAssignment) -> tuple[int, ...]:
+    mixed = a.mixed or (False,) * len(a.prefill)
+    return tuple(0 if p else 2 if m else 1 for p, m in zip(a.prefill, mixed, strict=True))

@@ -5,14 +5,18 @@ from __future__ import annotations
 import itertools
 import random
 
+import numpy as np
 import pytest
 
 from e2llm.cost.build import build_cost_model
 from e2llm.cost.model import CostModel
 from e2llm.errors import InputError
+from e2llm.plan.evaluate import GroupEvaluator
 from e2llm.plan.exhaustive import groupings
 from e2llm.plan.plan_json import plan_from_dict, plan_to_dict
 from e2llm.plan.request import PlanRequest
+from e2llm.plan.roles import assign_roles
+from e2llm.plan.search import RoleScorer
 from e2llm.plan.systems import get_system
 from e2llm.plan.types import Plan, PlannerParams, Role
 from e2llm.plan.workload_shape import WorkloadShape
@@ -156,3 +160,36 @@ def test_exhaustive_refuses_large_clusters() -> None:
     cost = build_cost_model(TINY, Cluster(devices, Link(1000.0, 0.3)))
     with pytest.raises(InputError, match="refuses clusters above 7 devices"):
         plan_for(cost, exhaustive=True)
+
+
+@pytest.mark.parametrize("exact_rows", [None, 0])
+def test_role_scorer_asks_for_the_same_limits_as_the_full_matrix(exact_rows: int | None) -> None:
+    """The GA's scorer hands the role search a function for the hand-off limits; on both the
+    exact path (None: the default size test) and the heuristic (0) it must pick what the full
+    matrix picks, on clusters whose slow links bind."""
+    rng = random.Random(11)
+    compared = binding = 0
+    for _ in range(12):
+        cl = random_cluster(rng.randint(5, 8), rng)
+        slow = Link(rng.uniform(5.0, 40.0), 5.0)  # slow enough that some hand-off binds
+        cl = Cluster(cl.devices, cl.default_link, {k: slow for k in cl.links})
+        ev = GroupEvaluator(build_cost_model(TINY, cl), SHAPE)
+        scorer = RoleScorer(ev, "max_rate", mixed=True, exact_rows=exact_rows)
+        names = cl.names
+        for _ in range(8):
+            order = rng.sample(names, len(names))
+            cuts = sorted(rng.sample(range(1, len(names)), rng.randint(2, len(names) - 1)))
+            groups = [order[a:b] for a, b in itertools.pairwise([0, *cuts, len(names)])]
+            reps = scorer.replicas(groups)
+            if reps is None:
+                continue
+            kw = {} if exact_rows is None else {"exact_rows": exact_rows}
+            kv = scorer.kv(reps)
+            binding += kv is not None and bool(np.isfinite(kv).any())
+            want = assign_roles([r.rates for r in reps], scorer.interval_s, "max_rate", kv, **kw)
+            got = scorer.assign(groups)
+            assert (got is None) == (want is None)
+            if got is not None and want is not None:
+                assert got.key == want.key and got.prefill == want.prefill and got.mixed == want.mixed
+                compared += 1
+    assert compared >= 8 and binding >= 4, (compared, binding)

@@ -3,48 +3,31 @@
 The official `openai` client, streaming and not; `/v1/models`, `/health`, `/metrics`; the API key;
 every bad-input case (each answered with an OpenAI error body while the server stays up); and a
 client that disconnects mid-stream, whose KV must be freed on every stage. The plan hands the KV
-from a 1-stage PREFILL replica to a 2-stage DECODER replica. One server serves the whole module.
+from a 1-stage PREFILL replica to a 2-stage DECODER replica. One server (`conftest.api_server`)
+serves this module and `test_api_openai.py`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
+from servekit import API_KEY as KEY
+from servekit import API_MODEL as MODEL
 
-from e2llm.bench.local_server import serving_plan
+from e2llm.bench.local_server import LocalServer
 
 pytestmark = pytest.mark.slow
 
-MODEL = "smollm2-135m"
-KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-PLAN = {
-    "system": "test",
-    "model": MODEL,
-    "objective": 0.0,
-    "replicas": [
-        {"id": 0, "role": "PREFILL", "devices": [{"name": "cpu0", "layers": [0, 30]}]},
-        {
-            "id": 1,
-            "role": "DECODER",
-            "concurrency": 4,
-            "devices": [{"name": "cpu1", "layers": [0, 12]}, {"name": "cpu2", "layers": [12, 30]}],
-        },
-    ],
-}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A live `e2llm serve` of PLAN with an API key, shared by the module."""
-    with serving_plan(PLAN, tmp_path_factory.mktemp("serve"), ["--api-key", KEY]) as (url, _, log):
-        yield url
-    assert "plan: system=test" in log.read_text()  # the plan in use was printed at start
+def server(api_server: LocalServer) -> str:
+    return api_server.url
 
 
 @pytest.fixture(scope="module")

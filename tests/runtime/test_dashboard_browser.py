@@ -70,7 +70,7 @@ PLAN = {
     ],
     "cluster": {
         "devices": [
-            {"name": f"cpu{i}", "memory_gb": 1.0, "tflops": 0.1, "mem_bandwidth_gbs": 10.0} for i in range(3)
+            {"name": f"cpu{i}", "memory_gb": 2.0, "tflops": 0.1, "mem_bandwidth_gbs": 10.0} for i in range(3)
         ],
         "network": {
             "bandwidth_mbps": 10000,
@@ -133,7 +133,7 @@ def test_dashboard_shows_the_plan_and_the_traffic_of_a_chat(
     decoder = _text(driver, '.replica[data-replica="1"]')
     assert "PREFILL" in prefill and "cpu0" in prefill and "[0,30)" in prefill
     assert "DECODER" in decoder and "[0,12)" in decoder and "[12,30)" in decoder and "batch 0 / 4" in decoder
-    assert _text(driver, '#cluster-svg [data-device="cpu2"]') == "cpu2\n1.0 GiB · 0.10 TF"
+    assert _text(driver, '#cluster-svg [data-device="cpu2"]') == "cpu2\n2.0 GiB · 0.10 TF"
     assert "100 Mbit/s, 2.0 ms" in driver.find_element(By.ID, "cluster-svg").text
     assert "plan started" in _text(driver, "#events")
     assert _text(driver, '.replica[data-replica="1"] [data-figure="generated"]') == "tokens decoded 0"

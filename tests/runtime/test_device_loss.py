@@ -100,6 +100,8 @@ def test_killed_decoder_migrates_its_streams_and_the_server_serves_on(tmp_path: 
         assert health["status"] == "degraded"
         assert [(r["replica"], r["devices"]) for r in health["lost_replicas"]] == [(1, ["cpu1"])]
         assert health["migrations"] >= 1 and completed == STREAMS, (health, results)
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
+        assert 'replica="1"' not in metrics and 'replica="2"' in metrics  # no stale series of the lost one
         after = httpx.post(f"{url}/v1/completions", json=_body(PROMPTS[0], False), timeout=60)
         assert after.status_code == 200 and after.json()["choices"][0]["text"] == reference[PROMPTS[0]]
 

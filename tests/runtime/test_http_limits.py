@@ -8,105 +8,32 @@ connection, deep or huge-number JSON, too many at once, no key) gets its 4xx or 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from httpkit import MODEL, SlowEcho, free_port, running, served_model
 
-from e2llm.runtime.generation import Generation
-from e2llm.runtime.http_limits import HttpLimits, hardened_h11
-from e2llm.runtime.metrics import ServingMetrics
-from e2llm.runtime.server import ServedModel, create_app
+from e2llm.runtime.http_access import LOOPBACK_HOSTS
+from e2llm.runtime.http_limits import HttpLimits
+from e2llm.runtime.server import create_app
 
 KEY = "k3y"
-MODEL = "fake"
-TOKEN_DELAY_S = 0.05
 LIMITS = HttpLimits(max_body_bytes=8192, max_inflight=2, header_timeout_s=0.6, body_timeout_s=0.6)
-AUTH = {"authorization": f"Bearer {KEY}"}
-
-
-class CharTokenizer:
-    def __len__(self) -> int:
-        return 256
-
-    def encode(self, text: str) -> list[int]:
-        return [ord(c) % 256 for c in text]
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return "".join(chr(i) for i in ids)
-
-
-class SlowEcho:
-    """A `Deployment` stand-in: answers 'a', 'b', 'c', ... one token per TOKEN_DELAY_S."""
-
-    def __init__(self) -> None:
-        self.metrics = ServingMetrics()
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-
-    async def replan(self) -> bool:
-        return False
-
-    def unavailable_reason(self) -> str | None:
-        return None
-
-    async def status(self) -> dict[str, Any]:
-        return {"status": "ok", "plan_generation": 0, "devices": ["cpu0"], "replan_error": None}
-
-    def submit(self, gen: Generation) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(gen))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _run(self, gen: Generation) -> None:
-        i = 0
-        while not gen.done:
-            await asyncio.sleep(TOKEN_DELAY_S)
-            gen.add_token(ord("a") + i % 26)
-            i += 1
-
-    async def stage_stats(self) -> list[dict[str, Any]]:
-        return []
+AUTH = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[tuple[str, int]]:
-    served = ServedModel(
-        MODEL, CharTokenizer(), 4096, frozenset(), lambda tok, msgs: tok.encode(msgs[-1]["content"])
-    )
-    app = create_app(SlowEcho(), served, KEY, LIMITS)  # type: ignore[arg-type]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", http=hardened_h11(LIMITS.header_timeout_s)
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", port
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
+    app = create_app(SlowEcho(), served_model(), KEY, LIMITS, LOOPBACK_HOSTS)  # type: ignore[arg-type]
+    port = free_port()
+    with running(app, LIMITS, port) as url:
+        yield url, port
 
 
 def _healthy(url: str) -> None:
@@ -234,7 +161,7 @@ def test_slow_headers_are_cut_off(server: tuple[str, int]) -> None:
     url, port = server
     with socket.create_connection(("127.0.0.1", port)) as sock:
         t0 = time.monotonic()
-        head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"a" * 100
         cut = False
         for byte in head:  # one byte every 0.1 s keeps stock uvicorn waiting forever
             try:
@@ -259,7 +186,7 @@ def test_slow_body_gets_408(server: tuple[str, int]) -> None:
     url, port = server
     body = json.dumps({"model": MODEL, "prompt": "hi"}).encode()
     head = (
-        f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -273,7 +200,7 @@ def test_slow_body_gets_408(server: tuple[str, int]) -> None:
 def test_keep_alive_connection_gets_a_new_head_deadline(server: tuple[str, int]) -> None:
     url, port = server
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         sock.sendall(b"GET /health HTTP/1.1\r\n")  # the next request's head never completes

@@ -2,8 +2,9 @@
 
 Greedy output must equal single-process transformers `generate`: through a PREFILL -> DECODER
 KV hand-off between replicas that split the layers differently (several requests batched
-together, joining at different times), and on a 3-stage COLOCATED replica. One local Ray
-instance serves the whole module.
+together, joining at different times), on a 3-stage COLOCATED replica, and on a MIXED replica
+whose iterations carry prompt chunks beside the decode batch. One local Ray instance serves the
+whole module.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from e2llm.bench.server_metrics import metric_sum
 from e2llm.plan.types import Plan, Replica, Role, Stage
+from e2llm.policy.settings import PolicySettings
 from e2llm.runtime.cluster import start_ray, stop_ray
 from e2llm.runtime.generation import Generation, TextStream
 from e2llm.runtime.service import Deployment, LaunchOptions
@@ -30,6 +33,7 @@ QUESTIONS = [
     "Write one sentence about the sea.",
 ]
 MAX_TOKENS = 12
+FIXED_ROLES = PolicySettings()
 
 
 def _plan(*replicas: Replica) -> Plan:
@@ -47,6 +51,8 @@ PD_PLAN = _plan(
     Replica(0, Role.PREFILL, _stages(("cpu0", 0, 10), ("cpu1", 10, 30))),
     Replica(1, Role.DECODER, _stages(("cpu2", 0, 20), ("cpu3", 20, 30)), concurrency=4),
 )
+MIXED_PLAN = _plan(Replica(0, Role.MIXED, _stages(("cpu0", 0, 12), ("cpu1", 12, 30)), concurrency=3))
+CHUNK_TOKENS = 16  # a chat prompt (~35 tokens) takes several iterations beside the batch
 COLOCATED_PLAN = _plan(
     Replica(0, Role.COLOCATED, _stages(("cpu0", 0, 7), ("cpu1", 7, 19), ("cpu2", 19, 30)), concurrency=4)
 )
@@ -99,9 +105,17 @@ async def _collect(gen: Generation) -> str:
             return "".join(parts)
 
 
-def _serve(plan: Plan, prepared: PreparedModel, gens: list[Generation], stagger_s: float = 0.0) -> list[str]:
-    """Run `gens` on a fresh deployment of `plan` (submitted `stagger_s` apart) and tear it down."""
-    deployment = Deployment.launch(plan, str(prepared.path), LaunchOptions(threads=1))
+def _serve(
+    plan: Plan,
+    prepared: PreparedModel,
+    gens: list[Generation],
+    stagger_s: float = 0.0,
+    settings: PolicySettings = FIXED_ROLES,
+    metrics: list[bytes] | None = None,
+) -> list[str]:
+    """Run `gens` on a fresh deployment of `plan` (submitted `stagger_s` apart) and tear it down;
+    `metrics` gets its `/metrics` text at the end."""
+    deployment = Deployment.launch(plan, str(prepared.path), LaunchOptions(threads=1), settings)
 
     async def main() -> list[str]:
         deployment.start()
@@ -115,6 +129,8 @@ def _serve(plan: Plan, prepared: PreparedModel, gens: list[Generation], stagger_
             await asyncio.sleep(0.3)  # let the fire-and-forget frees land before reading stats
             rows = await deployment.stage_stats()
             assert all(r["sequences"] == 0 and r["kv_bytes"] == 0 for r in rows), rows
+            if metrics is not None:
+                metrics.append(deployment.metrics.render())
             return list(texts)
         finally:
             await deployment.stop()
@@ -155,3 +171,26 @@ def test_colocated_three_stages_matches_transformers_and_seeded_sampling_repeats
     assert greedy.generated == reference[0][: len(greedy.generated)]
     assert "Paris" in texts[0]
     assert seeded[0].generated == seeded[1].generated  # same seed, same tokens, even batched together
+
+
+def test_mixed_replica_chunks_prompts_beside_the_batch_and_matches_transformers(
+    ray_session: None,
+    smollm2_prepared: PreparedModel,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    reference: Any,
+) -> None:
+    """Staggered arrivals: later prompts are prefilled chunk by chunk while earlier ones decode
+    (iterations of decode step + chunk); every request is exactly its served-alone greedy text."""
+    eos = frozenset(smollm2_prepared.config.eos_token_ids)
+    gens = [_generation(p, tokenizer, eos, ignore_eos=True) for p in [*prompts, prompts[0]]]
+    settings = PolicySettings(chunk_tokens=CHUNK_TOKENS)
+    metrics: list[bytes] = []
+    _serve(MIXED_PLAN, smollm2_prepared, gens, stagger_s=0.3, settings=settings, metrics=metrics)
+    for gen, ref in zip(gens, [*reference, reference[0]], strict=True):
+        assert len(gen.generated) == MAX_TOKENS
+        stop = next((i for i, t in enumerate(ref) if t in eos), len(ref))  # EOS is banned here
+        assert gen.generated[:stop] == ref[:stop]
+    assert all(len(p) > 2 * CHUNK_TOKENS for p in prompts)  # chunked, not prefilled in one go
+    mixed = metric_sum(metrics[0].decode(), "e2llm_mixed_iterations_total")
+    assert mixed is not None and mixed >= 2  # iterations did carry chunks beside a decode batch

@@ -15,6 +15,8 @@ from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Replica, Role, Stage
 from e2llm.runtime.batch import DecodeSlots, fits
 from e2llm.runtime.cluster import device_resource, torch_threads_per_actor
+from e2llm.runtime.completions import max_tokens_for as _max_tokens
+from e2llm.runtime.draw import TokenDraw
 from e2llm.runtime.generation import Generation, TextStream
 from e2llm.runtime.handoff import kv_routes
 from e2llm.runtime.loss import ReplicaLost
@@ -23,7 +25,6 @@ from e2llm.runtime.openai_protocol import ApiError
 from e2llm.runtime.plans import describe_plan, hand_plan, runnable_plan, split_layers
 from e2llm.runtime.replica import ReplicaRunner
 from e2llm.runtime.router import NoLiveReplica, Router
-from e2llm.runtime.server import _max_tokens
 
 
 class CharTokenizer:
@@ -183,10 +184,10 @@ def test_generation_finishes_on_length_eos_and_stop() -> None:
 
 def test_generation_sampling_bans_eos_until_min_tokens() -> None:
     g = _gen(min_tokens=2)
-    assert g.sampling()[-1] is True
+    assert g.draw().ban_eos is True
     g.add_token(ord("a"))
     g.add_token(ord("b"))
-    assert g.sampling() == (0.0, 1.0, None, 2, False)
+    assert g.draw() == TokenDraw(0.0, 1.0, None, 2, False)
 
 
 # ---- plans ----------------------------------------------------------------------------------------
@@ -231,6 +232,29 @@ def test_cluster_helpers() -> None:
     assert device_resource("jetson-1") == "device:jetson-1"
     assert torch_threads_per_actor(4, cores=2) == 1
     assert torch_threads_per_actor(2, cores=16) == 8
+
+
+def test_join_hint_names_the_missing_setting() -> None:
+    from e2llm.runtime.cluster import join_hint
+
+    assert "nothing answers at h:6379" in join_hint("h:6379", False, {})
+    no_token = join_hint("h:6379", True, {})
+    assert "RAY_AUTH_MODE=token" in no_token and "RAY_AUTH_TOKEN_PATH" in no_token
+    wrong = join_hint("h:6379", True, {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": "/etc/tok"})
+    assert "/etc/tok holds the cluster's token" in wrong
+    inline = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "x"}
+    assert "RAY_AUTH_TOKEN holds" in join_hint("h:6379", True, inline)
+
+
+def test_a_token_file_readable_by_others_is_made_owner_only(tmp_path: Path) -> None:
+    from e2llm.runtime.cluster import protect_token_file
+
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    token.chmod(0o644)
+    protect_token_file({"RAY_AUTH_TOKEN_PATH": str(token)})
+    assert token.stat().st_mode & 0o777 == 0o600
+    protect_token_file({"RAY_AUTH_TOKEN_PATH": str(tmp_path / "absent")})  # nothing to do
 
 
 def test_max_tokens_limits() -> None:
@@ -283,20 +307,23 @@ def test_serve_bad_input_exits_2_with_one_line(
 def test_pick_tokens_greedy_banned_eos_and_seeded_rows_independent_of_batch() -> None:
     import torch
 
-    from e2llm.runtime.actors import pick_tokens
+    from e2llm.runtime.sampling import pick_tokens
+
+    def draw(t: float, p: float, seed: int | None, step: int, ban: bool) -> TokenDraw:
+        return TokenDraw(t, p, seed, step, ban)
 
     logits = torch.tensor([[0.0, 5.0, 1.0, 0.5], [3.0, 0.0, 1.0, 0.5]])
-    assert pick_tokens(logits, [(0.0, 1.0, None, 0, False)] * 2, eos_ids=[1]).tolist() == [1, 0]
-    assert pick_tokens(logits[:1], [(0.0, 1.0, None, 0, True)], eos_ids=[1]).tolist() == [2]  # EOS banned
+    assert pick_tokens(logits, [draw(0.0, 1.0, None, 0, False)] * 2, eos_ids=[1]).tokens == (1, 0)
+    assert pick_tokens(logits[:1], [draw(0.0, 1.0, None, 0, True)], eos_ids=[1]).tokens == (2,)  # EOS banned
     flat = torch.zeros(1, 1000)
-    alone = pick_tokens(flat, [(1.0, 1.0, 42, 3, False)], eos_ids=[])
+    alone = pick_tokens(flat, [draw(1.0, 1.0, 42, 3, False)], eos_ids=[]).tokens
     batched = pick_tokens(
         flat.repeat(3, 1),
-        [(1.0, 1.0, 7, 0, False), (1.0, 1.0, 42, 3, False), (0.5, 0.9, 1, 1, False)],
+        [draw(1.0, 1.0, 7, 0, False), draw(1.0, 1.0, 42, 3, False), draw(0.5, 0.9, 1, 1, False)],
         eos_ids=[],
-    )
+    ).tokens
     assert batched[1] == alone[0]  # same (seed, step): same draw, wherever the row sits
-    steps = {int(pick_tokens(flat, [(1.0, 1.0, 42, s, False)], eos_ids=[])[0]) for s in range(8)}
+    steps = {pick_tokens(flat, [draw(1.0, 1.0, 42, s, False)], eos_ids=[]).tokens[0] for s in range(8)}
     assert len(steps) > 1  # the step advances the stream
 
 
@@ -386,3 +413,20 @@ def test_context_ids_resume_after_the_tokens_generated_so_far() -> None:
     gen.fail("replica lost", 503)
     event = [gen.events.get_nowait() for _ in range(gen.events.qsize())][-1]
     assert (event.finish_reason, event.status, event.error) == ("error", 503, "replica lost")
+
+
+def test_a_lost_replica_leaves_the_per_replica_metrics() -> None:
+    metrics = ServingMetrics()
+    lost = ReplicaRunner(Replica(1, Role.DECODER, _stages(0, 30)), [], metrics)
+    for label in ("0", "1"):
+        metrics.prefill_done(label, 10, 0.1)
+        metrics.decode_step(label, 2, 0.01)
+        metrics.set_decode_queue(label, 1, 2)
+        metrics.set_prefill_queue(label, 3)
+    assert 'replica="1"' in metrics.render().decode()
+    lost.mark_lost("stage actor died")
+    metrics.set_prefill_queue("1", 5)  # late updates from the lost replica's last steps
+    metrics.decode_step("1", 3, 0.1)
+    text = metrics.render().decode()
+    assert 'replica="1"' not in text and 'e2llm_decode_batch_size{replica="0"} 2.0' in text
+    assert "e2llm_generated_tokens_total 9.0" in text  # what it generated still counts

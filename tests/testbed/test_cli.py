@@ -78,3 +78,39 @@ def test_state_round_trips_and_a_broken_one_is_one_line(tmp_path):
     (tmp_path / "state.json").write_text('{"cluster_path": 3}')
     with pytest.raises(ValueError, match="not a testbed state file"):
         load(tmp_path, "c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--scale", "0"], "--scale: must be a positive number"),
+        (["--memory-scale", "-1"], "--memory-scale: must be a positive number"),
+        (["--cpu-budget", "99"], "--cpu-budget: must be in (0, "),
+    ],
+)
+def test_bad_testbed_options_name_their_flag_and_build_nothing(tmp_path, capsys, monkeypatch, args, message):
+    if host.unsupported_reason():
+        pytest.skip(f"no testbed on this host: {host.unsupported_reason()}")
+    monkeypatch.setenv("E2LLM_TESTBED_DIR", str(tmp_path / "state"))
+    cluster = tmp_path / "c.yaml"
+    cluster.write_text(CLUSTER_YAML)
+    assert main(["testbed", "up", str(cluster), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "state").exists()
+
+
+def test_exec_in_a_device_the_testbed_lacks_is_one_line(tmp_path):
+    from e2llm.testbed import control
+
+    cluster = cluster_from_dict(
+        {"devices": [{"name": "a", "memory_gb": 1, "tflops": 1, "mem_bandwidth_gbs": 1}],
+         "network": {"bandwidth_mbps": 100, "latency_ms": 0.1}},
+        "c.yaml",
+    )  # fmt: skip
+    topo = plan_topology(cluster, TestbedOptions(), "ab12", ipaddress.IPv4Network("198.18.0.0/24"), 2)
+    state = TestbedState(
+        "/x/c.yaml", TestbedOptions(), topo, CgroupLayout(1, "/cg/cpu", "/cg/m"), str(tmp_path), "/t"
+    )
+    with pytest.raises(ValueError, match=r"^zz: not a device of this testbed \(devices: a\)$"):
+        control.device_command(state, "zz", ["true"])

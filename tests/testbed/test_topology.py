@@ -117,11 +117,11 @@ def test_memory_limit_is_scaled_memory_plus_the_ray_nodes_own():
 @pytest.mark.parametrize(
     ("opts", "match"),
     [
-        ({"scale": 0}, "--scale: must be a positive number"),
-        ({"scale": float("nan")}, "--scale"),
-        ({"memory_scale": -1}, "--memory-scale"),
-        ({"cpu_budget_cores": 3}, r"--cpu-budget: must be in \(0, 2\]"),
-        ({"cpu_budget_cores": 0}, "--cpu-budget"),
+        ({"scale": 0}, "scale: must be a positive number"),
+        ({"scale": float("nan")}, "scale"),
+        ({"memory_scale": -1}, "memory_scale"),
+        ({"cpu_budget_cores": 3}, r"cpu_budget_cores: must be in \(0, 2\]"),
+        ({"cpu_budget_cores": 0}, "cpu_budget_cores"),
         ({"scale": 1e-6}, "below what tc can shape"),
     ],
 )

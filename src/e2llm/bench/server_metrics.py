@@ -3,8 +3,9 @@
 Per-request waiting time reaches the client only up to the first token (the response header is
 sent with it), so it covers the prefill queue alone. `e2llm serve` also keeps a histogram of the
 whole waiting time (prefill queue + decoder admission queue, DESIGN's definition); its sum and
-count before and after a run give the run's mean. A server without `/metrics` (or without the
-histogram) simply yields nothing.
+count before and after a run give the run's mean. Its role-switch counter before and after gives
+the run's `role_switches`. A server without `/metrics` (or without the histogram) simply yields
+nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import httpx
 
 WAITING = "e2llm_waiting_seconds"
 TTFT = "e2llm_ttft_seconds"
+ROLE_SWITCHES = "e2llm_role_switches_total"  # replicas' role changes (switches, borrows, returns)
 
 
 def scrape(base_url: str, api_key: str | None = None) -> str | None:
@@ -55,6 +57,12 @@ def histogram_totals(
         if total is not None and count is not None:
             out[name] = (total, count)
     return out
+
+
+def counter_value(base_url: str, name: str, api_key: str | None = None) -> float | None:
+    """The sum of counter `name` over its label sets, None without /metrics (0 if never counted)."""
+    text = scrape(base_url, api_key)
+    return None if text is None else metric_sum(text, name) or 0.0
 
 
 def mean_deltas(

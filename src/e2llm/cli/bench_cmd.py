@@ -32,7 +32,10 @@ status is 1 when no request completed, 2 for bad input (unreachable URL included
 TTFT, TBT and E2E are client-side. Per-request waiting time is the server's x-e2llm-queue-s
 header (arrival -> prefill start: headers leave with the first token); where the server has
 Prometheus /metrics, "server" adds the run's mean of the whole waiting time (prefill plus
-decoder-admission queues) and of the server-side TTFT."""
+decoder-admission queues) and of the server-side TTFT, and role_switches counts the server's
+replicas' role changes during the run. TTFT means what it means in `e2llm simulate`: arrival ->
+first generated token delivered, whatever the plan type; second_token_s (first -> second token)
+shows a disaggregated plan's KV hand-off and wait for a decode slot."""
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,7 +91,14 @@ def _write_out(out: str, records: list[Any], doc: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from e2llm.bench.load import BenchSettings, run_load, served_models
-    from e2llm.bench.server_metrics import TTFT, WAITING, histogram_totals, mean_deltas
+    from e2llm.bench.server_metrics import (
+        ROLE_SWITCHES,
+        TTFT,
+        WAITING,
+        counter_value,
+        histogram_totals,
+        mean_deltas,
+    )
     from e2llm.report.table import metrics_table
     from e2llm.sim.metrics import summarize
     from e2llm.specs.workload import generate_requests
@@ -114,9 +124,12 @@ def run(args: argparse.Namespace) -> int:
     )
     with progress_bar("bench", "req") as progress:
         before = histogram_totals(args.url, api_key=api_key)
+        switches = counter_value(args.url, ROLE_SWITCHES, api_key)
         records = asyncio.run(run_load(requests, settings, progress))
         server = mean_deltas(before, histogram_totals(args.url, api_key=api_key))
-    doc = summarize(records, workload.min_decode_tok_s)
+        switched = counter_value(args.url, ROLE_SWITCHES, api_key)
+    role_switches = int(switched - switches) if switches is not None and switched is not None else 0
+    doc = summarize(records, workload.min_decode_tok_s, role_switches)
     if server:
         doc["server"] = {"waiting_mean_s": server.get(WAITING), "ttft_mean_s": server.get(TTFT)}
     if args.out:

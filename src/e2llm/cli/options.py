@@ -30,6 +30,12 @@ FLAGS = {
     "model": "--model",
     "ray_address": "--ray-address",
     "api_key": "--api-key",
+    "drift_threshold": "--drift-threshold",
+    "drift_window_s": "--drift-window",
+    "drift_hold_s": "--drift-hold",
+    "scale": "--scale",
+    "memory_scale": "--memory-scale",
+    "cpu_budget_cores": "--cpu-budget",
 }
 
 

@@ -1,4 +1,4 @@
-"""The serving-policy flags `simulate` and `compare` share: `--adapt on|off` and `--policy FILE`."""
+"""The serving-policy flags `simulate`, `compare` and `serve` share: `--adapt on|off`, `--policy FILE`."""
 
 from __future__ import annotations
 

@@ -18,9 +18,12 @@ from e2llm.cli.options import (
     device_choice,
     dtype_choice,
 )
+from e2llm.cli.policy_args import add_policy_arguments, policy_from_args
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape
+from e2llm.policy.settings import PolicySettings
+from e2llm.runtime.drift import DriftSettings
 from e2llm.runtime.http_limits import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_HEADER_TIMEOUT_S,
@@ -34,6 +37,7 @@ DEFAULT_WORKLOAD = Path("examples/workloads/chat.yaml")
 DEFAULT_MODEL = "smollm2-135m"
 API_KEY_ENV = "E2LLM_API_KEY"
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+DEFAULT_DRAIN_S = 30.0
 CONNECTIONS_PER_INFLIGHT = 4
 # A local cluster of 4 emulated CPU devices, used when examples/clusters/local-cpu.yaml is absent.
 _BUILTIN_CLUSTER = {
@@ -50,7 +54,15 @@ EXAMPLES = """examples:
   e2llm serve examples/clusters/local-cpu.yaml --port 8001
   e2llm serve plan.json --ray-address 192.168.1.10:6379   # devices run `ray start` (docs/deploy.md)
   e2llm serve examples/clusters/local-cpu.yaml --workload examples/workloads/smoke.yaml --precision bf16
-  E2LLM_API_KEY=secret e2llm serve --host 0.0.0.0
+  E2LLM_API_KEY=secret e2llm serve --host 0.0.0.0 --allowed-hosts llm.lab,192.168.1.10
+  e2llm serve plan.json --adapt off                # the paper: the plan's roles stay fixed
+
+--adapt on (the default, as for `e2llm simulate`, so that a prediction is of what is served):
+e2llm's role controller moves replicas between PREFILL and DECODER while serving when one pool
+queues and the move raises the rate both sustain (stop routing, drain, switch, publish; weights
+stay loaded). --policy FILE sets its thresholds. /health and /metrics show roles and switches.
+With it, a lasting drift of the live workload (--drift-*) re-plans roles and concurrency for the
+observed shape, regrouping the devices only if new roles cannot absorb it.
 """
 
 
@@ -73,7 +85,23 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--ray-address", help="join this Ray cluster (HEAD:6379) instead of starting one")
-    p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV})")
+    p.add_argument(
+        "--api-key",
+        help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, which keeps it out of `ps`)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        help="comma-separated names the Host header may carry ('*': any); default: the loopback "
+        "names for a loopback --host, the address itself for another, any IP address and this "
+        "machine's names for 0.0.0.0",
+    )
+    p.add_argument(
+        "--drain-s",
+        type=float,
+        default=DEFAULT_DRAIN_S,
+        help="on SIGINT/SIGTERM, seconds requests in flight get to finish before they are ended "
+        "with 503 (a second signal ends them at once; default %(default)s)",
+    )
     add_device(p, auto=True)
     add_dtype(p, "fp32")
     p.add_argument("--threads", type=int, help="torch threads per stage actor (default: cores // actors)")
@@ -101,6 +129,30 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=DEFAULT_BODY_TIMEOUT_S,
         help="seconds to receive a request body; slower gets 408 (default %(default)s)",
     )
+    add_policy_arguments(p)
+    d = DriftSettings()
+    p.add_argument(
+        "--drift-threshold",
+        type=float,
+        default=d.threshold,
+        metavar="F",
+        help="re-plan roles and concurrency (regroup only if roles cannot absorb it) when the live arrival "
+        "rate or mean input/output tokens change by this factor - 1 (0: never; default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-window",
+        type=float,
+        default=d.window_s,
+        metavar="S",
+        help="seconds of recent requests the live workload is measured over (default %(default)s)",
+    )
+    p.add_argument(
+        "--drift-hold",
+        type=float,
+        default=d.hold_s,
+        metavar="S",
+        help="seconds a drift must last before the re-plan (default %(default)s)",
+    )
     add_log_level(p)
     p.set_defaults(func=run)
 
@@ -117,7 +169,13 @@ def run(args: argparse.Namespace) -> int:
     device_choice(args.device, auto=True)
     dtype_choice(args.dtype)
     limits = _limits(args)
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if not 0 <= args.drain_s <= 86400:
+        raise InputError("--drain-s", "must be in [0, 86400] seconds", args.drain_s)
+    policy = policy_from_args(args)
+    drift = DriftSettings(args.drift_threshold, args.drift_window, args.drift_hold)
+    # Read, then dropped from the environment: the Ray processes started later inherit it
+    # otherwise, and the key belongs to this API process only.
+    api_key = args.api_key or os.environ.pop(API_KEY_ENV, None) or None
     target = Path(args.target) if args.target else None
     if target is not None and not target.is_file():
         raise InputError(str(target), "file not found")
@@ -146,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     plan = runnable_plan(plan, prepared.config.n_layers, where)
     _check(plan, where)
     print(describe_plan(plan), flush=True)
-    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits)
+    return _serve(args, plan, prepared, plan_devices(plan), api_key, limits, policy, drift)
 
 
 def _limits(args: argparse.Namespace) -> HttpLimits:
@@ -229,14 +287,16 @@ def _serve(
     devices: list[str],
     api_key: str | None,
     limits: HttpLimits,
+    policy: PolicySettings,
+    drift: DriftSettings,
 ) -> int:
-    import uvicorn
-
     from e2llm.runtime.cluster import start_ray, stop_ray
+    from e2llm.runtime.http_access import allowed_hosts_for
     from e2llm.runtime.http_limits import hardened_h11
+    from e2llm.runtime.http_serve import serve_http
     from e2llm.runtime.server import ServedModel, create_app
     from e2llm.runtime.service import Deployment, LaunchOptions
-    from e2llm.runtime.text import encode_chat
+    from e2llm.runtime.text import encode_chat, max_token_chars
     from e2llm.runtime.weights import PreparedModel
 
     assert isinstance(prepared, PreparedModel)
@@ -257,21 +317,26 @@ def _serve(
     deployment = None
     try:
         print(f"e2llm serve: starting {n_actors} stage actors on {len(devices)} devices", flush=True)
-        deployment = Deployment.launch(plan, str(prepared.path), options)
+        deployment = Deployment.launch(plan, str(prepared.path), options, policy, drift)
         cfg = prepared.config
+        tokenizer = prepared.tokenizer()
         served = ServedModel(
             name=plan.model if not args.model else prepared.name,
-            tokenizer=prepared.tokenizer(),
+            tokenizer=tokenizer,
             context_len=cfg.max_context,
             eos_ids=frozenset(cfg.eos_token_ids),
             encode_chat=encode_chat,
+            max_token_chars=max_token_chars(tokenizer),
         )
-        app = create_app(deployment, served, api_key, limits)
+        hosts = allowed_hosts_for(args.host, args.allowed_hosts.split(",") if args.allowed_hosts else None)
+        app = create_app(deployment, served, api_key, limits, hosts)
         auth = "API key required" if api_key else "no API key"
         base = f"http://{args.host}:{args.port}"
         print(f"e2llm serve: {served.name} on {base}/v1 ({auth}); dashboard at {base}/", flush=True)
-        uvicorn.run(
+        serve_http(
             app,
+            deployment,
+            args.drain_s,
             host=args.host,
             port=args.port,
             log_level="warning",

@@ -5,16 +5,18 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from e2llm.cost.model import CostModel
 from e2llm.plan.bound import rate_bound
 from e2llm.plan.evaluate import GroupEvaluator, planned_context
 from e2llm.plan.request import PlanRequest
 from e2llm.plan.search import Grouping, fits_nowhere
 from e2llm.plan.types import Plan, PlannerStats, Replica, Role, Scheduler, Stage
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.units import GIB
 
 
 def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float) -> Plan:
-    cost, shape = req.cost, req.workload
+    cost, shape = req.cost, grouping.shape or req.workload
     ctx = planned_context(cost, shape)
     a = grouping.assignment
     replicas: list[Replica] = []
@@ -76,18 +78,18 @@ def build_plan(system: str, req: PlanRequest, grouping: Grouping, seconds: float
         scheduler=Scheduler.JSQ,
         cluster=cost.cluster,
         model_spec=cost.model,
-        workload=shape,
+        workload=req.workload,
         params=req.params,
         rate_rps=a.rate_rps,
-        bound_rps=plan_bound(req),
+        bound_rps=plan_bound(req.cost, shape),
         latency_s=a.latency_s if math.isfinite(a.latency_s) else None,
     )
 
 
-def plan_bound(req: PlanRequest) -> float:
-    """The upper bound on any plan's rate for this request's cluster, model and workload (every
-    role allowed); a cluster on which it is zero gets planning's error."""
-    bound = rate_bound(req.cost, req.workload)
+def plan_bound(cost: CostModel, shape: WorkloadShape) -> float:
+    """The upper bound on any plan's rate for this cluster, model and workload shape (every role
+    allowed); a cluster on which it is zero gets planning's error."""
+    bound = rate_bound(cost, shape)
     if bound <= 0:
-        raise fits_nowhere(GroupEvaluator(req.cost, req.workload))
+        raise fits_nowhere(GroupEvaluator(cost, shape))
     return bound

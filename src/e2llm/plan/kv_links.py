@@ -17,7 +17,8 @@ already above the replica's own prefill rate, its pairs can never bind and are n
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,52 +39,76 @@ class KvLinks:
             n: min((cl.link(n, o).bandwidth_mbps for o in cl.names if o != n), default=math.inf)
             for n in cl.names
         }
-        self._pairs: dict[tuple[Stages, Stages], float] = {}
-        self._floors: dict[Stages, float] = {}
+        self._pairs: dict[tuple[int, int], float] = {}  # by the callers' replica keys
+        self._floors: dict[int, float] = {}
 
     def _bytes(self, start: int, end: int) -> float:
         return self.cost.kv_bytes(start, end, self._tokens)
 
     def capacity(self, prefill: Stages, decoder: Stages) -> float:
         """Prompts per second the links from `prefill`'s devices to `decoder`'s carry."""
-        key = (prefill, decoder)
-        if key not in self._pairs:
-            cap = math.inf
-            for a, s0, e0 in prefill:
-                for b, s1, e1 in decoder:
-                    lo, hi = max(s0, s1), min(e0, e1)
-                    if lo < hi and a != b:
-                        n_bytes = self._bytes(lo, hi)
-                        if n_bytes > 0:
-                            bw = self.cost.cluster.link(a, b).bandwidth_mbps * 1e6 / 8
-                            cap = min(cap, bw / n_bytes)
-            self._pairs[key] = cap
-        return self._pairs[key]
+        cap = math.inf
+        for a, s0, e0 in prefill:
+            for b, s1, e1 in decoder:
+                lo, hi = max(s0, s1), min(e0, e1)
+                if lo < hi and a != b:
+                    n_bytes = self._bytes(lo, hi)
+                    if n_bytes > 0:
+                        bw = self.cost.cluster.link(a, b).bandwidth_mbps * 1e6 / 8
+                        cap = min(cap, bw / n_bytes)
+        return cap
 
     def floor(self, prefill: Stages) -> float:
         """A lower bound of `capacity(prefill, d)` for every decoder d."""
-        if prefill not in self._floors:
-            self._floors[prefill] = min(
-                (self._slowest[a] * 1e6 / 8 / b if (b := self._bytes(s, e)) > 0 else math.inf)
-                for a, s, e in prefill
-            )
-        return self._floors[prefill]
+        return min(
+            (self._slowest[a] * 1e6 / 8 / b if (b := self._bytes(s, e)) > 0 else math.inf)
+            for a, s, e in prefill
+        )
 
     def matrix(
-        self, prefill: Sequence[Stages], decoder: Sequence[Stages | None], prefill_rps: Sequence[float]
+        self,
+        replicas: Sequence[Handoff],
+        rows: Iterable[int] | None = None,
+        cols: Iterable[int] | None = None,
     ) -> np.ndarray | None:
-        """kv[i, j]: replica i as PREFILL to replica j as DECODER (inf where it cannot bind or j
-        cannot decode); None when no pair can bind."""
-        rows = [i for i, (st, p) in enumerate(zip(prefill, prefill_rps, strict=True)) if self.floor(st) < p]
-        if not rows:
+        """kv[i, j]: replica i as PREFILL to replica j as DECODER, for the `rows` and `cols` asked
+        (default all; inf elsewhere, where it cannot bind or j cannot decode); None when the
+        floor shows that none of the rows can bind, whatever it pairs with. Cached by the
+        replicas' keys."""
+        n = len(replicas)
+        binding = []
+        for i in range(n) if rows is None else rows:
+            r = replicas[i]
+            if r.key not in self._floors:
+                self._floors[r.key] = self.floor(r.prefill)
+            if self._floors[r.key] < r.prefill_rps:
+                binding.append(i)
+        if not binding:
             return None
-        n = len(prefill)
+        columns = [j for j in (range(n) if cols is None else cols) if replicas[j].decoder is not None]
         kv = np.full((n, n), np.inf)
-        for i in rows:
-            for j, dec in enumerate(decoder):
-                if j != i and dec is not None:
-                    kv[i, j] = self.capacity(prefill[i], dec)
+        pairs = self._pairs
+        for i in binding:
+            pre = replicas[i]
+            for j in columns:
+                if j != i:
+                    dec = replicas[j]
+                    key = (pre.key, dec.key)
+                    cap = pairs.get(key)
+                    if cap is None:
+                        cap = pairs[key] = self.capacity(pre.prefill, dec.decoder)  # type: ignore[arg-type]
+                    kv[i, j] = cap
         return kv
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """One replica as the hand-off sees it."""
+
+    key: int  # unique per replica (its devices in order): the caches' key
+    prefill: Stages  # its devices and layers as PREFILL
+    decoder: Stages | None  # ... as DECODER; None: it cannot decode
+    prefill_rps: float  # its own prefill rate (a pair below it may bind)
 
 
 def stages_of(group: Sequence[str], ranges: Sequence[tuple[int, int]]) -> Stages:

@@ -4,6 +4,10 @@ Old plan files still load: a plan without `workload`, planner parameters (`plann
 `planner.exhaustive`), `cluster` or `model_spec` (or with `{}` for them) gets `None` there, and
 a plan with a planner seed but no `planner.objective` was made for the objective its
 `objective_kind` measures.
+
+~320 lines because the reader checks every field of the plan contract and names the bad one; its
+field readers check JSON a program wrote (types, bounds), where `specs/fields.py` reads what a
+user wrote (units, ranges, unknown keys).
 """
 
 from __future__ import annotations
@@ -98,6 +102,8 @@ def _shape_to_dict(shape: WorkloadShape) -> dict[str, float]:
         "interval_s": shape.interval_s,
         "min_decode_tok_s": shape.min_decode_tok_s,
         "kv_context_tokens": shape.kv_context_tokens,
+        "robust_input_tokens": shape.robust_input_tokens,
+        "robust_output_tokens": shape.robust_output_tokens,
     }
 
 
@@ -241,6 +247,8 @@ def _shape(d: dict[str, Any], key: str, source: str) -> WorkloadShape | None:
         interval_s=number("interval_s"),
         min_decode_tok_s=number("min_decode_tok_s", positive=False),
         kv_context_tokens=number("kv_context_tokens", positive=False),
+        robust_input_tokens=number("robust_input_tokens", positive=False),
+        robust_output_tokens=number("robust_output_tokens", positive=False),
     )
 
 

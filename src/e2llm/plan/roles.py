@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -59,8 +59,11 @@ import numpy as np
 from e2llm.plan.types import Objective, Role
 
 OBJECTIVES = tuple(Objective)
+# hand-off capacities of the PREFILL rows and DECODER columns asked for (inf elsewhere)
+KvSource = Callable[[Iterable[int], Iterable[int]], "np.ndarray | None"]
 Num = TypeVar("Num", float, np.ndarray)
-EXACT_ROWS = 4096  # role vectors scored at once by the exact path
+EXACT_ROWS = 4096  # role vectors scored at once by the exact path ...
+EXACT_CELLS_PER_ROW = 32  # ... and with link limits at most 32 x 4096 (rows x R x R) cells: R <= 7
 _PREFILL, _DECODER, _MIXED = 0, 1, 2
 _CODES = {_PREFILL: Role.PREFILL, _DECODER: Role.DECODER, _MIXED: Role.MIXED}
 _MAX_PASSES = 64
@@ -301,44 +304,67 @@ def assign_roles(
     replicas: Sequence[ReplicaRates],
     interval_s: float,
     objective: str,
-    kv: np.ndarray | None = None,
+    kv: np.ndarray | KvSource | None = None,
     *,
     exact_rows: int = EXACT_ROWS,
 ) -> RoleAssignment | None:
     """Role + concurrency choice; None when no role vector is a valid plan. `kv[i, j]`: the
     hand-off capacity (requests/s) from replica i as PREFILL to replica j as DECODER (inf: no
-    limit; None: no limits at all)."""
+    limit; None: no limits at all), or a function giving that matrix for the PREFILL rows and
+    DECODER columns asked (inf elsewhere), so that the heuristic asks only for its split's."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
     if not replicas:
         return None
     a = _Arrays.of(replicas)
-    if kv is not None and np.isinf(kv).all():
-        kv = None
-    if _rows(a.allowed) <= exact_rows:
+    n = len(replicas)
+    source: KvSource | None
+    if kv is None or callable(kv):
+        source = kv
+    else:
+        matrix = kv
+        source = None if np.isinf(matrix).all() else (lambda rows, cols: matrix)
+    if source is not None and source(range(n), ()) is None:
+        source = None  # no PREFILL replica's hand-off can bind whatever it pairs with
+
+    def limits(rows: Iterable[int], cols: Iterable[int]) -> np.ndarray | None:
+        m = source(rows, cols) if source is not None else None
+        return None if m is None or np.isinf(m).all() else m
+
+    n_rows = _rows(a.allowed)
+    # with link limits the exact path's temporaries are rows x R x R (`_handoff_caps`)
+    if n_rows <= exact_rows and (source is None or n_rows * n * n <= exact_rows * EXACT_CELLS_PER_ROW):
         codes = role_vectors(a.allowed)
-        obj, lat, *_ = score_roles(codes, a, interval_s, objective, kv)
+        full = limits(range(n), range(n))
+        obj, lat, *_ = score_roles(codes, a, interval_s, objective, full)
         pick = int(np.lexsort((lat, obj))[0])
         if not np.isfinite(obj[pick]):
             return None
-        return _assignment(codes[pick], replicas, a, interval_s, objective, kv)
-    best: tuple[tuple[float, float], np.ndarray] | None = None
+        return _assignment(codes[pick], replicas, a, interval_s, objective, full)
+    best: tuple[tuple[float, float], np.ndarray, np.ndarray | None] | None = None
     search = a
-    for _ in range(_KV_ROUNDS if kv is not None else 1):
+    for _ in range(_KV_ROUNDS if source is not None else 1):
         found = _heuristic(search, interval_s, objective)
         if found is None:
             break
-        obj, lat, *_ = score_roles(found[None, :], a, interval_s, objective, kv)
+        pre, dec = np.flatnonzero(found == _PREFILL), np.flatnonzero(found == _DECODER)
+        # every replica's hand-off to this split's decoders: the PREFILL rows score the split,
+        # the others cap the prefill rates the next round searches with
+        m = limits(range(len(found)), dec.tolist()) if source is not None and len(pre) and len(dec) else None
+        obj, lat, *_ = score_roles(found[None, :], a, interval_s, objective, m)
         key = (float(obj[0]), float(lat[0]))
         if best is None or key < best[0]:
-            best = (key, found)
-        if kv is None:
-            break
-        caps = _handoff_caps(found[None, :] == _DECODER, a.d, np.array([a.d[found == _DECODER].sum()]), kv)[0]
+            best = (key, found, m)
+        if m is None:
+            break  # no link limits the split found: the search saw its true rates
+        d_sum = np.array([[a.d[dec].sum()]])
+        caps = _handoff_caps(found[None, :] == _DECODER, a.d[None, :], d_sum, m[None])[0, 0]
+        if (caps >= a.p).all():
+            break  # the next round would search the same rates
         search = a.with_prefill(np.minimum(a.p, caps))
     if best is None or not np.isfinite(best[0][0]):
         return None
-    return _assignment(best[1], replicas, a, interval_s, objective, kv)
+    return _assignment(best[1], replicas, a, interval_s, objective, best[2])
 
 
 def _heuristic(a: _Arrays, interval_s: float, objective: str) -> np.ndarray | None:
@@ -386,30 +412,44 @@ def _key(codes: np.ndarray, a: _Arrays, interval_s: float, objective: str) -> tu
 
 def _neighbours(codes: np.ndarray, allowed: tuple[tuple[int, ...], ...], *, pairs: bool) -> np.ndarray:
     """Every vector one role change away; with `pairs` also two changes, else PREFILL<->DECODER
-    swaps (a change of two that keeps both pools' sizes)."""
-    n = len(codes)
-    singles = [(i, r) for i in range(n) for r in allowed[i] if r != codes[i]]
-    rows = []
-    for i, r in singles:
-        row = codes.copy()
-        row[i] = r
-        rows.append(row)
+    swaps (a change of two that keeps both pools' sizes). Built with numpy (rows in the order of
+    the changes: replica, then role; pairs in `itertools.combinations` order)."""
+    replica, role, can_decode = _changes(allowed)
+    keep = role != codes[replica]
+    replica, role = replica[keep], role[keep]
+    blocks = [_apply(codes, (replica, role))]
     if pairs:
-        for (i, r), (j, s) in itertools.combinations(singles, 2):
-            if i != j:
-                row = codes.copy()
-                row[i], row[j] = r, s
-                rows.append(row)
+        first, second = np.triu_indices(len(replica), 1)
+        apart = replica[first] != replica[second]
+        first, second = first[apart], second[apart]
+        blocks.append(_apply(codes, (replica[first], role[first]), (replica[second], role[second])))
     else:
-        dec = [int(j) for j in np.flatnonzero(codes == _DECODER)]
-        for i in (int(i) for i in np.flatnonzero(codes == _PREFILL)):
-            if _DECODER not in allowed[i]:
-                continue
-            for j in dec:
-                row = codes.copy()
-                row[i], row[j] = _DECODER, _PREFILL
-                rows.append(row)
-    return np.array(rows, dtype=np.int8).reshape(len(rows), n)
+        pre = np.flatnonzero((codes == _PREFILL) & can_decode)
+        dec = np.flatnonzero(codes == _DECODER)
+        i, j = (x.ravel() for x in np.meshgrid(pre, dec, indexing="ij"))
+        blocks.append(_apply(codes, (i, np.full(len(i), _DECODER)), (j, np.full(len(j), _PREFILL))))
+    return np.concatenate(blocks).astype(np.int8, copy=False)
+
+
+def _apply(codes: np.ndarray, *changes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """One row per change set: `codes` with replica[k] set to role[k] for each (replica, role)."""
+    n_rows = len(changes[0][0])
+    rows = np.repeat(codes[None, :], n_rows, axis=0)
+    k = np.arange(n_rows)
+    for replica, role in changes:
+        rows[k, replica] = role
+    return rows
+
+
+@functools.cache
+def _changes(allowed: tuple[tuple[int, ...], ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(replica, role) of every allowed role of every replica, and which replicas can decode."""
+    pairs = [(i, r) for i, roles in enumerate(allowed) for r in roles]
+    return (
+        np.array([i for i, _ in pairs], dtype=np.intp),
+        np.array([r for _, r in pairs], dtype=np.int8),
+        np.array([_DECODER in roles for roles in allowed]),
+    )
 
 
 def _assignment(

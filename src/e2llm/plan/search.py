@@ -22,10 +22,11 @@ from e2llm.errors import InputError
 from e2llm.plan.evaluate import GroupEval, GroupEvaluator, Splitter
 from e2llm.plan.exhaustive import MAX_DEVICES, Arrangement, search_exhaustive
 from e2llm.plan.ga import INFEASIBLE, GAParams, Individual, Key, evolve
-from e2llm.plan.kv_links import KvLinks, Stages, stages_of
+from e2llm.plan.kv_links import Handoff, KvLinks, stages_of
 from e2llm.plan.request import PlanRequest
-from e2llm.plan.roles import ReplicaRates, RoleAssignment, assign_roles
+from e2llm.plan.roles import KvSource, ReplicaRates, RoleAssignment, assign_roles
 from e2llm.plan.sizer import MemorySizer
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.units import GIB
 
 _T = TypeVar("_T")
@@ -41,13 +42,13 @@ class Grouping:
     unused: tuple[str, ...]
     evaluations: int  # groupings scored (GA fitness calls not answered by the cache; or arrangements)
     generations: int  # GA generations run (0 for the exhaustive search)
+    shape: WorkloadShape | None = None  # the shape the groups were scored on (None: the request's)
 
 
 @dataclass(frozen=True, slots=True)
 class _Replica:
     rates: ReplicaRates
-    prefill: Stages  # its devices and layers as PREFILL
-    decoder: Stages | None  # ... as DECODER at its best concurrency; None: cannot decode
+    handoff: Handoff  # its stages as PREFILL and as DECODER (at its best concurrency)
 
 
 class RoleScorer:
@@ -76,11 +77,13 @@ class RoleScorer:
                     rates = dataclasses.replace(rates, mixed=None)
                 best = rates.best_decode()
                 dec = ev.phase(False, best.concurrency).partition.ranges if best else None
-                self._replicas[names] = _Replica(
-                    rates,
+                handoff = Handoff(
+                    len(self._replicas),
                     stages_of(names, ev.prefill.partition.ranges),
                     stages_of(names, dec) if dec is not None else None,
+                    rates.prefill_rps,
                 )
+                self._replicas[names] = _Replica(rates, handoff)
         return self._replicas[names]
 
     def replicas(self, groups: Sequence[Sequence[str]]) -> list[_Replica] | None:
@@ -94,21 +97,24 @@ class RoleScorer:
 
     def kv(self, reps: Sequence[_Replica]) -> np.ndarray | None:
         """The hand-off limits between the replicas (None: none can bind)."""
-        return self.links.matrix(
-            [r.prefill for r in reps], [r.decoder for r in reps], [r.rates.prefill_rps for r in reps]
-        )
+        return self.links.matrix([r.handoff for r in reps])
+
+    def kv_source(self, reps: Sequence[_Replica]) -> KvSource:
+        """The same, computed for the PREFILL rows and DECODER columns the role search asks."""
+        handoffs = [r.handoff for r in reps]
+        return lambda rows, cols: self.links.matrix(handoffs, rows, cols)
 
     def assign(self, groups: Sequence[Sequence[str]]) -> RoleAssignment | None:
         reps = self.replicas(groups)
         if reps is None:
             return None
         rates = [r.rates for r in reps]
-        return assign_roles(rates, self.interval_s, self.objective, self.kv(reps), **self._exact)
+        return assign_roles(rates, self.interval_s, self.objective, self.kv_source(reps), **self._exact)
 
 
 def search_grouping(req: PlanRequest, split: Splitter, params: GAParams | None = None) -> Grouping:
     """Raises InputError when the model fits in no grouping, or no grouping has a decoder."""
-    cost, shape = req.cost, req.workload
+    cost, shape = req.cost, req.workload.robust()  # scored on longer-than-average lengths
     ev = GroupEvaluator(cost, shape, split)
     names = cost.cluster.names
     free = tuple(ev.free_bytes(n) for n in names)
@@ -178,7 +184,8 @@ def _grouping(
     generations: int,
 ) -> Grouping:
     evals = tuple(_must(scorer.ev.evaluate(g)) for g in groups)
-    return Grouping(groups, evals, _must(scorer.assign(groups)), unused, evaluations, generations)
+    assignment = _must(scorer.assign(groups))
+    return Grouping(groups, evals, assignment, unused, evaluations, generations, scorer.ev.shape)
 
 
 def fits_nowhere(ev: GroupEvaluator) -> InputError:

@@ -24,9 +24,7 @@ import numpy as np
 
 from e2llm.runtime.backend import KVParts
 from e2llm.runtime.cluster import ACTOR_RESOURCE_SHARE, device_resource
-
-# (temperature, top_p, seed, step, ban_eos) for one sequence; see `Generation.sampling`.
-SamplingTuple = tuple[float, float, int | None, int, bool]
+from e2llm.runtime.draw import GREEDY, Picked, TokenDraw
 
 
 @dataclass(frozen=True)
@@ -58,23 +56,6 @@ def resolve_torch_device(name: str) -> str:
     if torch.backends.mps.is_available():
         return "mps"
     return "cpu"
-
-
-def pick_tokens(logits: Any, sampling: Sequence[SamplingTuple], eos_ids: Sequence[int]) -> np.ndarray:
-    """Next token per row of `logits` ([batch, vocab]): greedy at temperature 0, else temperature
-    + top-p. A seeded row draws from a generator seeded by (seed, step), so a request gives the
-    same tokens on any stage and in any batch mix (the prefill replica samples the first token,
-    a decoder the rest). Rows whose `ban_eos` is set cannot end (`min_tokens`, `ignore_eos`)."""
-    from e2llm.runtime.sampling import SamplingParams, new_generator, sample
-
-    params = [SamplingParams(temperature=t, top_p=p) for t, p, _, _, _ in sampling]
-    generators = [
-        None if t == 0 else new_generator(None if seed is None else (seed * 1_000_003 + step) % 2**63)
-        for t, _, seed, step, _ in sampling
-    ]
-    banned = [list(eos_ids) if ban else [] for *_, ban in sampling]
-    # Sample on the CPU: the generators are CPU generators, and [batch, vocab] is small.
-    return np.asarray(sample(logits.float().cpu(), params, generators, banned), dtype=np.int64)
 
 
 class StageWorker:
@@ -124,28 +105,48 @@ class StageWorker:
             "kv_bytes_per_token": memory.kv_bytes_per_token,
         }
 
-    def prefill(self, seq_id: str, inputs: np.ndarray, sampling: SamplingTuple | None = None) -> Any:
+    def prefill(self, seq_id: str, inputs: np.ndarray, draw: TokenDraw | None = None) -> Any:
         """Run the prompt (ids `[T]` or hidden `[T, H]`) into an empty cache for `seq_id`.
-        Returns hidden states `[T, H]`, or on the LM-head stage the first token (an int)."""
+        Returns hidden states `[T, H]`, or on the LM-head stage the first token (`Picked`)."""
         t0 = time.perf_counter()
         self.sequences.add(seq_id)
         out = self.model.prefill(seq_id, inputs)
-        result = self._finish(out, [sampling] if sampling is not None else None)
+        result = self._finish(out, [draw] if draw is not None else None)
         self.compute_s["prefill"] += time.perf_counter() - t0
         self.calls["prefill"] += 1
-        return int(result[0]) if self.config.lm_head else result
+        return result
 
-    def decode(
-        self, seq_ids: list[str], inputs: np.ndarray, sampling: list[SamplingTuple] | None = None
-    ) -> np.ndarray:
+    def decode(self, seq_ids: list[str], inputs: np.ndarray, draws: list[TokenDraw] | None = None) -> Any:
         """One decode step for a batch: ids `[B]` or hidden `[B, H]` at each sequence's next
-        position. Returns hidden `[B, H]`, or next token ids `[B]` on the LM-head stage."""
+        position. Returns hidden `[B, H]`, or the next tokens (`Picked`) on the LM-head stage."""
         t0 = time.perf_counter()
         out = self.model.decode(seq_ids, inputs)
-        result = self._finish(out, sampling)
+        result = self._finish(out, draws)
         self.compute_s["decode"] += time.perf_counter() - t0
         self.calls["decode"] += 1
         return result
+
+    def mixed(
+        self,
+        seq_ids: list[str],
+        inputs: tuple[np.ndarray | None, list[np.ndarray]],
+        draws: list[TokenDraw] | None,
+        chunk_ids: list[str],
+        chunk_draws: list[TokenDraw | None] | None = None,
+    ) -> tuple[Any, list[Any]]:
+        """One iteration of a MIXED replica (Sarathi-style): a decode step of `seq_ids` and the
+        next prefill chunk of each `chunk_ids` sequence (continuing its cached prefix), in one
+        call, so both travel the pipeline together. `inputs` = (decode inputs, chunk inputs) as
+        `decode` and `prefill` take them. Returns the same pair of outputs; on the LM-head stage a
+        chunk's entry is its sequence's first token (`Picked`) where `chunk_draws` asks for one
+        (the prompt's last chunk), else None."""
+        decode_in, chunk_in = inputs
+        out = self.decode(seq_ids, decode_in, draws) if decode_in is not None else None
+        chunks = []
+        for seq_id, x, draw in zip(chunk_ids, chunk_in, chunk_draws or [None] * len(chunk_ids), strict=True):
+            got = self.prefill(seq_id, x, draw)
+            chunks.append(None if self.config.lm_head and draw is None else got)
+        return out, chunks
 
     def export_kv(self, seq_id: str, start: int, end: int) -> KVParts:
         """This stage's K and V of `seq_id` for the layers it holds within `[start, end)`."""
@@ -190,11 +191,13 @@ class StageWorker:
             "pid": os.getpid(),
         }
 
-    def _finish(self, out: Any, sampling: Sequence[SamplingTuple] | None) -> np.ndarray:
+    def _finish(self, out: Any, draws: Sequence[TokenDraw] | None) -> np.ndarray | Picked:
         if not self.config.lm_head:
             return out.detach().to("cpu").float().numpy()
+        from e2llm.runtime.sampling import pick_tokens
+
         logits = out if out.dim() == 2 else out.unsqueeze(0)
-        return pick_tokens(logits, sampling or [(0.0, 1.0, None, 0, False)] * logits.shape[0], self.eos_ids)
+        return pick_tokens(logits, draws or [GREEDY] * logits.shape[0], self.eos_ids)
 
 
 def spawn_stage_actor(config: StageConfig, device_name: str) -> Any:

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from e2llm.plan.types import Plan
+from e2llm.plan.types import Plan, Role
 from e2llm.runtime.events import EventKind, RecordEvent, ignore_event
 from e2llm.runtime.loss import ReplicaLost, is_actor_loss, lost_actor_id
 from e2llm.runtime.plans import plan_devices
@@ -37,9 +37,19 @@ class Fleet:
 
     def _adopt(self, plan: Plan, runners: Sequence[ReplicaRunner]) -> None:
         self.plan, self.runners = plan, list(runners)
-        self.router = Router(self.runners, plan.scheduler)
+        self.router = Router(self.runners, plan.scheduler, on_role_change=self.role_changed)
         for runner in self.runners:
             runner.on_lost = self._runner_lost
+            runner.metrics.set_role(runner.label, runner.role.value)
+
+    def role_changed(self, runner: ReplicaRunner, before: Role, why: str) -> None:
+        """`runner` changed role (a switch, a borrow or a return): log it, count it in
+        `/metrics`, and note it for the dashboard."""
+        devices = ",".join(runner.replica.devices)
+        text = f"replica {runner.label} (devices {devices}): {before.value} -> {runner.role.value} ({why})"
+        log.info("%s", text)
+        runner.metrics.set_role(runner.label, runner.role.value, before.value)
+        self.record_event(EventKind.ROLE_SWITCH, text)
 
     @property
     def everyone(self) -> list[ReplicaRunner]:

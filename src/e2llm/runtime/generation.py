@@ -9,12 +9,14 @@ plain Python, free of Ray and torch.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from e2llm.runtime.draw import TokenDraw, TokenLogprob
 from e2llm.runtime.text import IncrementalDetokenizer, StopStrings
 
 _ids = itertools.count()
@@ -39,13 +41,18 @@ class TextStream:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """What the HTTP handler receives: a text delta, and the finish reason on the last event."""
+    """What the HTTP handler receives: a text delta, and the finish reason on the last event.
+
+    `error` is what the client may be told: for a 500 (a bug, a stage that failed) the handler
+    shows a generic message with the request id instead, and the details are in the server log.
+    """
 
     text: str
     token_id: int | None = None
     finish_reason: str | None = None  # "stop" | "length" | "error"
     error: str | None = None
     status: int = 500  # HTTP status of an error: 503 when no live replica could serve it
+    logprob: TokenLogprob | None = None  # of `token_id`, when the request asked for logprobs
 
 
 @dataclass(eq=False)
@@ -62,9 +69,14 @@ class Generation:
     text: TextStream
     min_tokens: int = 0  # EOS cannot be sampled before this many tokens (benchmarks)
     ignore_eos: bool = False
-    seq_id: str = field(default_factory=lambda: f"seq-{next(_ids)}")
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    top_logprobs: int | None = None  # None: no logprobs; k: each token's and the k likeliest
+    seq_id: str = field(default_factory=lambda: f"seq-{next(_ids)}")  # the request id, in logs
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
     generated: list[int] = field(default_factory=list)
+    counts: collections.Counter[int] = field(default_factory=collections.Counter)  # of `generated`
     finish_reason: str | None = None
     cancelled: bool = False
     arrival_s: float = field(default_factory=time.monotonic)
@@ -105,13 +117,26 @@ class Generation:
             wait += self.decode_start_s - self.queued_for_decode_s
         return wait
 
-    def sampling(self) -> tuple[float, float, int | None, int, bool]:
-        """What the last stage needs to pick this sequence's next token: (temperature, top_p,
-        seed, step, ban_eos). The step makes a seeded draw reproducible wherever it is taken."""
+    def draw(self) -> TokenDraw:
+        """What the last stage needs to pick this sequence's next token. The step makes a seeded
+        draw reproducible wherever it is taken; the counts of the tokens so far (for penalties)
+        go along only when a penalty is set."""
         step = len(self.generated)
-        return (self.temperature, self.top_p, self.seed, step, self.ignore_eos or step < self.min_tokens)
+        penalised = self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+        return TokenDraw(
+            self.temperature,
+            self.top_p,
+            self.seed,
+            step,
+            self.ignore_eos or step < self.min_tokens,
+            self.presence_penalty,
+            self.frequency_penalty,
+            self.logit_bias,
+            tuple(self.counts.items()) if penalised else (),
+            self.top_logprobs,
+        )
 
-    def add_token(self, token_id: int) -> None:
+    def add_token(self, token_id: int, logprob: TokenLogprob | None = None) -> None:
         """Record one generated token and publish its text; sets `finish_reason` at the end."""
         if self.done:
             return
@@ -119,16 +144,17 @@ class Generation:
         if self.first_token_s is None:
             self.first_token_s = now
         self.generated.append(token_id)
+        self.counts[token_id] += 1
         if token_id in self.eos_ids and not self.ignore_eos:
             self._finish("stop", self.text.flush(), now)
             return
         delta, stopped = self.text.push(token_id)
         if stopped:
-            self._finish("stop", delta, now, token_id)
+            self._finish("stop", delta, now, token_id, logprob)
         elif len(self.generated) >= self.max_tokens:
-            self._finish("length", delta + self.text.flush(), now, token_id)
+            self._finish("length", delta + self.text.flush(), now, token_id, logprob)
         else:
-            self.events.put_nowait(TokenEvent(delta, token_id))
+            self.events.put_nowait(TokenEvent(delta, token_id, logprob=logprob))
 
     def fail(self, message: str, status: int = 500) -> None:
         if not self.done:
@@ -139,10 +165,17 @@ class Generation:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def _finish(self, reason: str, text: str, now: float, token_id: int | None = None) -> None:
+    def _finish(
+        self,
+        reason: str,
+        text: str,
+        now: float,
+        token_id: int | None = None,
+        logprob: TokenLogprob | None = None,
+    ) -> None:
         self.finish_reason = reason
         self.finished_s = now
-        self.events.put_nowait(TokenEvent(text, token_id, reason))
+        self.events.put_nowait(TokenEvent(text, token_id, reason, logprob=logprob))
 
     def timings(self) -> dict[str, Any]:
         """Per-request figures (seconds) for logs and response headers."""

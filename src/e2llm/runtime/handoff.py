@@ -42,7 +42,11 @@ async def hand_off(gen: Generation, src: ReplicaRunner, dst: ReplicaRunner, metr
     for j, pieces in enumerate(kv_routes(src.replica.stages, dst.replica.stages)):
         parts = [src.actors[i].export_kv.remote(gen.seq_id, start, end) for i, start, end in pieces]
         imports.append(dst.actors[j].import_kv.remote(gen.seq_id, length, *parts))
-    received = sum(await asyncio.gather(*imports))
+    src.kv_leaving(length)
+    try:
+        received = sum(await asyncio.gather(*imports))
+    finally:
+        src.kv_left()
     src.release(gen)
     gen.handoff_s, gen.handoff_bytes = time.monotonic() - t0, received
     metrics.kv_moved(src.label, dst.label, received, gen.handoff_s)

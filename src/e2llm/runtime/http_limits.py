@@ -29,6 +29,8 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_MAX_INFLIGHT = 256
 DEFAULT_HEADER_TIMEOUT_S = 10.0
 DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_TOKENIZER_THREADS = 2
+DEFAULT_TOKENIZER_QUEUE_CHARS = 8 << 20  # about eight 1 MB prompts waiting
 RETRY_AFTER_S = 1
 _INVALID = "invalid_request_error"
 
@@ -41,6 +43,10 @@ class HttpLimits:
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
     body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    tokenizer_threads: int = DEFAULT_TOKENIZER_THREADS  # tokenising off the event loop (`cpu_pool`)
+    tokenizer_queue_chars: int = (
+        DEFAULT_TOKENIZER_QUEUE_CHARS  # prompt text being tokenised or waiting; more: 503
+    )
 
 
 async def read_json_body(request: Any, limits: HttpLimits) -> Any:
@@ -61,10 +67,14 @@ async def read_json_body(request: Any, limits: HttpLimits) -> Any:
             408, f"request body not received within {limits.body_timeout_s:g} s", _INVALID, None, "timeout"
         ) from None
     try:
-        return json.loads(b"".join(chunks))
+        return json.loads(b"".join(chunks), parse_constant=_not_json)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, int digits
         message = "nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
         raise ApiError(400, f"malformed JSON body: {message}", _INVALID, None, "invalid_json") from None
+
+
+def _not_json(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # Python's parser takes NaN and Infinity; JSON does not
 
 
 def _too_large(limits: HttpLimits) -> ApiError:

@@ -16,7 +16,9 @@ from typing import Any
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
 from e2llm.errors import InputError
 from e2llm.plan.types import Plan, Stage
+from e2llm.policy.settings import PolicySettings
 from e2llm.runtime.actors import StageConfig, spawn_stage_actor
+from e2llm.runtime.capacity import plan_capacities
 from e2llm.runtime.cluster import torch_threads_per_actor
 from e2llm.runtime.memory import check_fits, kv_reservation
 from e2llm.runtime.metrics import ServingMetrics
@@ -59,10 +61,16 @@ def device_memory_gb(plan: Plan) -> dict[str, Any]:
 
 
 def start_runners(
-    plan: Plan, model_path: str, options: LaunchOptions, metrics: ServingMetrics, generation: int
+    plan: Plan,
+    model_path: str,
+    options: LaunchOptions,
+    metrics: ServingMetrics,
+    generation: int,
+    chunk_tokens: int = PolicySettings().chunk_tokens,
 ) -> list[ReplicaRunner]:
     """Start the plan's stage actors (Ray must be initialised), wait for their weights and wrap
-    each replica in a runner (not started). Blocks: call it off the event loop while serving."""
+    each replica in a runner (not started; MIXED replicas iterate `chunk_tokens` tokens). Blocks:
+    call it off the event loop while serving."""
     import ray
 
     t0 = time.monotonic()
@@ -98,6 +106,7 @@ def start_runners(
             ray.kill(actor)
         raise
     memory_gb = device_memory_gb(plan) if options.enforce_device_memory else {}
+    capacities = plan_capacities(plan)
     runners = []
     for replica, actors in zip(plan.replicas, actors_by_replica, strict=True):
         mine, infos = infos[: len(actors)], infos[len(actors) :]
@@ -107,8 +116,9 @@ def start_runners(
             for actor in everyone:
                 ray.kill(actor)
             raise
-        budget = kv_budget_tokens(replica.stages, mine, memory_gb) if replica.does_decode else None
-        runner = ReplicaRunner(replica, actors, metrics, budget)
+        # every replica gets its decoder KV budget: a role switch may make it decode
+        budget = kv_budget_tokens(replica.stages, mine, memory_gb)
+        runner = ReplicaRunner(replica, actors, metrics, budget, capacities[replica.id], chunk_tokens)
         if generation:  # labels (metrics, errors) stay unique across plans
             runner.label = f"{replica.id}@g{generation}"
         runners.append(runner)

@@ -19,6 +19,16 @@ class ReplicaLost(Exception):
         self.label = label
 
 
+class Evicted(ReplicaLost):
+    """A replica hands its sequences over (it switches role): they migrate like those of a lost
+    replica, but the replica serves on, and the move does not count against a request's
+    migrations."""
+
+    def __init__(self, label: str, reason: str):
+        super().__init__(label, reason)
+        self.args = (f"replica {label} {reason}",)
+
+
 def is_actor_loss(error: BaseException) -> bool:
     """Whether a Ray call failed because an actor is gone (dead, or its node unreachable)."""
     from ray.exceptions import RayActorError

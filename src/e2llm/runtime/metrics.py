@@ -12,6 +12,7 @@ plan's predictions; `record_event` is the one call that notes a notable event fo
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -103,12 +104,25 @@ class ServingMetrics:
             "e2llm_decode_batch_peak", "Largest decode batch stepped so far", ["replica"], registry=r
         )
         self._peaks: dict[str, int] = {}
+        self._gone: set[str] = set()  # replicas lost or retired: their series are removed
         self.queue = Gauge("e2llm_queue_length", "Requests waiting", ["replica", "phase"], registry=r)
         self.ttft = Histogram("e2llm_ttft_seconds", "Time to first token", registry=r)
         self.waiting = Histogram("e2llm_waiting_seconds", "Time queued and not served", registry=r)
         self.tok_s = Gauge("e2llm_tokens_per_second", "Generated tokens/s over the last 10 s", registry=r)
         self.tok_s.set_function(self.tokens_per_s)
         self.event_count = Counter("e2llm_events", "Notable events by kind", ["kind"], registry=r)
+        self.role_switches = Counter(
+            "e2llm_role_switches", "Role changes of replicas at run time", ["replica", "role"], registry=r
+        )
+        self.mixed_steps = Counter(
+            "e2llm_mixed_iterations",
+            "MIXED iterations that carried prompt chunks beside a decode batch",
+            ["replica"],
+            registry=r,
+        )
+        self.role = Gauge(
+            "e2llm_replica_role", "1 for each replica's current role", ["replica", "role"], registry=r
+        )
         self.stages = _StageCollector()
         r.register(self.stages)
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -118,29 +132,59 @@ class ServingMetrics:
     # ---- events from the serving loop ----------------------------------------------------
     def prefill_done(self, replica: str, tokens: int, seconds: float) -> None:
         self.prompt_tokens.inc(tokens)
+        self._count_tokens(1)  # the first token comes out of the prefill
+        if replica in self._gone:
+            return
         self.prefill_seconds.labels(replica).observe(seconds)
         self.rates[replica].prefill.add(tokens, seconds)
-        self._count_tokens(1)  # the first token comes out of the prefill
 
     def decode_step(self, replica: str, batch: int, seconds: float) -> None:
+        self._count_tokens(batch)
+        if replica in self._gone:
+            return
         self.step_seconds.labels(replica).observe(seconds)
         self.batch_size.labels(replica).set(batch)
         self.rates[replica].decode.add(batch, seconds)
         if batch > self._peaks.get(replica, 0):
             self._peaks[replica] = batch
             self.batch_peak.labels(replica).set(batch)
-        self._count_tokens(batch)
 
     def kv_moved(self, src: str, dst: str, n_bytes: int, seconds: float) -> None:
         self.kv_bytes.inc(n_bytes)
         self.kv_seconds.observe(seconds)
 
     def set_decode_queue(self, replica: str, waiting: int, active: int) -> None:
-        self.queue.labels(replica, "decode").set(waiting)
-        self.batch_size.labels(replica).set(active)
+        if replica not in self._gone:
+            self.queue.labels(replica, "decode").set(waiting)
+            self.batch_size.labels(replica).set(active)
 
     def set_prefill_queue(self, replica: str, waiting: int) -> None:
-        self.queue.labels(replica, "prefill").set(waiting)
+        if replica not in self._gone:
+            self.queue.labels(replica, "prefill").set(waiting)
+
+    def replica_gone(self, replica: str) -> None:
+        """A replica was lost or retired: its per-replica series leave `/metrics` (a gauge kept
+        at its last value would read as a replica still at work) and later updates are ignored."""
+        self._gone.add(replica)
+        for metric in (self.prefill_seconds, self.step_seconds, self.batch_size, self.batch_peak):
+            with contextlib.suppress(KeyError):
+                metric.remove(replica)
+        for phase in ("prefill", "decode"):
+            with contextlib.suppress(KeyError):
+                self.queue.remove(replica, phase)
+
+    def set_role(self, replica: str, role: str, before: str | None = None) -> None:
+        """`replica` works in `role` now (`before`: the role it left, counted as a switch)."""
+        if before is not None:
+            self.role.labels(replica, before).set(0)
+            self.role_switches.labels(replica, role).inc()
+        self.role.labels(replica, role).set(1)
+
+    def switch_count(self) -> int:
+        """Role changes so far, all replicas."""
+        return int(
+            sum(s.value for m in self.role_switches.collect() for s in m.samples if s.name.endswith("_total"))
+        )
 
     def request_finished(self, gen: _Finished) -> None:
         outcome = "cancelled" if gen.cancelled else (gen.finish_reason or "unknown")

@@ -18,21 +18,42 @@ from e2llm.runtime.generation import Generation
 
 def prefill_call(actors: Sequence[Any], gen: Generation) -> Any:
     """Submit the prefill of `gen`'s context (the prompt, plus the tokens so far when it migrates)
-    through every stage; returns the ObjectRef of its next token."""
+    through every stage; returns the ObjectRef of its next token (`Picked`, one row)."""
     ref: Any = np.asarray(gen.context_ids, dtype=np.int64)
     last = len(actors) - 1
     for i, actor in enumerate(actors):
-        ref = actor.prefill.remote(gen.seq_id, ref, gen.sampling() if i == last else None)
+        ref = actor.prefill.remote(gen.seq_id, ref, gen.draw() if i == last else None)
     return ref
 
 
 def decode_call(actors: Sequence[Any], group: Sequence[Generation]) -> Any:
-    """Submit one decode step of `group` through every stage; returns the ObjectRef of its tokens."""
+    """Submit one decode step of `group` through every stage; returns the ObjectRef of its tokens
+    (`Picked`, a row per sequence)."""
     ids = [g.seq_id for g in group]
     ref: Any = np.asarray([g.generated[-1] for g in group], dtype=np.int64)
     last = len(actors) - 1
     for i, actor in enumerate(actors):
-        ref = actor.decode.remote(ids, ref, [g.sampling() for g in group] if i == last else None)
+        ref = actor.decode.remote(ids, ref, [g.draw() for g in group] if i == last else None)
+    return ref
+
+
+Piece = tuple[Generation, int, int]  # a prompt chunk: (sequence, first context position, tokens)
+
+
+def mixed_call(actors: Sequence[Any], group: Sequence[Generation], pieces: Sequence[Piece]) -> Any:
+    """Submit one MIXED micro-batch through every stage: a decode step of `group` plus the
+    prompt `pieces`; returns the ObjectRef of (the group's tokens (`Picked`), each piece's first
+    token (`Picked`, one row), None unless the piece ends its prompt)."""
+    ids = [g.seq_id for g in group]
+    tokens = np.asarray([g.generated[-1] for g in group], dtype=np.int64) if group else None
+    ref: Any = (tokens, [np.asarray(g.context_ids[a : a + n], dtype=np.int64) for g, a, n in pieces])
+    chunk_ids = [g.seq_id for g, _, _ in pieces]
+    ends = [g.draw() if a + n == len(g.context_ids) else None for g, a, n in pieces]
+    last = len(actors) - 1
+    for i, actor in enumerate(actors):
+        final = i == last
+        draws = [g.draw() for g in group] if final else None
+        ref = actor.mixed.remote(ids, ref, draws, chunk_ids, ends if final else None)
     return ref
 
 
@@ -55,3 +76,23 @@ def split_batch(batch: list[Generation], n_stages: int) -> list[list[Generation]
         groups.append(batch[start:end])
         start = end
     return groups
+
+
+def split_pieces(pieces: Sequence[Piece], n: int) -> list[list[Piece]]:
+    """The iteration's prompt pieces over `n` micro-batches, about equal tokens each, in order (a
+    piece may be cut in two: the halves run in order on every stage, as one caller's calls to an
+    actor do)."""
+    total = sum(p[2] for p in pieces)
+    n = max(1, min(n, total))
+    out: list[list[Piece]] = [[] for _ in range(n)]
+    size, extra = divmod(total, n)
+    k, room = 0, size + (1 if extra else 0)
+    for gen, start, tokens in pieces:
+        while tokens:
+            take = min(tokens, room)
+            out[k].append((gen, start, take))
+            start, tokens, room = start + take, tokens - take, room - take
+            if not room and k + 1 < n:
+                k += 1
+                room = size + (1 if k < extra else 0)
+    return out

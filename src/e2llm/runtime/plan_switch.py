@@ -14,10 +14,13 @@ on with the replicas that remain.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 
+from e2llm.errors import InputError
 from e2llm.plan.types import Plan
+from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.runtime.cluster import advertised_devices
 from e2llm.runtime.events import EventKind, RecordEvent, ignore_event
 from e2llm.runtime.fleet import Fleet
@@ -98,11 +101,20 @@ class PlanSwitcher:
             since = due - REPLAN_DEBOUNCE_S
 
     # ---- re-plan and switch ----------------------------------------------------------------
-    async def replan(self, since: float | None = None) -> bool:
+    def candidate(self, workload: WorkloadShape | None = None) -> Plan:
+        """The plan a re-plan would make now (blocking: run it off the event loop), for
+        `workload` instead of the plan's own shape when given (a drift re-plan)."""
+        fleet = self.fleet
+        plan = fleet.plan if workload is None else dataclasses.replace(fleet.plan, workload=workload)
+        leave_out = {s.device for r in fleet.runners if not r.alive for s in r.replica.stages}
+        return replanned(plan, self._cluster, leave_out, advertised_devices())
+
+    async def replan(self, since: float | None = None, plan: Plan | None = None) -> bool:
         """Plan again on the cluster's devices minus those of lost replicas (and any no Ray node
         advertises), start the new plan's actors off the event loop, then route new requests to
         it; requests already on the old plan's replicas finish there. False (with `error` set)
-        when no new plan could be made or started: serving goes on as is."""
+        when no new plan could be made or started: serving goes on as is. `plan`: switch to this
+        one (made by `candidate`) instead of planning again."""
         if self.error == NO_REPLAN:
             return False
         loop = asyncio.get_running_loop()
@@ -113,13 +125,20 @@ class PlanSwitcher:
             log.info("re-planning without devices %s", sorted(leave_out) or "none")
             self.replanning = True
             try:
-                advertised = await asyncio.to_thread(advertised_devices)
-                plan = await asyncio.to_thread(replanned, fleet.plan, self._cluster, leave_out, advertised)
+                if plan is None:
+                    advertised = await asyncio.to_thread(advertised_devices)
+                    plan = await asyncio.to_thread(
+                        replanned, fleet.plan, self._cluster, leave_out, advertised
+                    )
                 runners = await asyncio.to_thread(self._start_replicas, plan, fleet.generation + 1)
             except Exception as e:
-                self.error = f"re-planning failed: {type(e).__name__}: {e}"
+                # `error` is public (`/health`): an InputError says what is wrong with the devices
+                # left (no feasible plan...); anything else (a bug, an actor that failed to start)
+                # is told only here, with its traceback
+                known = isinstance(e, InputError)
+                self.error = f"re-planning failed: {e if known else 'internal error, see the server log'}"
                 text = f"{self.error}; serving on with plan generation {fleet.generation}"
-                log.error("%s", text)
+                log.error("%s", text, exc_info=None if known else e)
                 self.record_event(EventKind.REPLAN_FAILED, text)
                 return False
             finally:

@@ -30,6 +30,17 @@ def encode_chat(tokenizer: Any, messages: Sequence[Mapping[str, Any]]) -> list[i
     return _ids(encoded)
 
 
+def max_token_chars(tokenizer: Any) -> int | None:
+    """The most characters one token stands for (each decoded alone), or None where that does
+    not bound a prompt's tokens from below (the tokenizer normalises text before splitting it).
+    A text of `n` characters then has at least `n / max_token_chars` tokens, so a prompt far
+    longer than the context can be refused without tokenising it."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.normalizer is not None:
+        return None
+    return max(len(tokenizer.decode([i], skip_special_tokens=False)) for i in range(len(tokenizer)))
+
+
 def encode_text(tokenizer: Any, text: str) -> list[int]:
     """Token ids of a plain completion prompt (the tokenizer's own special-token convention)."""
     return _ids(tokenizer(text))

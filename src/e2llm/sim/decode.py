@@ -20,6 +20,10 @@ Prompts reach an engine in two modes:
   done, and all of them join the decode batch when the last one is done (or, if `on_prefilled`
   sends them elsewhere, their KV leaves for another decoder).
 - `CHUNKED` (MIXED replicas): see sim/mixed.py.
+
+One file of ~380 lines on purpose: admission, the segment clock and the two prompt modes share
+one state (the batch, its segment, each device's KV); split, each part would reach into the
+other's fields.
 """
 
 from __future__ import annotations
@@ -149,6 +153,15 @@ class DecodeEngine:
             return self._boundary(now, 0)
         prompt = job.prefill_start_s is None and self.mode is Mode.PROMPTS_FIRST
         return self._interrupt(now, at_once=prompt and self.execution.prompts_interleave)
+
+    def next_boundary(self, now: float) -> float:
+        """When the decode step under way ends (`now` if none runs). While decoding is paused for
+        an import, `now`: the runtime's loop is then blocked in a step of its own, which this
+        approximation does not model."""
+        if self._seg_event is None or self._seg_dt <= 0:
+            return now
+        k = int((now - self._seg_t0) / self._seg_dt) + 1
+        return max(now, self._seg_t0 + min(k, self._seg_steps) * self._seg_dt)
 
     def kv_incoming(self, now: float) -> list[Event]:
         """A hand-off towards this engine starts (see `execution.Execution`): with
@@ -351,7 +364,7 @@ class DecodeEngine:
     def _chunked_step(self, now: float) -> list[Event]:
         """One Sarathi iteration: every active sequence gains a token while the prompts at the
         head of the chunk queue advance by the budget left over."""
-        pieces = plan_chunks(self._chunks, self.chunk_tokens - len(self.active))
+        pieces = plan_chunks(self._chunks, len(self.active), self.chunk_tokens)
         stages = self.replica.stages
         chunk_s = [
             sum(self._chunk_stage_s(k, p.done + n) - self._chunk_stage_s(k, p.done) for p, n in pieces)

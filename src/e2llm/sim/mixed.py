@@ -30,10 +30,11 @@ phases; per iteration it generates `batch` tokens and prefills `chunk_tokens - b
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from e2llm.cost.model import CostModel
 from e2llm.plan.types import Stage
+from e2llm.policy import chunking
 from e2llm.sim.state import Job
 
 
@@ -47,18 +48,11 @@ class Prefilling:
         self.done = 0
 
 
-def plan_chunks(queue: Iterable[Prefilling], budget: int) -> list[tuple[Prefilling, int]]:
-    """The prompt slices of one iteration: (prompt, tokens) in order, at most `budget` tokens
-    (at least one token, so prompts always advance however large the batch)."""
-    left = max(1, budget)
-    out = []
-    for p in queue:
-        n = min(left, p.job.input_tokens - p.done)
-        out.append((p, n))
-        left -= n
-        if not left:
-            break
-    return out
+def plan_chunks(queue: Sequence[Prefilling], batch: int, chunk_tokens: int) -> list[tuple[Prefilling, int]]:
+    """The prompt slices of one iteration beside a decode batch of `batch`: (prompt, tokens) in
+    order (`policy.chunking.plan_chunks`)."""
+    sizes = chunking.plan_chunks([p.job.input_tokens - p.done for p in queue], batch, chunk_tokens)
+    return list(zip(queue, sizes, strict=False))
 
 
 def mixed_step(

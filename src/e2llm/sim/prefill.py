@@ -8,7 +8,6 @@ packed together: prefill cost is close to linear in tokens, so packing would cha
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
 from collections.abc import Callable
 
@@ -16,12 +15,12 @@ from e2llm.cost.model import CostModel
 from e2llm.plan.types import Replica
 from e2llm.sim.engine import Event
 from e2llm.sim.network import Network
-from e2llm.sim.state import BusyLog, Job, KvSizer, prefill_stage_s
+from e2llm.sim.state import BusyLog, Job, KvSizer, prefill_estimate, prefill_stage_s
 
 PrefillDone = Callable[[float, Job], list[Event]]
 OnIdle = Callable[[float], list[Event]]
 Start = Callable[[float], list[Event]]
-_NOMINAL_TOKENS = 1024  # prompt length for the nominal rate of a plan that does not state one
+NOMINAL_PROMPT_TOKENS = 1024  # prompt length for the nominal rate of a plan that does not state one
 
 
 class PrefillPipeline:
@@ -54,7 +53,7 @@ class PrefillPipeline:
         self.backlog_s = 0.0  # estimated bottleneck-stage work routed here and not yet done
         self._svc_cache: dict[int, tuple[float, float]] = {}
         self.nominal_tok_s = (
-            replica.prefill_capacity_tok_s or _NOMINAL_TOKENS / self.estimate(_NOMINAL_TOKENS)[0]
+            replica.prefill_capacity_tok_s or NOMINAL_PROMPT_TOKENS / self.estimate(NOMINAL_PROMPT_TOKENS)[0]
         )
 
     @property
@@ -71,10 +70,7 @@ class PrefillPipeline:
         """(pipelined service time = slowest stage, latency = all stages + hops) for one prompt."""
         got = self._svc_cache.get(tokens)
         if got is None:
-            stages = self.replica.stages
-            times = [prefill_stage_s(self._cost, s, tokens) for s in stages]
-            hops = sum(self._cost.hop_s(a.device, b.device, tokens) for a, b in itertools.pairwise(stages))
-            got = (max(times), sum(times) + hops)
+            got = prefill_estimate(self._cost, self.replica.stages, tokens)
             self._svc_cache[tokens] = got
         return got
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from e2llm.cost.model import CostModel
-from e2llm.plan.evaluate import MAX_CONCURRENCY
 from e2llm.plan.types import Replica, Role
 from e2llm.policy.load import ReplicaLoad
 from e2llm.sim.decode import DecodeEngine, Mode, OnPrefilled
@@ -27,7 +26,7 @@ from e2llm.sim.engine import Event
 from e2llm.sim.execution import IDEAL, Execution
 from e2llm.sim.network import Network
 from e2llm.sim.prefill import PrefillDone, PrefillPipeline
-from e2llm.sim.state import BusyLog, Job, KvSizer, RangeKv, decode_step
+from e2llm.sim.state import BusyLog, Job, KvSizer, decode_batches, kv_s_per_token
 
 _MODE = {
     Role.DECODER: Mode.DECODE,
@@ -35,7 +34,6 @@ _MODE = {
     Role.COLOCATED: Mode.PROMPTS_FIRST,
     Role.MIXED: Mode.CHUNKED,
 }
-_KV_PROBE_TOKENS = 1024  # prompt length at which a replica's KV hand-off seconds per token are taken
 
 OnIdle = Callable[[float, "ReplicaSim"], list[Event]]
 
@@ -47,17 +45,8 @@ def decode_slots(
     of `context` tokens, or is too slow for the floor even alone)."""
     if replica.does_decode:
         return replica.concurrency
-    kv = KvSizer(cost, replica)
-    per_seq = kv.bytes(max(context, 1))
-    best = 0
-    for c in range(1, MAX_CONCURRENCY + 1):
-        if any(c * n > cap for n, cap in zip(per_seq, kv.capacity, strict=True)):
-            break
-        step = decode_step(cost, replica.stages, c, context, execution.step_barrier)[0]
-        if min_decode_tok_s > 0 and 1.0 / step < min_decode_tok_s:
-            break
-        best = c
-    return best
+    batches = decode_batches(cost, replica, context, context, min_decode_tok_s, execution.step_barrier)
+    return batches[-1][0] if batches else 0
 
 
 class ReplicaSim:
@@ -171,19 +160,7 @@ class ReplicaSim:
 
     def set_kv_probe(self, decoders: list[ReplicaSim], cost: CostModel) -> None:
         """KV hand-off seconds per prompt token to the decoder it reaches fastest (links idle)."""
-        best = None
-        for d in decoders:
-            if d is self:
-                continue
-            worst = 0.0
-            for ps in self.replica.stages:
-                for ds in d.replica.stages:
-                    lo, hi = max(ps.start, ds.start), min(ps.end, ds.end)
-                    if lo < hi:
-                        n = RangeKv(cost.model, lo, hi).bytes(_KV_PROBE_TOKENS)
-                        worst = max(worst, cost.transfer_s(ps.device, ds.device, n))
-            best = worst if best is None else min(best, worst)
-        self.kv_s_per_token = (best or 0.0) / _KV_PROBE_TOKENS
+        self.kv_s_per_token = kv_s_per_token(cost, self.replica, [d.replica for d in decoders])
 
     # --- roles ------------------------------------------------------------------------------------
     def become(self, role: Role, home: Role | None = None) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
+from e2llm.plan.evaluate import MAX_CONCURRENCY
 from e2llm.plan.types import Replica, Stage
 from e2llm.sim.metrics import RequestRecord
 from e2llm.specs.model_spec import ModelSpec
@@ -162,6 +164,34 @@ def prefill_stage_s(cost: CostModel, s: Stage, tokens: int) -> float:
     return cost.stage_prefill_s(s.device, s.n_layers, tokens, embedding=s.embedding, lm_head=s.lm_head)
 
 
+def prefill_estimate(cost: CostModel, stages: Sequence[Stage], tokens: int) -> tuple[float, float]:
+    """(pipelined service time = slowest stage, latency = all stages + hops) for one prompt."""
+    times = [prefill_stage_s(cost, s, tokens) for s in stages]
+    hops = sum(cost.hop_s(a.device, b.device, tokens) for a, b in itertools.pairwise(stages))
+    return max(times), sum(times) + hops
+
+
+KV_PROBE_TOKENS = 1024  # prompt length at which a replica's KV hand-off seconds per token are taken
+
+
+def kv_s_per_token(cost: CostModel, src: Replica, decoders: Iterable[Replica]) -> float:
+    """KV hand-off seconds per prompt token from `src` to the decoder it reaches fastest (links
+    idle): per decoder, the slowest of the stage-to-stage pieces (layers both hold)."""
+    best = None
+    for d in decoders:
+        if d.id == src.id:
+            continue
+        worst = 0.0
+        for ps in src.stages:
+            for ds in d.stages:
+                lo, hi = max(ps.start, ds.start), min(ps.end, ds.end)
+                if lo < hi:
+                    n = RangeKv(cost.model, lo, hi).bytes(KV_PROBE_TOKENS)
+                    worst = max(worst, cost.transfer_s(ps.device, ds.device, n))
+        best = worst if best is None else min(best, worst)
+    return (best or 0.0) / KV_PROBE_TOKENS
+
+
 def decode_step(
     cost: CostModel, stages: tuple[Stage, ...], batch: int, context: int, barrier: bool = False
 ) -> tuple[float, list[float]]:
@@ -190,6 +220,30 @@ def decode_step(
         lap += cost.transfer_s(stages[-1].device, stages[0].device, 4.0 * b)  # token ids back
     cycle = lap + (m - 1) * max(times) if barrier else max(lap, m * max(times))
     return cycle, [min(1.0, m * t / cycle) if cycle > 0 else 0.0 for t in times]
+
+
+def decode_batches(
+    cost: CostModel,
+    replica: Replica,
+    kv_context: int,
+    context: int,
+    min_decode_tok_s: float,
+    barrier: bool = False,
+) -> list[tuple[int, float]]:
+    """(batch, step seconds at `context`) of each decode batch 1, 2, ... up to the planner's
+    largest whose KV at `kv_context` tokens each fits the replica and whose per-request speed keeps
+    `min_decode_tok_s` (empty: not even one sequence); `barrier` as in `decode_step`."""
+    kv = KvSizer(cost, replica)
+    per_seq = kv.bytes(max(kv_context, 1))
+    out = []
+    for c in range(1, MAX_CONCURRENCY + 1):
+        if any(c * n > cap for n, cap in zip(per_seq, kv.capacity, strict=True)):
+            break
+        step = decode_step(cost, replica.stages, c, context, barrier)[0]
+        if min_decode_tok_s > 0 and 1.0 / step < min_decode_tok_s:
+            break
+        out.append((c, step))
+    return out
 
 
 class BusyLog:

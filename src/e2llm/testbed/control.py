@@ -17,6 +17,7 @@ import subprocess
 
 from e2llm.errors import InputError
 from e2llm.testbed import cgroups, host, netcmds
+from e2llm.testbed.host import TestbedError
 from e2llm.testbed.raynodes import joined
 from e2llm.testbed.state import TestbedState
 from e2llm.testbed.topology import NS_IFNAME, DeviceNode
@@ -27,7 +28,7 @@ def node(state: TestbedState, device: str) -> DeviceNode:
         return state.topology.device(device)
     except KeyError:
         names = ", ".join(d.name for d in state.topology.devices)
-        raise InputError("device", f"not a device of this testbed (devices: {names})", device) from None
+        raise InputError(device, f"not a device of this testbed (devices: {names})") from None
 
 
 def device_command(
@@ -105,6 +106,6 @@ def kill_raylet(state: TestbedState, device: str) -> int:
     """SIGKILL the device's raylet; returns its pid."""
     pid = raylet_pid(state, device)
     if pid is None:
-        raise InputError("device", "its Ray node has no raylet running", device)
+        raise TestbedError(f"the Ray node of {device} has no raylet running")
     os.kill(pid, signal.SIGKILL)
     return pid

@@ -74,7 +74,7 @@ def up(cluster_path: str | Path, options: TestbedOptions, progress: Progress = l
         raise InputError(
             str(path),
             f"the devices' memory limits add up to {need / 2**30:.1f} GiB but only "
-            f"{available / 2**30:.1f} GiB is available; lower --memory-scale",
+            f"{available / 2**30:.1f} GiB is available; lower the memory scale",
         )
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "logs").mkdir(exist_ok=True)

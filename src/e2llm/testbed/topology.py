@@ -160,14 +160,14 @@ def plan_topology(
     n = len(cluster.devices)
     if n > MAX_DEVICES:
         raise InputError(cluster.source, f"a testbed holds at most {MAX_DEVICES} devices", n)
-    for flag, value in (("--scale", options.scale), ("--memory-scale", options.memory_scale)):
+    for name, value in (("scale", options.scale), ("memory_scale", options.memory_scale)):
         if not (math.isfinite(value) and value > 0):
-            raise InputError(flag, "must be a positive number", value)
+            raise InputError(name, "must be a positive number", value)
     budget = options.cpu_budget_cores
     if budget is None:
         budget = host_cores - HEAD_RESERVE_CORES
     if not (math.isfinite(budget) and 0 < budget <= host_cores):
-        raise InputError("--cpu-budget", f"must be in (0, {host_cores}] cores (this host's)", budget)
+        raise InputError("cpu_budget_cores", f"must be in (0, {host_cores}] cores (this host's)", budget)
     names = [safe_name(d.name) for d in cluster.devices]
     if len(set(names)) < n:
         clash = next(x for x in names if names.count(x) > 1)
@@ -185,7 +185,7 @@ def plan_topology(
             raise InputError(
                 cluster.source,
                 f"device {dev.name} would get {cores[dev.name]:.3f} cores, below the kernel's "
-                f"minimum quota ({MIN_QUOTA_US / CPU_PERIOD_US:.1f} cores); raise --cpu-budget or "
+                f"minimum quota ({MIN_QUOTA_US / CPU_PERIOD_US:.1f} cores); raise the CPU budget or "
                 "emulate fewer devices",
             )
         egress = [EgressClass(HEAD_CLASS, "", head, head_rate)]
@@ -225,7 +225,7 @@ def _rate(mbps: float, what: str, cluster: Cluster) -> float:
     if mbps < MIN_RATE_MBPS:
         raise InputError(
             cluster.source,
-            f"{what}: {mbps:g} Mbit/s after --scale is below what tc can shape ({MIN_RATE_MBPS} Mbit/s)",
+            f"{what}: {mbps:g} Mbit/s once scaled is below what tc can shape ({MIN_RATE_MBPS} Mbit/s)",
         )
     return mbps
 
