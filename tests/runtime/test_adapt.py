@@ -215,5 +215,35 @@ def test_a_drift_assignment_keeps_alike_replicas_in_the_roles_they_have() -> Non
     d = _deployment()
     d.fleet.runners[2].become(Role.PREFILL)
     wanted = RoleAssignment((True, True, False), (1, 1, 2), 0.0, 1.0, 1.0, 1.0)  # two P, one D
-    got = fewest_switches(d.fleet.runners, WorkloadShape(100, 10, 1.0), wanted)
+    runners = d.fleet.runners
+    got = fewest_switches(runners, [r.role for r in runners], WorkloadShape(100, 10, 1.0), wanted)
     assert got == [(True, 1), (False, 2), (True, 1)]  # d1 stays the decoder: nothing to switch
+
+
+def test_a_drift_re_plan_does_not_undo_the_switch_in_flight() -> None:
+    """Three alike replicas, a decoder draining for PREFILL when a drift re-plan asks for two
+    PREFILL replicas: the draining one is the second (measured before: the re-plan kept the
+    draining decoder a decoder, so it switched back at once and the other decoder drained too)."""
+    from e2llm.plan.roles import RoleAssignment
+    from e2llm.plan.workload_shape import WorkloadShape
+
+    async def run() -> None:
+        d = _deployment()
+        p, d1, d2 = d.fleet.runners
+        p.prefill_tokens_outstanding = 500
+        held = _gen()
+        join = asyncio.create_task(d2.join(held, None))
+        d1.slots.queue(_gen())
+        d1.slots.queue(_gen())  # d1 holds more: d2 is the one to drain
+        await asyncio.sleep(0)
+        d2.slots.admit()
+        await asyncio.sleep(0)
+        d.roles.tick(0.0)
+        assert d.roles.switching is d2 and d.roles.heading(d2) is Role.PREFILL
+        wanted = RoleAssignment((True, True, False), (1, 1, 2), 0.0, 1.0, 1.0, 1.0)  # two P, one D
+        d.drift._retarget(d.fleet.plan, WorkloadShape(100, 1, 1.0), wanted)
+        assert d.roles.targets == {0: Role.PREFILL, 1: Role.DECODER, 2: Role.PREFILL}
+        assert d1.slots.concurrency == 2
+        join.cancel()
+
+    asyncio.run(run())

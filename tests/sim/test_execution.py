@@ -99,3 +99,22 @@ def test_a_colocated_prompt_starts_at_once_and_the_step_under_way_finishes_after
     assert ray[1].first_token_s == pytest.approx(arrival + 50 * 4 * 0.001 + 0.005)
     # r0 loses the same time either way (the prompt's), nothing else: the cut step is finished.
     assert ray[0].last_token_s == pytest.approx(ideal[0].last_token_s)
+
+
+def test_a_hand_off_starts_when_the_decoders_step_under_way_ends() -> None:
+    # As above: r0 decodes at 45 ms a step on c when r1's prompt is done. e2llm serve's decoder
+    # admits r1, and only then starts moving its KV, at the top of its loop: the next boundary.
+    reqs = [Request(0, 0.0, 10, 200), Request(1, 1.0, 1000, 2)]
+    pauses, at_boundary = Execution(kv_import_pauses_decode=True), RAY_RUNTIME
+    early_r0, early_r1 = _run(pauses, reqs)
+    r0, r1 = _run(at_boundary, reqs)
+    assert early_r1.kv_start_s == pytest.approx(early_r1.prefill_end_s)
+    assert r1.prefill_end_s == pytest.approx(early_r1.prefill_end_s)
+    step = 0.045
+    waited = r1.kv_start_s - r1.prefill_end_s
+    assert 0 < waited <= step + 1e-9
+    steps = (r1.kv_start_s - r0.decode_admit_s) / step
+    assert steps == pytest.approx(round(steps), abs=1e-6)  # exactly on one of r0's step boundaries
+    assert r1.kv_end_s - r1.kv_start_s == pytest.approx(early_r1.kv_end_s - early_r1.kv_start_s)
+    # r0 still pauses from that boundary until the KV is in: it now loses the whole transfer.
+    assert r0.last_token_s - early_r0.last_token_s == pytest.approx(waited, abs=1e-6)

@@ -86,7 +86,8 @@ def served(testbed_host: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
     state = load_state(cluster)
     try:
         (folder / "plan.json").write_text(json.dumps(PLAN))
-        args = [str(folder / "plan.json"), "--ray-address", state.address, "--threads", "1"]
+        # --adapt off: the faults hit the plan as written (no role switch moves its PREFILL or decoders)
+        args = [str(folder / "plan.json"), "--ray-address", state.address, "--threads", "1", "--adapt", "off"]
         with local_server(args, folder / "serve.log", env=state.env) as server:
             reference = {p: complete(server.url, p) for p in PROMPTS}  # one at a time
             yield Served(state, server, reference)

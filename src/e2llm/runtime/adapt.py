@@ -84,6 +84,12 @@ class RoleController:
         in_flight = self.switching is not None
         return controller.decide_switch(loads, self.settings, demand, now, self.last_switch_s, in_flight)
 
+    def heading(self, runner: ReplicaRunner) -> Role:
+        """The role `runner` has, or the one it is draining for."""
+        if runner is self.switching and self.switch_to is not None:
+            return self.switch_to
+        return runner.role
+
     def retarget(self, roles: Mapping[int, Role]) -> None:
         """Switch replicas (by id) to these roles, one at a time, by the protocol."""
         self.targets = {i: role for i, role in roles.items()}

@@ -59,18 +59,18 @@ def regroup_pays(roles_only: RoleAssignment | None, regrouped: RoleAssignment | 
 
 
 def fewest_switches(
-    runners: Sequence[ReplicaRunner], shape: WorkloadShape, a: RoleAssignment
+    runners: Sequence[ReplicaRunner], roles: Sequence[Role], shape: WorkloadShape, a: RoleAssignment
 ) -> list[tuple[bool, int]]:
     """`a`'s (PREFILL?, concurrency) per runner, exchanged between replicas that are alike (the
-    same rates in both roles for `shape`) so that as many as possible keep the role they have:
-    the assignment is the same, fewer replicas have to drain."""
+    same rates in both roles for `shape`) so that as many as possible keep `roles` (the roles
+    they have, or are switching to): the assignment is the same, fewer replicas have to drain."""
     groups: dict[object, list[int]] = {}
     for i, r in enumerate(runners):
         groups.setdefault(role_rates(r.capacity, shape), []).append(i)
     out = list(zip(a.prefill, a.concurrency, strict=True))
     for members in groups.values():
         wanted = sorted((out[i] for i in members), key=lambda x: not x[0])  # PREFILL targets first
-        keep_prefill = sorted(members, key=lambda i: runners[i].role is not Role.PREFILL)
+        keep_prefill = sorted(members, key=lambda i: roles[i] is not Role.PREFILL)
         for i, target in zip(keep_prefill, wanted, strict=True):
             out[i] = target
     return out
@@ -144,7 +144,9 @@ class DriftReplanner:
     def _retarget(self, plan: Plan, shape: WorkloadShape, a: RoleAssignment) -> None:
         runners = self._switchable()
         targets = {}
-        for runner, (prefill, concurrency) in zip(runners, fewest_switches(runners, shape, a), strict=True):
+        heading = [self.roles.heading(r) for r in runners]  # a switch in flight is not undone
+        assigned = fewest_switches(runners, heading, shape, a)
+        for runner, (prefill, concurrency) in zip(runners, assigned, strict=True):
             targets[runner.replica.id] = Role.PREFILL if prefill else Role.DECODER
             if not prefill:
                 runner.slots.concurrency = concurrency

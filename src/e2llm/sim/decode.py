@@ -154,6 +154,15 @@ class DecodeEngine:
         prompt = job.prefill_start_s is None and self.mode is Mode.PROMPTS_FIRST
         return self._interrupt(now, at_once=prompt and self.execution.prompts_interleave)
 
+    def next_boundary(self, now: float) -> float:
+        """When the decode step under way ends (`now` if none runs). While decoding is paused for
+        an import, `now`: the runtime's loop is then blocked in a step of its own, which this
+        approximation does not model."""
+        if self._seg_event is None or self._seg_dt <= 0:
+            return now
+        k = int((now - self._seg_t0) / self._seg_dt) + 1
+        return max(now, self._seg_t0 + min(k, self._seg_steps) * self._seg_dt)
+
     def kv_incoming(self, now: float) -> list[Event]:
         """A hand-off towards this engine starts (see `execution.Execution`): with
         `kv_import_pauses_decode`, decoding stops at the next step boundary until it is in."""

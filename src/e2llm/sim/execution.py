@@ -27,7 +27,10 @@ class Execution:
     step_barrier: bool = False
     kv_import_pauses_decode: bool = False
     prompts_interleave: bool = False
+    handoff_at_step_boundary: bool = False
 
 
 IDEAL = Execution()
-RAY_RUNTIME = Execution(step_barrier=True, kv_import_pauses_decode=True, prompts_interleave=True)
+RAY_RUNTIME = Execution(
+    step_barrier=True, kv_import_pauses_decode=True, prompts_interleave=True, handoff_at_step_boundary=True
+)

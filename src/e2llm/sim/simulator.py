@@ -188,6 +188,16 @@ class _Run:
         return False, self._hand_off(now, job, src, dst)
 
     def _hand_off(self, now: float, job: Job, src: ReplicaSim, dst: ReplicaSim) -> list[Event]:
+        engine = dst.engine
+        assert engine is not None
+        out: list[Event] = engine.kv_incoming(now)
+        if self.execution.handoff_at_step_boundary:  # the decoder admits it after its step under way
+            at = engine.next_boundary(now)
+            if at > now:
+                return [*out, Event(at, self._move_kv, job, src, dst)]
+        return out + self._move_kv(now, job, src, dst)
+
+    def _move_kv(self, now: float, job: Job, src: ReplicaSim, dst: ReplicaSim) -> list[Event]:
         job.kv_start_s = now
         parts = self._kv_parts(src, dst)
         sizes = [(a, b, kv.bytes(job.input_tokens)) for a, b, kv in parts]
@@ -203,7 +213,7 @@ class _Run:
             job.kv_end_s = t
             return engine.kv_arrived(t, job) + src.kv_left(t)
 
-        out: list[Event] = engine.kv_incoming(now)
+        out: list[Event] = []
         for (a, b, n), k in zip(sizes, self._kv_sources(src, dst), strict=True):
             send = functools.partial(self._send, a, b, n, part_done)
             pipe = src.pipe
