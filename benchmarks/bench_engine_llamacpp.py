@@ -31,6 +31,7 @@ from typing import Any
 
 PROMPT_TOKENS = 512
 DECODE_TOKENS = 64
+N_CTX = 1024  # KV positions both engines hold
 
 
 def _tokens(n: int) -> list[int]:
@@ -64,6 +65,7 @@ def run_e2llm(threads: int, ids: list[int]) -> dict[str, float]:
     torch.set_num_threads(threads)
     prepared = prepare_model(default_model_source())
     stage = load_stage(prepared, 0, prepared.config.n_layers, dtype=torch.bfloat16, precision="q4")
+    stage.reserve_kv(1, N_CTX)  # as llama.cpp's context
     prompt = torch.tensor(ids)
     stage.prefill("warm", prompt[:16])
     stage.decode(["warm"], prompt[15:16])
@@ -78,20 +80,12 @@ def run_e2llm(threads: int, ids: list[int]) -> dict[str, float]:
     decode_s = time.perf_counter() - t0
     stage.free("s")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the all-logits pass
-    with torch.inference_mode():  # all-position logits for the perplexity
-        from e2llm.runtime.kv import KVCache
-
-        cfg = stage.config
-        cache = KVCache(range(cfg.n_layers), cfg.n_kv_heads, cfg.head_dim, torch.bfloat16, stage.device)
-        cache.allocate("p")
-        x = torch.tensor([ids])
-        slots = cache.batch(["p"], len(ids), 0)
-        full = stage.forward(x, torch.arange(len(ids))[None], cache, slots, visibility="causal")
+    full = stage.prefill("p", prompt, all_logits=True)
     return {
         "prompt_tok_s": len(ids) / prompt_s,
         "decode_tok_s": DECODE_TOKENS / decode_s,
         "rss_mib": rss,
-        "ppl": math.exp(_nll(full[0].float().numpy(), ids)),
+        "ppl": math.exp(_nll(full.float().numpy(), ids)),
     }
 
 
@@ -102,7 +96,7 @@ def run_llamacpp(threads: int, ids: list[int]) -> dict[str, float]:
     from e2llm.runtime.weights import default_model_source
 
     path = str(default_model_source().path)
-    opts = dict(n_ctx=1024, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
+    opts = dict(n_ctx=N_CTX, n_threads=threads, n_threads_batch=threads, n_batch=512, verbose=False)
     llm = Llama(path, **opts)
     llm.eval(ids[:16])
     llm.reset()

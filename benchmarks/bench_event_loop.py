@@ -69,6 +69,10 @@ def _gaps(stamps: list[float], start: float, end: float, edges: bool) -> list[fl
     return [b - a for a, b in itertools.pairwise(inside)]
 
 
+def _ms(seconds: float) -> float:
+    return round(1000 * seconds, 1)
+
+
 async def _run(url: str, prompt_bytes: int) -> dict[str, object]:
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         stamps: list[float] = []
@@ -86,11 +90,11 @@ async def _run(url: str, prompt_bytes: int) -> dict[str, object]:
         done.set()
         await stream
     quiet, burst = _gaps(stamps, t0, t1, False), _gaps(stamps, t1, end, True)
-    return {
-        "quiet_worst_gap_ms": round(1000 * max(quiet), 1),
-        "quiet_median_gap_ms": round(1000 * statistics.median(quiet), 1),
-        "burst_worst_gap_ms": round(1000 * max(burst), 1),
-        "burst_median_gap_ms": round(1000 * statistics.median(burst), 1),
+    return {  # None: fewer than two chunks in the quiet window (a box too busy to measure on)
+        "quiet_worst_gap_ms": _ms(max(quiet)) if quiet else None,
+        "quiet_median_gap_ms": _ms(statistics.median(quiet)) if quiet else None,
+        "burst_worst_gap_ms": _ms(max(burst)),
+        "burst_median_gap_ms": _ms(statistics.median(burst)),
         "burst_s": round(t2 - t1, 2),
         "big_prompt_statuses": sorted(statuses),
     }

@@ -270,7 +270,7 @@ def test_posts_need_a_json_content_type(url: str, path: str, content_type: str |
 @pytest.mark.parametrize(
     "host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example", "localhost.evil", ""]
 )
-@pytest.mark.parametrize("path", ["/health", "/", "/v1/models", "/v1/completions"])
+@pytest.mark.parametrize("path", ["/health", "/", "/v1/status", "/v1/models", "/v1/completions"])
 def test_a_foreign_host_header_is_refused(url: str, host: str, path: str) -> None:
     """A page on evil.example whose name re-binds to 127.0.0.1 sends `Host: evil.example`."""
     method = "POST" if path == "/v1/completions" else "GET"

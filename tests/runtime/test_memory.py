@@ -7,13 +7,15 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_models import save_mxfp4_checkpoint, tiny_gpt_oss
 
+from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES
 from e2llm.errors import InputError
 from e2llm.plan.types import Replica, Role, Stage
 from e2llm.runtime.engine import load_stage
 from e2llm.runtime.memory import GIB, check_fits, kv_reservation, predicted_weight_bytes
 from e2llm.runtime.precision import stage_precision
-from e2llm.runtime.weights import PreparedModel
+from e2llm.runtime.weights import ModelSource, PreparedModel, prepare_model
 from e2llm.specs.model_catalog import load_model, smollm2_gguf_path
 from e2llm.specs.model_spec import ModelSpec
 
@@ -78,4 +80,37 @@ def test_stage_memory_matches_the_cost_model(smollm2_prepared: PreparedModel, sp
     predicted = predicted_weight_bytes(spec, planned) + predicted_kv
     measured = mem.weight_bytes + mem.kv_reserved_bytes
     assert mem.kv_reserved_bytes == predicted_kv  # KV at the planned bytes per value, nothing more
+    assert abs(measured / predicted - 1) <= 0.10, (measured, predicted)
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt_oss_prepared(tmp_path_factory: pytest.TempPathFactory) -> PreparedModel:
+    path = tmp_path_factory.mktemp("tiny-gpt-oss")
+    save_mxfp4_checkpoint(tiny_gpt_oss(), path)
+    return prepare_model(ModelSource.from_path(path))
+
+
+@pytest.mark.parametrize("split", [(0, 1), (1, 3), (0, 3)])
+def test_sliding_layers_hold_only_their_window(tiny_gpt_oss_prepared: PreparedModel, split) -> None:
+    """Tiny GPT-OSS (window 4 on layers 0 and 2) planned at 4 sequences x 64 tokens: the plan's KV
+    bytes reserve exactly that load (sliding layers at their window, as the cost model counts),
+    and the stage holds weights + KV within 10% of the prediction."""
+    prepared = tiny_gpt_oss_prepared
+    spec = dataclasses.replace(
+        prepared.config, weight_precision="fp32", expert_precision="mxfp4", kv_bytes_per_value=4.0
+    )
+    a, b = split
+    planned = Stage("d", a, b, embedding=a == 0, lm_head=b == 3)
+    kv = CONCURRENCY * sum(spec.kv_bytes_per_token(i) * spec.kv_tokens(i, 64) for i in range(a, b))
+    stage_gb = (predicted_weight_bytes(spec, planned) + kv + RUNTIME_OVERHEAD_BYTES) / GIB
+    planned = dataclasses.replace(planned, memory_gb=stage_gb)
+    sequences, tokens = kv_reservation(
+        spec, Replica(0, Role.DECODER, (planned,), concurrency=CONCURRENCY), planned
+    )
+    assert sequences == CONCURRENCY and tokens >= 64  # only-sliding stages: the model's context
+    stage = load_stage(prepared, a, b, precision="fp32", expert_precision="mxfp4")
+    stage.reserve_kv(sequences, tokens)
+    mem = stage.memory()
+    assert mem.kv_reserved_bytes == kv
+    measured, predicted = mem.weight_bytes + mem.kv_reserved_bytes, predicted_weight_bytes(spec, planned) + kv
     assert abs(measured / predicted - 1) <= 0.10, (measured, predicted)

@@ -139,6 +139,23 @@ def test_prefill_chunked_prefill_and_decode_match_transformers(
         assert all(stage.seq_len("s") == 14 for stage in pipe.stages)
 
 
+def test_chunks_longer_than_the_window_match_transformers(
+    tiny: tuple[PreTrainedModel, PreparedModel],
+) -> None:
+    """A chunk longer than a sliding layer's window, starting mid-sequence, sees the ring's older
+    positions and its own under the window; decode then reads the ring as the chunk left it."""
+    hf, prepared = tiny
+    ids = make_ids(10, 24, prepared.config.vocab)
+    ref = reference_logits(hf, ids)
+    for splits in splits_of(prepared.config.n_layers)[::2]:
+        pipe = LocalPipeline.build(prepared, splits)
+        torch.testing.assert_close(pipe.prefill("s", ids[:3]), ref[2], **TOL)
+        torch.testing.assert_close(pipe.prefill("s", ids[3:15]), ref[14], **TOL)  # 12 > window 5
+        torch.testing.assert_close(pipe.prefill("s", ids[15:16]), ref[15], **TOL)  # a 1-token chunk
+        for t in range(16, 24):
+            torch.testing.assert_close(pipe.decode(["s"], [ids[t]])[0], ref[t], **TOL)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("order", ["ascending", "reversed"])
 def test_batched_decode_of_different_lengths(
@@ -177,6 +194,27 @@ def test_batched_decode_of_equal_lengths(tiny: tuple[PreTrainedModel, PreparedMo
         torch.testing.assert_close(logits[1], refs["b"][t], **TOL)
 
 
+def test_a_batched_decode_row_is_bitwise_the_row_decoded_alone(
+    tiny: tuple[PreTrainedModel, PreparedModel],
+) -> None:
+    """Greedy text must not depend on what else is in the batch: a near-tie flips on any rounding
+    difference. Rows of different lengths (some past the sliding window, one freed slot between
+    them) decode together and each alone, in bf16 as the engine serves by default."""
+    _, prepared = tiny
+    vocab, n = prepared.config.vocab, prepared.config.n_layers
+    seqs = {f"s{i}": make_ids(20 + i, length, vocab) for i, length in enumerate((5, 17, 9, 30, 9, 22))}
+    together, alone = (LocalPipeline.build(prepared, [(0, n)], dtype=torch.bfloat16) for _ in range(2))
+    for name, ids in seqs.items():
+        together.prefill(name, ids[:-4])
+        alone.prefill(name, ids[:-4])
+    together.free("s2")
+    names = [s for s in seqs if s != "s2"]
+    for t in range(4, 0, -1):
+        batch = together.decode(names, [seqs[s][-t] for s in names])
+        for row, s in enumerate(names):
+            assert torch.equal(batch[row], alone.decode([s], [seqs[s][-t]])[0]), (s, t)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_kv_handoff_between_different_splits(
     tiny: tuple[PreTrainedModel, PreparedModel], device: str
@@ -190,7 +228,8 @@ def test_kv_handoff_between_different_splits(
     torch.testing.assert_close(prefill.prefill("s", ids[:8]), ref[7], **TOL)
     moved = handoff(prefill, decode, "s")
     cfg = prepared.config
-    assert moved == 2 * n * cfg.n_kv_heads * 8 * cfg.head_dim * 4  # K and V, fp32, 8 tokens
+    # K and V, fp32, 8 tokens (a sliding layer ships only its window)
+    assert moved == 2 * cfg.n_kv_heads * cfg.head_dim * 4 * sum(cfg.kv_tokens(i, 8) for i in range(n))
     assert all(stage.kv_bytes() == 0 for stage in prefill.stages)  # freed at the source
     for t in range(8, 11):
         torch.testing.assert_close(decode.decode(["s"], [ids[t]])[0], ref[t], **TOL)
@@ -204,7 +243,8 @@ def test_partial_import_is_tracked_and_blocks_decode(tiny: tuple[PreTrainedModel
     full.prefill("s", torch.tensor(ids))
     kv = full.export_kv("s")
     assert sorted(kv) == list(range(n))
-    assert kv[0][0].shape == (prepared.config.n_kv_heads, 6, prepared.config.head_dim)
+    cfg = prepared.config
+    assert kv[0][0].shape == (cfg.n_kv_heads, cfg.kv_tokens(0, 6), cfg.head_dim)  # a window at most
     target = load_stage(prepared, 0, n, embedding=True, lm_head=True)
     assert target.import_kv("s", {0: kv[0], n + 5: kv[0]}, 6) == [0]  # unknown layers are ignored
     assert target.missing_layers("s") == list(range(1, n))

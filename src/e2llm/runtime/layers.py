@@ -2,6 +2,9 @@
 GQA attention over the stage's KV cache (sliding window and GPT-OSS attention sinks per layer),
 a SwiGLU FFN or a top-k mixture of experts.
 
+Activations are 2-D, [B * T, features], so a decode step runs few ops per layer: batch-1 decode
+is bound by op dispatch, not arithmetic, on a CPU (RoPE in place, K and V written in one copy).
+
 Linear layers are built as meta placeholders and replaced by `StageModel.load_weights` with the
 module their weight's form needs (`quant.make_linear`): dense, int4 or int8. q/k/v and gate/up are
 fused into one matrix each, so a dense layer runs 4 GEMMs instead of 7.
@@ -15,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from e2llm.runtime.kv import KVCache, SlotBatch
+from e2llm.runtime.kv import KVStep
 from e2llm.runtime.quant import Mxfp4Weight, Weight, make_linear
 from e2llm.specs.model_spec import ModelSpec
 
@@ -27,11 +30,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # normalise in fp32 whatever the weight dtype, then scale in the weight dtype (as HF Llama);
-        # spelled out: F.rms_norm is a slower composite on CPU
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        # torch's composite normalises in fp32 and scales in the weight dtype, as HF Llama does,
+        # in one call from Python (cheaper than spelling it out: decode is dispatch-bound)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def _yarn(cfg: ModelSpec, inv: Tensor) -> Tensor:
@@ -89,21 +90,23 @@ def rope_inv_freq(cfg: ModelSpec) -> Tensor:
 def rope_tables(
     positions: Tensor, inv_freq: Tensor, dtype: torch.dtype, scale: float = 1.0
 ) -> tuple[Tensor, Tensor]:
-    """cos and signed sin [B, T, 1, D] for `positions` [B, T] (angles in fp32, as HF computes them).
-    The sin table carries rotate-half's sign: [-sin, sin] over the two halves."""
-    freqs = positions[..., None].float() * inv_freq
+    """cos [N, 1, 1, D/2] and signed sin [N, 1, 2, D/2] for the N = B * T `positions` [B, T]
+    (angles in fp32, as HF computes them). The sin table carries rotate-half's sign: [-sin, sin]
+    over the two halves."""
+    freqs = positions.reshape(-1, 1).float() * inv_freq
     cos, sin = freqs.cos(), freqs.sin()
     if scale != 1.0:
         cos, sin = cos * scale, sin * scale
-    return torch.cat((cos, cos), -1).to(dtype)[:, :, None], torch.cat((-sin, sin), -1).to(dtype)[:, :, None]
+    return cos.to(dtype)[:, None, None], torch.stack((-sin, sin), 1).to(dtype)[:, None]
 
 
-def apply_rope(x: Tensor, cos: Tensor, signed_sin: Tensor) -> Tensor:
-    """Rotate-half RoPE (HF layout), bit-identical to x*cos + cat(-x2, x1)*sin.
-    x [B, T, heads, D]; tables [B, T, 1, D] from `rope_tables`."""
-    b, t, h, d = x.shape
-    swapped = x.view(b, t, h, 2, d // 2).flip(-2).view(b, t, h, d)  # [x2, x1]
-    return x * cos + swapped * signed_sin
+def apply_rope_(x: Tensor, heads: int, cos: Tensor, signed_sin: Tensor) -> None:
+    """Rotate-half RoPE (HF layout) of the first `heads` heads of x [N, (heads + ...) * D], in
+    place: x * cos + [x2, x1] * [-sin, sin] per head, tables from `rope_tables`."""
+    d = cos.shape[-1]
+    h = x.view(x.shape[0], -1, 2, d)[:, :heads]  # [N, heads, halves, D/2]
+    swapped = h.flip(2)  # [x2, x1], a copy: read before h is overwritten
+    h.mul_(cos).add_(swapped.mul_(signed_sin))  # HF's roundings in bf16 (addcmul_ rounds once)
 
 
 def _placeholder(n_in: int, n_out: int, bias: bool) -> nn.Linear:
@@ -134,40 +137,39 @@ class Attention(nn.Module):
         super().__init__()
         self.layer = layer
         self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.window = cfg.window(layer)
         qkv_out = (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim
         self.wqkv: nn.Module = _placeholder(cfg.hidden, qkv_out, cfg.qkv_bias)  # q, k, v fused
         self.wo: nn.Module = _placeholder(cfg.n_heads * cfg.head_dim, cfg.hidden, cfg.o_bias)
         self.sinks = nn.Parameter(torch.empty(cfg.n_heads, device="meta")) if cfg.attention_sinks else None
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        positions: Tensor,
-        cache: KVCache,
-        slots: SlotBatch,
-        masks: dict[int, Tensor | None],
-        causal: bool,
-    ) -> Tensor:
-        b, t, _ = x.shape
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: KVStep) -> Tensor:
+        """x [B * T, hidden] -> [B * T, hidden]; the cache step stores this layer's new K/V
+        (kept in the layout the fused projection produces: K heads, then V heads)."""
+        b, t = step.rows, step.tokens
         d, nh, nkv = self.head_dim, self.n_heads, self.n_kv_heads
-        qkv = self.wqkv(x).view(b, t, nh + 2 * nkv, d)
-        qk = apply_rope(qkv[:, :, : nh + nkv], cos, sin)  # q and k in one go
-        keys, values = cache.update(self.layer, slots, positions, qk[:, :, nh:], qkv[:, :, nh + nkv :])
-        q = qk[:, :, :nh].transpose(1, 2)
+        qkv = self.wqkv(x)
+        apply_rope_(qkv, nh + nkv, cos, sin)  # q and k in one go
+        keys, values, mask, causal, rows = step.update(self.layer, qkv[:, nh * d :])
+        q = qkv[:, : nh * d].view(b, t, nh, d).transpose(1, 2)
         if keys.dtype != q.dtype:  # KV held at fewer bytes than the activations
             keys, values = keys.to(q.dtype), values.to(q.dtype)
-        mask = masks.get(self.window)
-        is_causal = causal and mask is None
-        if self.sinks is not None:
-            y = sink_attention(q, keys, values, self.sinks, mask, is_causal)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, is_causal=is_causal, enable_gqa=nh != nkv
+        if rows is None:
+            y = self._attend(q, keys, values, mask, causal)
+        else:  # decode rows of different lengths: each over its own keys, as if alone
+            y = torch.cat(
+                [
+                    self._attend(q[r : r + 1], keys[r : r + 1, :, :n], values[r : r + 1, :, :n], None, False)
+                    for r, n in enumerate(rows)
+                ]
             )
-        return self.wo(y.transpose(1, 2).reshape(b, t, nh * d))
+        return self.wo(y.transpose(1, 2).reshape(b * t, nh * d))
+
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+        if self.sinks is not None:
+            return sink_attention(q, keys, values, self.sinks, mask, causal)
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, is_causal=causal, enable_gqa=self.n_heads != self.n_kv_heads
+        )
 
 
 class FeedForward(nn.Module):
@@ -273,16 +275,6 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden, cfg.rms_eps)
         self.feed_forward: nn.Module = Experts(cfg) if cfg.n_experts else FeedForward(cfg)
 
-    def forward(
-        self,
-        x: Tensor,
-        cos: Tensor,
-        sin: Tensor,
-        positions: Tensor,
-        cache: KVCache,
-        slots: SlotBatch,
-        masks: dict[int, Tensor | None],
-        causal: bool,
-    ) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, positions, cache, slots, masks, causal)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, step: KVStep) -> Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, step)
         return h + self.feed_forward(self.ffn_norm(h))

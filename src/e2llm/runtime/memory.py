@@ -35,13 +35,24 @@ def planned_kv_bytes(spec: ModelSpec | None, stage: Stage) -> float:
 
 def kv_reservation(spec: ModelSpec | None, replica: Replica, stage: Stage) -> tuple[int, int]:
     """(sequences, tokens each) of KV to reserve on `stage`: the replica's planned concurrency at
-    the context its planned KV bytes cover (full-attention accounting; (0, 0): reserve nothing)."""
+    the longest context its planned KV bytes cover, a sliding-window layer keeping at most its
+    window (as the cost model counts it; (0, 0): reserve nothing)."""
     kv = planned_kv_bytes(spec, stage)
     if spec is None or kv <= 0:
         return 0, 0
-    per_token = sum(spec.kv_bytes_per_token(i) for i in range(stage.start, stage.end))
     sequences = max(1, replica.concurrency)
-    return sequences, int(kv // (per_token * sequences)) if per_token else 0
+    per_sequence = kv / sequences
+    layers = range(stage.start, stage.end)
+    window = spec.sliding_window
+    full = sum(spec.kv_bytes_per_token(i) for i in layers if not spec.window(i))
+    every = sum(spec.kv_bytes_per_token(i) for i in layers)
+    if not every:
+        return sequences, 0
+    if full == every or per_sequence < every * window:  # no layer slides, or within the window
+        return sequences, int(per_sequence // every)
+    if not full:  # only sliding layers: the windows hold any context
+        return sequences, spec.max_context
+    return sequences, min(spec.max_context, int(window + (per_sequence - every * window) // full))
 
 
 def check_fits(

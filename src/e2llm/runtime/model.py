@@ -3,9 +3,9 @@
 A `StageModel` holds the global layers [start, end) of one model, plus the token embedding (first
 stage) and the final norm + LM head (last stage). It is built on the meta device and its weights
 are assigned from a state dict, so a stage never allocates layers it does not own. One `forward`
-with explicit positions serves prefill (T tokens of one sequence, possibly continuing a cached
-prefix) and batched decode (one token each of B sequences at different positions); the causal
-mask is built from the positions, so rows of different lengths share one pass.
+over a KV-cache step serves prefill (T tokens of one sequence, possibly continuing a cached
+prefix) and batched decode (one token each of B sequences at different positions); the step
+knows each row's positions and builds the masks, so rows of different lengths share one pass.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import numpy as np
 import torch
@@ -22,12 +21,10 @@ from torch import Tensor, nn
 from e2llm.errors import InputError
 from e2llm.runtime.backend import MemoryReport
 from e2llm.runtime.checkpoint import TORCH_DTYPES, StageTensors, stage_tensors
-from e2llm.runtime.kv import KVCache, SlotBatch
+from e2llm.runtime.kv import KVCache, KVStep
 from e2llm.runtime.layers import Block, Experts, RMSNorm, rope_inv_freq, rope_scale, rope_tables
 from e2llm.runtime.quant import Weight, make_linear, module_bytes
 from e2llm.specs.model_spec import ModelSpec
-
-Visibility = Literal["all", "causal", "positions"]
 
 
 def release_freed_memory() -> None:
@@ -91,11 +88,15 @@ class StageModel(nn.Module):
         with torch.device("meta"):  # shapes only; storage comes from load_weights
             self.layers = nn.ModuleDict({str(i): Block(config, i) for i in range(start, end)})
             self.norm = RMSNorm(config.hidden, config.rms_eps) if lm_head else None
-        self.windows = sorted({config.window(i) for i in range(start, end)})
         self.inv_freq = rope_inv_freq(config).to(self.device)
         self.rope_scale = rope_scale(config)
         self.cache = KVCache(
-            range(start, end), config.n_kv_heads, config.head_dim, kv_dtype or dtype, self.device
+            range(start, end),
+            config.n_kv_heads,
+            config.head_dim,
+            kv_dtype or dtype,
+            self.device,
+            windows={i: config.window(i) for i in range(start, end)},
         )
         if weights is not None:
             self.load_weights(weights)
@@ -163,57 +164,28 @@ class StageModel(nn.Module):
         return module_bytes(self)
 
     # -- the one forward ---------------------------------------------------------------------
-    def forward(
-        self,
-        x: Tensor,
-        positions: Tensor,
-        cache: KVCache,
-        slots: SlotBatch,
-        last_only: bool = False,
-        visibility: Visibility = "positions",
-    ) -> Tensor:
-        """x: ids [B, T] or hidden [B, T, hidden]; positions [B, T] (absolute, per row).
-
-        Returns hidden [B, T, hidden], or fp32 logits [B, T, vocab] ([B, 1, vocab] if `last_only`)
-        on the LM-head stage. Writes the new K/V at `positions` of each row's slot. `visibility`
-        is what the caller knows without a device sync: "all" (every query sees all
-        `slots.length` keys: one-token steps of equal-length rows), "causal" (one row whose
-        queries are exactly positions 0..length-1: a fresh prefill) or "positions" (mask built
-        from `positions`: chunked prefill, mixed-length decode).
-        """
+    def forward(self, x: Tensor, step: KVStep, last_only: bool = False) -> Tensor:
+        """x: ids [B * T] or hidden [B * T, hidden], rows as `step` (from `self.cache.step`) lays
+        them out. Returns hidden [B * T, hidden], or fp32 logits [B * T, vocab] ([B, vocab] of each
+        row's last token if `last_only`) on the LM-head stage. Writes the new K/V."""
         h = self.embed_tokens(x) if self.embed_tokens is not None else x.to(self.dtype)
-        cos, sin = rope_tables(positions, self.inv_freq, self.dtype, self.rope_scale)
-        full = self._mask(positions, slots.length, 0) if visibility == "positions" else None
-        masks = {
-            w: self._mask(positions, slots.length, w) if w and slots.length > w else full
-            for w in self.windows
-        }
-        causal = visibility == "causal"
+        cos, sin = rope_tables(step.positions, self.inv_freq, self.dtype, self.rope_scale)
         for block in self.layers.values():
-            h = block(h, cos, sin, positions, cache, slots, masks, causal)
+            h = block(h, cos, sin, step)
         if self.lm_head is None:
             return h
         assert self.norm is not None
-        if last_only:
-            h = h[:, -1:]
+        if last_only and step.tokens > 1:
+            h = h.view(step.rows, step.tokens, -1)[:, -1]
         return self.lm_head(self.norm(h)).float()
-
-    @staticmethod
-    def _mask(positions: Tensor, length: int, window: int) -> Tensor:
-        """Boolean [B, 1, T, length]: key j is visible to the query at position p iff j <= p
-        (and p - j < window when the layer slides)."""
-        keys = torch.arange(length, device=positions.device)
-        mask = keys[None, None, :] <= positions[:, :, None]
-        if window:
-            mask &= keys[None, None, :] > positions[:, :, None] - window
-        return mask[:, None]
 
     # -- phases --------------------------------------------------------------------------------
     @torch.inference_mode()
-    def prefill(self, seq_id: str, inputs: Tensor | np.ndarray) -> Tensor:
+    def prefill(self, seq_id: str, inputs: Tensor | np.ndarray, all_logits: bool = False) -> Tensor:
         """Run T tokens of one sequence from its current cached length (0 for a new sequence;
         more for a chunked prefill or re-prefill). Inputs: ids [T] or hidden [T, hidden].
-        Returns hidden [T, hidden], or logits [vocab] of the last position on the LM-head stage."""
+        Returns hidden [T, hidden], or on the LM-head stage the logits [vocab] of the last position
+        ([T, vocab] of every position with `all_logits`)."""
         x = self._input(inputs)
         start, t = self.cache.length(seq_id), x.shape[0]
         if t == 0:
@@ -225,12 +197,9 @@ class StageModel(nn.Module):
         if seq_id not in self.cache:
             self.cache.allocate(seq_id)
         self._check_complete([seq_id])
-        positions = torch.arange(start, start + t, device=self.device)[None]
-        visibility: Visibility = "all" if t == 1 else "causal" if start == 0 else "positions"
-        slots = self.cache.batch([seq_id], start + t, start)
-        out = self.forward(x[None], positions, self.cache, slots, last_only=True, visibility=visibility)
+        out = self.forward(x, self.cache.step([seq_id], t), last_only=not all_logits)
         self.cache.advance(seq_id, t)
-        return out[0, -1] if self.has_lm_head else out[0]
+        return out[-1] if self.has_lm_head and not all_logits else out
 
     @torch.inference_mode()
     def decode(self, seq_ids: Sequence[str], inputs: Tensor | np.ndarray) -> Tensor:
@@ -242,22 +211,12 @@ class StageModel(nn.Module):
         if x.shape[0] != len(seq_ids):
             raise ValueError(f"decode got {x.shape[0]} inputs for {len(seq_ids)} sequences")
         self._check_complete(seq_ids)
-        lengths = [self.cache.length(s) for s in seq_ids]
-        if max(lengths) + 1 > self.config.max_context:
+        if max(self.cache.length(s) for s in seq_ids) + 1 > self.config.max_context:
             raise InputError("decode", f"context exceeds the model context {self.config.max_context}")
-        positions = torch.tensor(lengths, device=self.device)[:, None]
-        same = len(set(lengths)) == 1
-        slots = self.cache.batch(seq_ids, max(lengths) + 1, lengths[0] if same else None)
-        out = self.forward(
-            x[:, None],
-            positions,
-            self.cache,
-            slots,
-            visibility="all" if same else "positions",
-        )
+        out = self.forward(x, self.cache.step(seq_ids, 1))
         for s in seq_ids:
             self.cache.advance(s, 1)
-        return out[:, 0]
+        return out
 
     def _input(self, inputs: Tensor | np.ndarray) -> Tensor:
         if isinstance(inputs, np.ndarray):
@@ -304,7 +263,7 @@ class StageModel(nn.Module):
 
     def memory(self) -> MemoryReport:
         cfg = self.config
-        per_token = 2 * cfg.n_kv_heads * cfg.head_dim * self.cache.k.element_size() * (self.end - self.start)
+        per_token = 2 * cfg.n_kv_heads * cfg.head_dim * self.cache.element_size * (self.end - self.start)
         return MemoryReport(self.weight_bytes(), self.kv_bytes(), self.kv_reserved_bytes(), per_token)
 
     def kv_reserved_bytes(self) -> int:

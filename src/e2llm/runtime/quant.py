@@ -19,6 +19,7 @@ format. `GROUP` is the block size of every GGUF format handled here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,12 +131,28 @@ def cat_rows(parts: list[Weight]) -> Weight:
 # -- quantizers (from float weights: HF checkpoints served at q4/int8, and requantization) ------
 def to_int8(w: Tensor) -> Int8Weight:
     """Symmetric per-row int8 (the form `_weight_int8pack_mm` takes)."""
-    if w.dim() == 2 and w.shape[0] > _ROWS:  # row chunks: fp32 temporaries of a vocab-sized table add up
-        parts = [to_int8(w[i : i + _ROWS]) for i in range(0, w.shape[0], _ROWS)]
-        return Int8Weight(torch.cat([p.codes for p in parts]), torch.cat([p.scale for p in parts]))
+    if w.dim() == 2 and w.shape[0] > _ROWS:  # row blocks: fp32 temporaries of a vocab-sized table add up
+        return _by_row_blocks(w.shape, lambda rows: to_int8(w[rows]))
     w = w.float()
     scale = w.abs().amax(dim=-1).clamp(min=1e-12) / 127
     codes = torch.round(w / scale[..., None]).clamp(-127, 127).to(torch.int8)
+    return Int8Weight(codes, scale)
+
+
+def _requantize_rows(w: Int8Weight) -> Int8Weight:
+    """Block-scaled int8 (GGUF Q8_0) -> one scale per row, a block of rows at a time."""
+    return _by_row_blocks(
+        w.shape, lambda rows: to_int8(Int8Weight(w.codes[rows], w.scale[rows]).dequantize())
+    )
+
+
+def _by_row_blocks(shape: tuple[int, ...], convert: Callable[[slice], Int8Weight]) -> Int8Weight:
+    """Per-row int8 of an [N, K] weight built `_ROWS` rows at a time into preallocated codes and
+    scales (no list of parts and no concatenated copy: a vocab-sized table exists once)."""
+    codes, scale = torch.empty(shape, dtype=torch.int8), torch.empty(shape[0])
+    for i in range(0, shape[0], _ROWS):
+        part = convert(slice(i, i + _ROWS))
+        codes[i : i + _ROWS], scale[i : i + _ROWS] = part.codes, part.scale
     return Int8Weight(codes, scale)
 
 
@@ -222,12 +239,17 @@ class Int4Linear(nn.Module):
     """y = x W^T (+ b) with W in torch's packed int4 layout; runs in `dtype` (bf16 on CPU: the
     int4 CPU kernel is fastest there)."""
 
+    packed: Tensor
+    scales_zeros: Tensor
+    bias: Tensor | None
+
     def __init__(self, w: Int4Weight, bias: Tensor | None, dtype: torch.dtype, device: torch.device):
         super().__init__()
         self.out_features, self.in_features = w.shape
-        self.dtype, self.on_cuda = dtype, device.type == "cuda"
+        self.dtype, on_cuda = dtype, device.type == "cuda"
+        self._mm = torch._weight_int4pack_mm if on_cuda else torch._weight_int4pack_mm_for_cpu
         codes = w.codes.to(device=device, dtype=torch.int32)
-        if self.on_cuda:
+        if on_cuda:
             packed = torch.ops.aten._convert_weight_to_int4pack(
                 (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8), _inner_k_tiles(self.in_features)
             )
@@ -239,28 +261,24 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.to(device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(self.dtype)
-        mm = (
-            torch.ops.aten._weight_int4pack_mm if self.on_cuda else torch.ops.aten._weight_int4pack_mm_for_cpu
-        )
-        y = mm(x2, self.packed, GROUP, self.scales_zeros)
+        """x [N, in]; a cast only where the stage's activations are not the kernel's dtype."""
+        y = self._mm(x if x.dtype == self.dtype else x.to(self.dtype), self.packed, GROUP, self.scales_zeros)
         if self.bias is not None:
             y = y + self.bias
-        return y.view(*lead, self.out_features).to(x.dtype)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
 
 class Int8Linear(nn.Module):
     """y = x W^T (+ b) with per-row int8 W (`_weight_int8pack_mm`)."""
 
+    codes: Tensor
+    scale: Tensor
+    bias: Tensor | None
+
     def __init__(self, w: Int8Weight, bias: Tensor | None, dtype: torch.dtype, device: torch.device):
         super().__init__()
-        if not w.per_row:  # one row block at a time: no full fp32 copy of a vocab-sized table
-            parts = [
-                to_int8(Int8Weight(w.codes[i : i + _ROWS], w.scale[i : i + _ROWS]).dequantize())
-                for i in range(0, w.shape[0], _ROWS)
-            ]
-            w = Int8Weight(torch.cat([p.codes for p in parts]), torch.cat([p.scale for p in parts]))
+        if not w.per_row:
+            w = _requantize_rows(w)
         self.out_features, self.in_features = w.shape
         self.dtype = dtype
         self.register_buffer("codes", w.codes.to(device).contiguous())
@@ -268,26 +286,26 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.to(device=device, dtype=dtype))
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        y = torch.ops.aten._weight_int8pack_mm(
-            x.reshape(-1, self.in_features).to(self.dtype), self.codes, self.scale
+        """x [N, in]."""
+        y = torch._weight_int8pack_mm(
+            x if x.dtype == self.dtype else x.to(self.dtype), self.codes, self.scale
         )
         if self.bias is not None:
             y = y + self.bias
-        return y.view(*lead, self.out_features)
+        return y
 
     def embed(self, ids: Tensor) -> Tensor:
         """Rows of W as an embedding table (tied embeddings share one int8 copy)."""
-        codes, scale = self.codes, self.scale
-        assert isinstance(codes, Tensor) and isinstance(scale, Tensor)
-        return codes[ids].to(self.dtype) * scale[ids, None]
+        return self.codes[ids].to(self.dtype) * self.scale[ids, None]
 
 
 class DenseLinear(nn.Linear):
     """nn.Linear over an assigned weight, casting its input to the weight dtype."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+        return F.linear(
+            x if x.dtype == self.weight.dtype else x.to(self.weight.dtype), self.weight, self.bias
+        )
 
     def embed(self, ids: Tensor) -> Tensor:
         return F.embedding(ids, self.weight)
