@@ -32,7 +32,7 @@ import os
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -102,11 +102,14 @@ def timed(fn: Callable[..., _T], *args: object, **kwargs: object) -> tuple[_T, f
     return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
-def each(fn: Callable[[_T], _R], items: Sequence[_T], workers: int) -> list[_R]:
+def each(fn: Callable[[_T], _R], items: Sequence[_T], workers: int) -> Iterator[_R]:
+    """fn over items, in order, each result as soon as it and those before it are done (so that
+    a long run prints its rows as it goes)."""
     if workers <= 1:
-        return [fn(x) for x in items]
+        yield from map(fn, items)
+        return
     with ProcessPoolExecutor(workers) as pool:
-        return list(pool.map(fn, items))
+        yield from pool.map(fn, items)
 
 
 def timing(sizes: list[int], models: list[str], repeats: int, budget: int, mixed: bool) -> None:
@@ -166,9 +169,11 @@ def _oracle_one(job: tuple[int, bool]) -> tuple[int, int, float, float, float, f
 
 def oracle(n_clusters: int, mixed: bool, workers: int) -> None:
     start = time.perf_counter()
-    rows = each(_oracle_one, [(i, mixed) for i in range(n_clusters)], workers)
+    rows = []
     found, gaps = 0, []
-    for i, n, ex_obj, ex_lat, ga_obj, ga_lat, ex_cpu, ga_cpu, n_mixed in rows:
+    for row in each(_oracle_one, [(i, mixed) for i in range(n_clusters)], workers):
+        rows.append(row)
+        i, n, ex_obj, ex_lat, ga_obj, ga_lat, ex_cpu, ga_cpu, n_mixed = row
         same = abs(ga_obj - ex_obj) <= 1e-9 and (ga_lat == ex_lat or abs(ga_lat - ex_lat) <= 1e-6 * ex_lat)
         found += same
         if ex_obj > 1e-9:
