@@ -78,6 +78,7 @@ def run_e2llm(threads: int, ids: list[int]) -> dict[str, float]:
     for _ in range(DECODE_TOKENS):
         token = stage.decode(["s"], token).argmax(-1)
     decode_s = time.perf_counter() - t0
+    ops = _ops_per_token(stage, token)
     stage.free("s")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the all-logits pass
     full = stage.prefill("p", prompt, all_logits=True)
@@ -86,7 +87,24 @@ def run_e2llm(threads: int, ids: list[int]) -> dict[str, float]:
         "decode_tok_s": DECODE_TOKENS / decode_s,
         "rss_mib": rss,
         "ppl": math.exp(_nll(full.float().numpy(), ids)),
+        "ops_per_token": ops,
     }
+
+
+def _ops_per_token(stage: Any, token: Any) -> float:
+    """ATen ops one batch-1 decode step dispatches (what bounds a CPU's batch-1 decode speed)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        stage.decode(["s"], token)
+    return float(Count.n)
 
 
 def run_llamacpp(threads: int, ids: list[int]) -> dict[str, float]:
@@ -166,8 +184,11 @@ def main() -> None:
                 results.setdefault((engine, threads), []).append(row)
                 print(f"round {r} {engine:9s} {threads}t {row}", flush=True)
     print(f"# load average at end: {os.getloadavg()}")
-    print("| engine | threads | prompt 512 tok/s | decode tok/s | decode vs llama.cpp | RSS MiB | ppl |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| engine | threads | prompt 512 tok/s | decode tok/s | decode vs llama.cpp | RSS MiB | ppl"
+        " | ops/token |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for (engine, threads), rows in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
         ref = results.get(("llama.cpp", threads))
@@ -176,7 +197,7 @@ def main() -> None:
         )
         print(
             f"| {engine} | {threads} | {med['prompt_tok_s']:.0f} | {med['decode_tok_s']:.1f} | {ratio:.2f} | "
-            f"{med['rss_mib']:.0f} | {med['ppl']:.2f} |"
+            f"{med['rss_mib']:.0f} | {med['ppl']:.2f} | {med.get('ops_per_token', float('nan')):.0f} |"
         )
 
 
