@@ -10,17 +10,16 @@ from collections.abc import Iterable
 import numpy as np
 import pytest
 
-from e2llm.plan.roles import (
+from e2llm.plan.role_scoring import (
     OBJECTIVES,
     DecodeChoice,
     KvSource,
     MixedChoice,
     ReplicaRates,
     RoleAssignment,
-    assign_roles,
-    assign_roles_exhaustive,
     objective_value,
 )
+from e2llm.plan.roles import assign_roles, assign_roles_exhaustive
 
 
 def random_replica(rng: random.Random) -> ReplicaRates:

@@ -208,7 +208,7 @@ def test_target_roles_are_reached_without_ever_emptying_a_pool() -> None:
 
 
 def test_a_drift_assignment_keeps_alike_replicas_in_the_roles_they_have() -> None:
-    from e2llm.plan.roles import RoleAssignment
+    from e2llm.plan.role_scoring import RoleAssignment
     from e2llm.plan.workload_shape import WorkloadShape
     from e2llm.runtime.drift_replan import fewest_switches
 
@@ -224,7 +224,7 @@ def test_a_drift_re_plan_does_not_undo_the_switch_in_flight() -> None:
     """Three alike replicas, a decoder draining for PREFILL when a drift re-plan asks for two
     PREFILL replicas: the draining one is the second (measured before: the re-plan kept the
     draining decoder a decoder, so it switched back at once and the other decoder drained too)."""
-    from e2llm.plan.roles import RoleAssignment
+    from e2llm.plan.role_scoring import RoleAssignment
     from e2llm.plan.workload_shape import WorkloadShape
 
     async def run() -> None:

@@ -10,7 +10,7 @@ import pytest
 from e2llm.cost.build import build_cost_model
 from e2llm.errors import InputError
 from e2llm.plan.request import PlanRequest
-from e2llm.plan.roles import RoleAssignment
+from e2llm.plan.role_scoring import RoleAssignment
 from e2llm.plan.systems import get_system
 from e2llm.plan.types import Objective, PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape

@@ -17,7 +17,7 @@ from e2llm.plan.build import build_plan
 from e2llm.plan.e2llm_planner import plan_e2llm
 from e2llm.plan.evaluate import GroupEval, GroupEvaluator, PhaseEval
 from e2llm.plan.request import PlanRequest
-from e2llm.plan.roles import RoleAssignment, objective_value, predicted_latency, sort_key
+from e2llm.plan.role_scoring import RoleAssignment, objective_value, predicted_latency, sort_key
 from e2llm.plan.search import Grouping
 from e2llm.plan.types import Plan, Replica, Role, Scheduler
 

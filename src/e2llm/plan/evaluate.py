@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.dp import Partition, StageCosts, partition_layers_many
-from e2llm.plan.roles import DecodeChoice, MixedChoice, ReplicaRates
+from e2llm.plan.role_scoring import DecodeChoice, MixedChoice, ReplicaRates
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Link
 

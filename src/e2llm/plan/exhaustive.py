@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from e2llm.plan.roles import ReplicaRates, _Arrays, role_vectors, score_batch
+from e2llm.plan.role_scoring import ReplicaArrays, ReplicaRates, role_vectors, score_batch
 
 MAX_DEVICES = 7
 _BATCH = 4096  # arrangements collected per role pattern before they are scored
@@ -72,7 +72,9 @@ def search_exhaustive(
     arrangement is scored by `roles.score_batch`, many arrangements at once; arrangements with
     equal rates and no hand-off limit (identical devices swapped) are scored once. Ties keep the
     first in (replica count, enumeration) order, so the result is deterministic."""
-    pending: dict[tuple[tuple[int, ...], ...], list[tuple[int, Arrangement, _Arrays, np.ndarray | None]]] = {}
+    pending: dict[
+        tuple[tuple[int, ...], ...], list[tuple[int, Arrangement, ReplicaArrays, np.ndarray | None]]
+    ] = {}
     seen: set[Hashable] = set()
     best: tuple[Key, int, int, Arrangement] | None = None
     count = 0
@@ -111,7 +113,7 @@ def search_exhaustive(
             if identity in seen:
                 continue
             seen.add(identity)
-        a = _Arrays.of(rates)
+        a = ReplicaArrays.of(rates)
         items = pending.setdefault(a.allowed, [])
         items.append((order, arrangement, a, kv))
         if len(items) >= _BATCH:

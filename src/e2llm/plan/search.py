@@ -24,7 +24,8 @@ from e2llm.plan.exhaustive import MAX_DEVICES, Arrangement, search_exhaustive
 from e2llm.plan.ga import INFEASIBLE, GAParams, Individual, Key, evolve
 from e2llm.plan.kv_links import Handoff, KvLinks, stages_of
 from e2llm.plan.request import PlanRequest
-from e2llm.plan.roles import KvSource, ReplicaRates, RoleAssignment, assign_roles
+from e2llm.plan.role_scoring import KvSource, ReplicaRates, RoleAssignment
+from e2llm.plan.roles import assign_roles
 from e2llm.plan.sizer import MemorySizer
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.units import GIB

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from e2llm.cost.build import build_cost_model
 from e2llm.cost.model import CostModel
-from e2llm.plan.roles import DecodeChoice, ReplicaRates, RoleAssignment, assign_roles
+from e2llm.plan.role_scoring import DecodeChoice, ReplicaRates, RoleAssignment
+from e2llm.plan.roles import assign_roles
 from e2llm.plan.types import Objective, Plan, Replica
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.sim.prefill import NOMINAL_PROMPT_TOKENS

@@ -24,7 +24,7 @@ import dataclasses
 import logging
 from collections.abc import Sequence
 
-from e2llm.plan.roles import RoleAssignment
+from e2llm.plan.role_scoring import RoleAssignment
 from e2llm.plan.types import Plan, Role
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.runtime.adapt import RoleController
