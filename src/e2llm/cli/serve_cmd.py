@@ -1,4 +1,7 @@
-"""`e2llm serve [CLUSTER|PLAN.json]`: serve a model the way a plan says, over an OpenAI API."""
+"""`e2llm serve [CLUSTER|PLAN.json]`: serve a model the way a plan says, over an OpenAI API.
+
+~350 lines, most of them the argument list and its help text.
+"""
 
 from __future__ import annotations
 

@@ -13,6 +13,9 @@ sequences end (reused by the next ones).
 the mask. A one-token step attends to the ring as it is (softmax does not care about key order,
 and RoPE is already in the keys); a multi-token chunk that runs past the window attends to the
 ring's older positions followed by its own keys, under a causal sliding-window mask.
+
+~385 lines: one class; the full-context pool and the sliding-window rings share slots, growth,
+export and import, and every write goes through `KVStep`.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ A plain tensor is a dense weight (fp32 / bf16 / fp16).
 
 Rows of one kind concatenate (`cat_rows`), so q/k/v and gate/up fuse into one matmul whatever the
 format. `GROUP` is the block size of every GGUF format handled here.
+
+~340 lines: each weight form's layout is defined once, beside its GGUF decoder and the linear
+layer whose kernel reads it; split, a layout would be described in two files.
 """
 
 from __future__ import annotations

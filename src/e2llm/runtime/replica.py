@@ -25,6 +25,9 @@ prefilled in another role (borrowed into Splitwise's mixed pool) take none.
 A replica whose stage actor dies is marked lost (`mark_lost`): it takes no more work, every
 sequence it held gets `ReplicaLost` (the request's life cycle migrates or fails it), and its
 surviving actors are stopped.
+
+~390 lines: one class, the driver-side loop of one replica (batching, the pipeline, hand-off and
+loss are already modules of their own); its queue and its decode batch share one state.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ every stage worker then reads only its own tensors from the GGUF itself, memory-
 their block formats (`gguf_weights`). An HF model directory is already in that layout and is used
 in place; its tensors are read by key from the safetensors files (GPT-OSS MXFP4 `*_blocks` /
 `*_scales` pairs stay MXFP4).
+
+~330 lines: where weights come from, preparing them once (under a lock) and reading one stage's
+share are one path over the same prepared layout, MoE name mapping included.
 """
 
 from __future__ import annotations

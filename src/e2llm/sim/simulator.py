@@ -14,6 +14,8 @@ then, whatever the plan type; in a disaggregated plan the KV hand-off and the wa
 slot show in the second token (`second_token_s`) and in `kv_transfer_s`.
 A request is failed, never dropped, when no replica could ever hold its KV or its context is
 longer than the model's.
+
+~320 lines: one event loop (`_Run`) and its entry point.
 """
 
 from __future__ import annotations
