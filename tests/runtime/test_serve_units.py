@@ -430,3 +430,18 @@ def test_a_lost_replica_leaves_the_per_replica_metrics() -> None:
     text = metrics.render().decode()
     assert 'replica="1"' not in text and 'e2llm_decode_batch_size{replica="0"} 2.0' in text
     assert "e2llm_generated_tokens_total 9.0" in text  # what it generated still counts
+
+
+def test_a_gone_replica_leaves_every_per_replica_gauge() -> None:
+    metrics = ServingMetrics()
+    for replica, role in (("1", "DECODER"), ("2", "DECODER")):
+        metrics.set_role(replica, role)
+        metrics.decode_step(replica, 3, 0.1)
+        metrics.set_prefill_queue(replica, 2)
+    metrics.set_role("1", "PREFILL", before="DECODER")
+    metrics.replica_gone("1")
+    metrics.set_role("1", "DECODER", before="PREFILL")  # a late update of the lost one is ignored
+    text = metrics.render().decode()
+    # what stays is history: the counter of its role switches
+    gauges = [x for x in text.splitlines() if 'replica="1"' in x and not x.startswith("e2llm_role_switches")]
+    assert gauges == [] and 'e2llm_replica_role{replica="2",role="DECODER"} 1.0' in text

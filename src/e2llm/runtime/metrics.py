@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from e2llm.plan.types import Role
 from e2llm.runtime.events import Event, EventKind, EventLog
 
 TOKENS_PER_S_WINDOW_S = 10.0
@@ -172,9 +173,14 @@ class ServingMetrics:
         for phase in ("prefill", "decode"):
             with contextlib.suppress(KeyError):
                 self.queue.remove(replica, phase)
+        for role in Role:
+            with contextlib.suppress(KeyError):
+                self.role.remove(replica, role.value)
 
     def set_role(self, replica: str, role: str, before: str | None = None) -> None:
         """`replica` works in `role` now (`before`: the role it left, counted as a switch)."""
+        if replica in self._gone:
+            return
         if before is not None:
             self.role.labels(replica, before).set(0)
             self.role_switches.labels(replica, role).inc()
