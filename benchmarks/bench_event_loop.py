@@ -33,14 +33,7 @@ MODEL = "smollm2-135m"
 BURST = 12
 PROMPT_BYTES = 1_000_000
 QUIET_S = 8.0
-PLAN = {
-    "system": "bench",
-    "model": MODEL,
-    "objective": 0.0,
-    "replicas": [
-        {"id": 0, "role": "COLOCATED", "concurrency": 4, "devices": [{"name": "cpu0", "layers": [0, 30]}]}
-    ],
-}
+PLAN = json.loads((Path(__file__).resolve().parents[1] / "examples/plans/local-colocated.json").read_text())
 HEADERS = {"content-type": "application/json"}
 
 

@@ -22,14 +22,7 @@ from e2llm.bench.local_server import serving_plan
 
 MODEL = "smollm2-135m"
 KEY = "bench-key"
-PLAN = {
-    "system": "bench",
-    "model": MODEL,
-    "objective": 0.0,
-    "replicas": [
-        {"id": 0, "role": "COLOCATED", "concurrency": 4, "devices": [{"name": "cpu0", "layers": [0, 30]}]}
-    ],
-}
+PLAN = json.loads((Path(__file__).resolve().parents[1] / "examples/plans/local-colocated.json").read_text())
 
 
 def _report(url: str, key: str | None, log: Path | None) -> None:

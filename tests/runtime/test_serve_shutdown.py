@@ -29,14 +29,7 @@ pytestmark = pytest.mark.slow
 MODEL = "smollm2-135m"
 DRAIN_S = 30  # ample for 4 tokens even on a loaded box (Ray workers run at nice 15)
 EXIT_BOUND_S = 150.0  # drain + Ray teardown on a busy box; the long requests would take an hour
-PLAN = {
-    "system": "test",
-    "model": MODEL,
-    "objective": 0.0,
-    "replicas": [
-        {"id": 0, "role": "COLOCATED", "concurrency": 4, "devices": [{"name": "cpu0", "layers": [0, 30]}]}
-    ],
-}
+PLAN = json.loads((Path(__file__).resolve().parents[2] / "examples/plans/local-colocated.json").read_text())
 
 
 def _request(url: str, max_tokens: int, stream: bool, out: dict[str, Any], started: threading.Event) -> None:
