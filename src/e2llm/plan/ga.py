@@ -176,10 +176,9 @@ def _neighbours(ind: Individual) -> Iterator[Individual]:
     last = len(buckets) - 1
 
     def make(bs: list[list[int]]) -> Individual:
-        groups = [b for b in bs[:last] if b]
-        return Individual(
-            tuple(x for g in groups for x in g) + tuple(bs[last]), tuple(len(g) for g in groups)
-        )
+        # the unused bucket is always the last one (a split or a new replica adds one before it)
+        groups = [b for b in bs[:-1] if b]
+        return Individual(tuple(x for g in groups for x in g) + tuple(bs[-1]), tuple(len(g) for g in groups))
 
     slots = [(b, i) for b, bucket in enumerate(buckets) for i in range(len(bucket))]
     for (b1, i1), (b2, i2) in itertools.combinations(slots, 2):
