@@ -93,3 +93,16 @@ def test_polish_neighbours_keep_every_device_and_include_splits_and_new_replicas
     assert (((0, 1), (2,), (3,)), (4,)) in groupings  # ... after its second
     assert (((0, 1, 2), (3,), (4,)), ()) in groupings  # the unused device as a replica of its own
     assert (((0, 2), (1,), (3,)), (4,)) in groupings  # device 1 leaves its replica for its own
+
+
+
+def test_polish_takes_a_move_that_pays_only_with_a_new_pipeline_order() -> None:
+    start = Individual((0, 1, 2, 3), (2, 1))  # replicas (0, 1), (2,); device 3 unused
+    best = Individual((3, 0, 2, 1), (2, 1))  # 1 swapped for 3, and 3 first: (3, 0), (2,)
+    assert ((0, 3), (2,)) in [x.groups for x in _neighbours(start)]  # the plain swap ...
+
+    def fitness(ind: Individual) -> tuple[float, float]:  # ... is worse than the start
+        return {start.canonical: (0.0, 1.0), best.canonical: (0.0, 0.0)}.get(ind.canonical, (0.0, 2.0))
+
+    found, key = polish(start, fitness(start), fitness, max_evals=1000)
+    assert key == (0.0, 0.0) and found.canonical == best.canonical
