@@ -157,19 +157,14 @@ def polish(
     (moving it to another replica also in a variant that retires the rest of its old replica);
     retire a whole replica (its devices unused); merge two replicas; split one in two. Then the
     same moves again, each with every other pipeline order of the replicas whose devices it
-    changed (`_reordered`). A grouping already tried since the last improvement is skipped.
-    Stops at a local optimum or after `max_evals`."""
+    changed (`_reordered`). Stops at a local optimum or after `max_evals`."""
     evals = 0
     improved = True
     while improved and evals < max_evals:
         improved = False
-        tried = {ind.canonical}
         for cand in _neighbours(ind):
             if evals >= max_evals:
                 break
-            if cand.canonical in tried:
-                continue
-            tried.add(cand.canonical)
             evals += 1
             k = fitness(cand)
             if k < key:
