@@ -95,7 +95,6 @@ def test_polish_neighbours_keep_every_device_and_include_splits_and_new_replicas
     assert (((0, 2), (1,), (3,)), (4,)) in groupings  # device 1 leaves its replica for its own
 
 
-
 def test_polish_takes_a_move_that_pays_only_with_a_new_pipeline_order() -> None:
     start = Individual((0, 1, 2, 3), (2, 1))  # replicas (0, 1), (2,); device 3 unused
     best = Individual((3, 0, 2, 1), (2, 1))  # 1 swapped for 3, and 3 first: (3, 0), (2,)
