@@ -45,7 +45,9 @@ from e2llm.plan.role_scoring import (
     ReplicaRates,
     RoleAssignment,
     handoff_caps,
+    role_values,
     role_vectors,
+    score_changes,
     score_roles,
 )
 from e2llm.plan.types import Role
@@ -156,56 +158,54 @@ def _heuristic(a: ReplicaArrays, interval_s: float, objective: str) -> np.ndarra
 
 
 def _improve(codes: np.ndarray, a: ReplicaArrays, interval_s: float, objective: str) -> np.ndarray:
-    """Best-improvement local search over role vectors, stopping at a local optimum."""
+    """Best-improvement local search over role vectors, stopping at a local optimum. Scored
+    incrementally (`score_changes`); ties go to the first neighbour in `_neighbours` order."""
     n = len(codes)
-    here = _key(codes, a, interval_s, objective)
+    values = role_values(a)
     for _ in range(_MAX_PASSES if n <= _PAIRS_MAX_R else _MAX_PASSES_LARGE):
-        cands = _neighbours(codes, a.allowed, pairs=n <= _PAIRS_MAX_R)
-        if not len(cands):
+        first, second = _neighbours(codes, a.allowed, pairs=n <= _PAIRS_MAX_R)
+        if not len(first[0]):
             break
-        obj, lat, *_ = score_roles(cands, a, interval_s, objective)
-        pick = int(np.lexsort((lat, obj))[0])
-        key = (float(obj[pick]), float(lat[pick]))
-        if key >= here:
+        # the last column: no change, `codes` itself
+        last = np.array([0])
+        ask = [(np.concatenate((r, last)), np.concatenate((c, codes[last]))) for r, c in (first, second)]
+        obj, lat = score_changes(codes, values, ask[0], ask[1], interval_s, objective)
+        pick = int(np.lexsort((lat[:-1], obj[:-1]))[0])
+        if (obj[pick], lat[pick]) >= (obj[-1], lat[-1]):
             break
-        codes, here = cands[pick], key
+        codes = codes.copy()
+        codes[second[0][pick]] = second[1][pick]  # a single change's second is a no-op: apply it first
+        codes[first[0][pick]] = first[1][pick]
     return codes
 
 
-def _key(codes: np.ndarray, a: ReplicaArrays, interval_s: float, objective: str) -> tuple[float, float]:
-    obj, lat, *_ = score_roles(codes[None, :], a, interval_s, objective)
-    return float(obj[0]), float(lat[0])
+Change = tuple[np.ndarray, np.ndarray]  # (replica, role) arrays, one entry per candidate
 
 
-def _neighbours(codes: np.ndarray, allowed: tuple[tuple[int, ...], ...], *, pairs: bool) -> np.ndarray:
+def _neighbours(
+    codes: np.ndarray, allowed: tuple[tuple[int, ...], ...], *, pairs: bool
+) -> tuple[Change, Change]:
     """Every vector one role change away; with `pairs` also two changes, else PREFILL<->DECODER
-    swaps (a change of two that keeps both pools' sizes). Built with numpy (rows in the order of
-    the changes: replica, then role; pairs in `itertools.combinations` order)."""
+    swaps (a change of two that keeps both pools' sizes). As two changes per candidate (a
+    single change's second sets its replica to its own role), in the order of the changes:
+    replica, then role; pairs in `itertools.combinations` order."""
     replica, role, can_decode = _changes(allowed)
     keep = role != codes[replica]
     replica, role = replica[keep], role[keep]
-    blocks = [_apply(codes, (replica, role))]
     if pairs:
         first, second = np.triu_indices(len(replica), 1)
         apart = replica[first] != replica[second]
         first, second = first[apart], second[apart]
-        blocks.append(_apply(codes, (replica[first], role[first]), (replica[second], role[second])))
+        r1, c1, r2, c2 = replica[first], role[first], replica[second], role[second]
     else:
         pre = np.flatnonzero((codes == PREFILL_CODE) & can_decode)
         dec = np.flatnonzero(codes == DECODER_CODE)
-        i, j = (x.ravel() for x in np.meshgrid(pre, dec, indexing="ij"))
-        blocks.append(_apply(codes, (i, np.full(len(i), DECODER_CODE)), (j, np.full(len(j), PREFILL_CODE))))
-    return np.concatenate(blocks).astype(np.int8, copy=False)
-
-
-def _apply(codes: np.ndarray, *changes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """One row per change set: `codes` with replica[k] set to role[k] for each (replica, role)."""
-    n_rows = len(changes[0][0])
-    rows = np.repeat(codes[None, :], n_rows, axis=0)
-    k = np.arange(n_rows)
-    for replica, role in changes:
-        rows[k, replica] = role
-    return rows
+        r1, r2 = np.repeat(pre, len(dec)), np.tile(dec, len(pre))
+        c1, c2 = np.full(len(r1), DECODER_CODE, dtype=np.int8), np.full(len(r2), PREFILL_CODE, dtype=np.int8)
+    return (
+        (np.concatenate((replica, r1)), np.concatenate((role, c1))),
+        (np.concatenate((replica, r2)), np.concatenate((codes[replica], c2))),
+    )
 
 
 @functools.cache
