@@ -25,6 +25,10 @@ hand-off) plus each phase's queueing delay as one M/D/1 server of its summed rat
 queueing term every plan that just keeps up scores 0 on the bottleneck objective and the
 tie-break would pick the one with the fastest replicas and no headroom, whose queues then grow
 with every burst; with it, headroom is worth its waiting time.
+
+~340 lines: the capacity model has one formula (`score_totals`) behind three ways of scoring
+role vectors (all at once, `score_batch`; a local search's neighbours incrementally,
+`change_totals` / `swap_totals`), which must agree.
 """
 
 from __future__ import annotations
@@ -282,31 +286,45 @@ def role_values(a: ReplicaArrays) -> np.ndarray:
     return np.stack([a.p, a.p * a.lp, a.d, a.d * a.ld, a.m, a.m * a.lm])
 
 
-def score_changes(
-    codes: np.ndarray,
-    values: np.ndarray,
-    first: tuple[np.ndarray, np.ndarray],
-    second: tuple[np.ndarray, np.ndarray],
-    interval_s: float,
-    objective: str,
+def role_totals(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(totals (6, 1), counts (3, 1)) of one role vector, for `score_totals`; `values`:
+    `role_values`."""
+    totals = np.where(codes == _TOTAL_ROLES, values, 0.0).sum(axis=1, keepdims=True)
+    return totals, (codes == _ROLES).sum(axis=1, keepdims=True)
+
+
+def change_totals(
+    codes: np.ndarray, values: np.ndarray, changes: Sequence[tuple[np.ndarray, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The local search's scores, without link limits: (objective, latency) of S candidates,
-    candidate k being `codes` with replica[k] set to role[k] for `first` and for `second`
-    (arrays (S,); a replica set to its own role is no change). `values`: `role_values`.
-    Incremental: a candidate's totals are those of `codes` plus the change of the replicas it
+    """(totals (6, S), counts (3, S)) of S candidates for the local search: candidate k is
+    `codes` with replica[k] set to role[k] for each (replica, role) pair of `changes` (arrays
+    (S,)). Incremental: the totals of `codes` plus the change of the replicas a candidate
     moves, O(S) instead of the O(S x R) of `score_batch` (a 256-device plan scores thousands of
-    neighbours of ~180 replicas per pass). The same numbers up to float rounding; the changes
-    are summed before they are added, so candidates of equal value (identical replicas
-    swapped) score equally."""
-    base = np.where(codes == _TOTAL_ROLES, values, 0.0).sum(axis=1, keepdims=True)  # (6, 1)
-    n_base = (codes == _ROLES).sum(axis=1, keepdims=True)  # (3, 1)
-    delta = np.zeros((6, len(first[0])))
-    n_delta = np.zeros((3, len(first[0])), dtype=np.int64)
-    for replica, role in (first, second):
+    neighbours of ~180 replicas per pass). The same numbers as `score_batch` up to float
+    rounding; the changes are summed before they are added, so candidates of equal value
+    (identical replicas swapped) score equally."""
+    totals, counts = role_totals(codes, values)
+    delta = np.zeros((6, len(changes[0][0])))
+    n_delta = np.zeros((3, len(changes[0][0])), dtype=np.int64)
+    for replica, role in changes:
         old, v = codes[replica], values[:, replica]
         delta += np.where(role == _TOTAL_ROLES, v, 0.0) - np.where(old == _TOTAL_ROLES, v, 0.0)
         n_delta += (role == _ROLES).astype(np.int64) - (old == _ROLES)
-    return score_totals(tuple(base + delta), tuple(n_base + n_delta), interval_s, objective)
+    return totals + delta, counts + n_delta
+
+
+def swap_totals(
+    codes: np.ndarray, values: np.ndarray, pre: np.ndarray, dec: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`change_totals` of every swap of a PREFILL replica i of `pre` (to DECODER) with a
+    DECODER j of `dec` (to PREFILL), in (i, j) order, as outer differences: the same numbers
+    (p_j - p_i is what the two changes add), in a few numpy calls."""
+    totals, counts = role_totals(codes, values)
+    vp, vd = values[:, pre], values[:, dec]
+    delta = np.zeros((6, len(pre), len(dec)))
+    delta[0:2] = vd[0:2, None, :] - vp[0:2, :, None]  # the PREFILL totals gain j, lose i
+    delta[2:4] = vp[2:4, :, None] - vd[2:4, None, :]  # the DECODER totals gain i, lose j
+    return totals + delta.reshape(6, -1), np.repeat(counts, len(pre) * len(dec), axis=1)
 
 
 def handoff_caps(is_d: np.ndarray, d: np.ndarray, d_sum: np.ndarray, kv: np.ndarray) -> np.ndarray:
