@@ -80,3 +80,21 @@ def test_polish_reaches_a_local_optimum() -> None:
     assert key <= fitness(start) and fitness(best) == key
     again, key2 = polish(best, key, fitness, max_evals=10_000)
     assert (again, key2) == (best, key)  # nothing in the neighbourhood improves
+
+
+def test_gains_below_min_gain_do_not_extend_the_run() -> None:
+    """Latency tie-breaks that improve by a hair (here < 1e-6 relative) are kept as the best
+    but do not reset the patience count at min_gain 1e-3; at min_gain 0 every better best does."""
+
+    def tiny(ind: Individual) -> tuple[float, float]:
+        return 0.0, 1.0 + 1e-7 * sum(abs(x - i) for i, x in enumerate(ind.perm))
+
+    runs = {
+        gain: evolve(
+            len(FREE), tiny, SIZER, random.Random(2), GAParams(population=10, patience=5, min_gain=gain)
+        )
+        for gain in (1e-3, 0.0)
+    }
+    assert runs[1e-3].generations == 5
+    assert runs[0.0].generations > 5
+    assert runs[0.0].key <= runs[1e-3].key
