@@ -49,8 +49,8 @@ REORDER_MAX = 4  # polish re-orders changed replicas of up to this many devices 
 class GAParams:
     """Search budget. The defaults meet the planning-time targets of benchmarks/bench_planner.py
     (7 devices < 2 s, 256 devices < 120 s on a 2-core box) and find the exhaustive optimum
-    (objective and predicted latency) on 100 of 100 random 5-7 device clusters
-    (benchmarks/RESULTS.md, issue 14)."""
+    (objective and predicted latency) on 100 of 100 random 5-7 device clusters with MIXED off,
+    97 of 100 with MIXED on (benchmarks/RESULTS.md, issue 14)."""
 
     population: int = 40
     generations: int = 200
