@@ -42,7 +42,8 @@ def test_no_plan_beats_the_bound(mixed: bool) -> None:
 
 def test_one_device_bound_is_its_time_per_request() -> None:
     """One device that holds the model at any batch: the bound is 1 / (its seconds per request)
-    at the best batch, with no speed floor to cap the batch."""
+    at the best batch, with no speed floor to cap the batch (the prompt's LM-head row is one
+    row, each token's a row of a 16-sequence step)."""
     cost = build_cost_model(TINY, Cluster((Device("solo", 80.0, 20.0, 400.0),), Link(1000.0, 0.3)))
     shape = dataclasses.replace(SHAPE, min_decode_tok_s=0.0)
     t = cost.times["solo"]
@@ -51,7 +52,8 @@ def test_one_device_bound_is_its_time_per_request() -> None:
     per_request = (
         n_layers * t.layer_prefill_s(round(shape.mean_input_tokens))
         + n_layers * out * t.layer_decode_s(16, ctx) / 16
-        + (1 + out) * t.head_s(16) / 16
+        + t.head_s(1)
+        + out * t.head_s(16) / 16
     )
     got = rate_bound(cost, shape)
     assert got == pytest.approx(1.0 / per_request, rel=1e-6)
