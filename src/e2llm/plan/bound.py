@@ -62,10 +62,12 @@ from scipy.sparse import coo_matrix
 from e2llm.cost.model import RUNTIME_OVERHEAD_BYTES, CostModel
 from e2llm.plan.evaluate import MAX_CONCURRENCY, TOKEN_ID_BYTES, planned_context, port_link
 from e2llm.plan.workload_shape import WorkloadShape
+from e2llm.specs.units import GIB
 
 Row = tuple[dict[int, float], float]  # coefficients by column, right-hand side
 _PRECISION = 0.005  # the search for the least t stops within 0.5%, at the t proven too small
 _TOLERANCE = 1e-7  # what the bound gives up for the solver's feasibility tolerance
+_TIME_LIMIT_S = 5.0  # a tighter LP not solved by then counts as feasible (the bound stays valid)
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,11 @@ class _Classes:
     hop_s: np.ndarray  # (n, n_b): the cheapest hop into a decode step (0: it may run alone)
     port: np.ndarray  # bytes/s of its network port
     free: np.ndarray  # bytes after the runtime overhead
-    n_pre: np.ndarray  # the most layers it holds as PREFILL
-    n_dec: np.ndarray  # (n, n_b): ... as a decoding stage at micro-batch b (0: never)
+    # the most layers it holds beside (nothing, the embedding, the LM head, both), -1: none
+    n_pre: np.ndarray  # (n, 4): as PREFILL
+    n_dec: np.ndarray  # (n, 4, n_b): as a decoding stage at micro-batch b
+    slack: np.ndarray  # (n, n_b): the speed floor's budget (`_floor_budget`) ...
+    per_layer: np.ndarray  # (n, n_b): ... and what each layer held takes of it
 
 
 @dataclass(frozen=True)
@@ -164,16 +169,34 @@ def _classes(cost: CostModel, shape: WorkloadShape) -> _Classes:
     ids = TOKEN_ID_BYTES * batches
     hop = np.array([lat + ids / bw for lat, bw in zip(lat_in, bw_in, strict=True)]) * (stages > 1)[:, None]
     hop_any = min(lat_in) + ids / max(bw_in)
-    # every other stage of a replica holds a layer: at most L - (S - 1) on this one
-    n_mem = np.minimum(_layers_that_fit(cost, ctx, free, batches), n_l + 1 - stages[:, None])
-    floor_cap = _layers_at_floor(shape.min_decode_tok_s, step, head + embed, stages, hop_any, runs, n_l)
-    n_dec = np.where(runs, np.minimum(n_mem, floor_cap), 0)
+    # whole layers that fit beside nothing, the embedding, the LM head, both; and every other
+    # stage of a replica holds a layer, so at most L - (S - 1) on this one
+    emb, lm_head = cost.weight_bytes(0, 0, embedding=True), cost.weight_bytes(0, 0, lm_head=True)
+    extras = np.array([0.0, emb, lm_head, emb + lm_head])
+    fit = _layers_that_fit(cost, ctx, (free[:, None] - extras[None, :]).ravel(), batches)
+    n_mem = np.minimum(fit.reshape(len(names), 4, n_b), n_l + 1 - stages[:, None, None])  # (n, 4, n_b)
+    slack, per_layer = _floor_budget(shape.min_decode_tok_s, n_l, step, head + embed, stages, hop_any, runs)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        floor_cap = np.where(per_layer > 0, np.floor(slack / per_layer), n_l)
+    floor_cap = np.where(slack >= 0, np.clip(floor_cap, 0, n_l), 0)
+    n_dec = np.where(runs[:, None, :], np.minimum(n_mem, floor_cap[:, None, :]), -1)
     tp = np.array([t.layer_prefill_s(prompt) for t in times])
 
     # identical devices (same numbers everywhere the LP looks) form one class
     keys: dict[tuple[object, ...], list[int]] = {}
     for k in range(len(names)):
-        key = (tp[k], *step[k], *head[k], *hop[k], port[k], free[k], n_mem[k, 0], *n_dec[k])
+        key = (
+            tp[k],
+            *step[k],
+            *head[k],
+            *hop[k],
+            port[k],
+            free[k],
+            *n_mem[k, :, 0],
+            *n_dec[k].ravel(),
+            *slack[k],
+            *per_layer[k],
+        )
         keys.setdefault(key, []).append(k)
     first = [ks[0] for ks in keys.values()]
     return _Classes(
@@ -184,15 +207,18 @@ def _classes(cost: CostModel, shape: WorkloadShape) -> _Classes:
         hop_s=hop[first],
         port=port[first],
         free=free[first],
-        n_pre=n_mem[first, 0],
+        n_pre=n_mem[first, :, 0],
         n_dec=n_dec[first],
+        slack=slack[first],
+        per_layer=per_layer[first],
     )
 
 
 def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> float | None:
     """The least t (busiest device's seconds per request) of the relaxation, or None if
-    infeasible. With `t_fixed`, whether the tighter relaxation is feasible at that t (returned):
-    each device's time in a role at most its share of the role times t_fixed."""
+    infeasible. With `t_fixed`, the tighter relaxation at that t (each device's time in a role
+    at most its share of the role times t_fixed, and the MIXED floor after its prompts): None
+    if proven infeasible, else t_fixed."""
     n, n_b = len(dev.count), MAX_CONCURRENCY
     out, n_l = mod.out, mod.n_layers
     # roles of a device: 0 PREFILL, then DECODER at micro-batch b, then MIXED at b
@@ -202,31 +228,37 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
     prefills = [0, *mixer]
     decodes = [*decoder, *mixer]
     batch = np.concatenate([[1], np.arange(1, n_b + 1), np.arange(1, n_b + 1) if mixed else []]).astype(int)
+    # (n, 4, n_r): the most layers a device holds in each role beside (nothing, emb, head, both)
+    fits = np.concatenate(
+        [dev.n_pre[:, :, None], dev.n_dec, dev.n_dec if mixed else dev.n_dec[:, :, :0]], axis=2
+    )
 
     v = _Vars()
     t = int(v.block(1)[0])
     share = v.block(n, n_r)  # devices of the class in the role
     hold = v.block(n, n_r)  # layers they hold in it
+    e, g = v.block(n, n_r), v.block(n, n_r)  # ... of them holding an embedding / an LM head
     up, ud = v.block(n, n_r), v.block(n, n_r)  # prefill / decode layer-passes per request
     hp, hd = v.block(n, n_r), v.block(n, n_r)  # LM-head rows: the prompt's, the tokens'
-    g, e = v.block(n), v.block(n)  # LM heads / embeddings held
 
-    def col(x: np.ndarray, idx: Sequence[int], coef: float | np.ndarray = 1.0) -> dict[int, float]:
-        cs = np.broadcast_to(coef, (len(idx),))
-        return {int(x.ravel()[i]): float(c) for i, c in zip(idx, cs, strict=True)}
-
-    def cells(x: np.ndarray, roles: Sequence[int]) -> list[int]:
-        return [k * n_r + r for k in range(n) for r in roles]
+    def cells(x: np.ndarray, roles: Sequence[int], coef: float = 1.0) -> dict[int, float]:
+        return {int(x[k, r]): coef for k in range(n) for r in roles}
 
     eqs: list[Row] = [
-        (col(up, cells(up, prefills)), float(n_l)),  # L prefill passes per request
-        ({**col(ud, cells(ud, decoder)), **col(up, cells(up, [0]), -out)}, 0.0),  # out x as many
-        (col(hp, cells(hp, prefills)), 1.0),  # the prompt's head row
-        (col(hd, cells(hd, decodes)), out),  # a head row per decoded token
+        (cells(up, prefills), float(n_l)),  # L prefill passes per request
+        ({**cells(ud, decoder), **cells(up, [0], -out)}, 0.0),  # out x as many decode ones
+        (cells(hp, prefills), 1.0),  # the prompt's head row
+        (cells(hd, decodes), out),  # a head row per decoded token
     ]
     if mixed:
-        eqs.append(({**col(ud, cells(ud, mixer)), **col(up, cells(up, mixer), -out)}, 0.0))
-    rows: list[Row] = [({int(c): -1.0 for c in e}, -1.0)]  # someone holds the embedding
+        eqs.append(({**cells(ud, mixer), **cells(up, mixer, -out)}, 0.0))
+    rows: list[Row] = []
+    for r in range(n_r):  # each replica: one embedding, one LM head, all L layers
+        eqs.append(({**cells(e, [r]), **cells(g, [r], -1.0)}, 0.0))
+        eqs.append(({**cells(hold, [r]), **cells(e, [r], -float(n_l))}, 0.0))
+        # ... and at micro-batch b at most the S stages with ceil(16 / S) >= b
+        most = max(s for s in range(1, n_b + 1) if math.ceil(n_b / s) >= batch[r])
+        rows.append(({**cells(share, [r]), **cells(e, [r], -float(most))}, 0.0))
     if mod.floor_tok_s > 0:  # the speed floor on average: a token's steps take <= 1 / floor
         floor: dict[int, float] = {}
         for k in range(n):
@@ -234,57 +266,100 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
                 floor[int(ud[k, r])] = dev.step_s[k, batch[r] - 1]
                 floor[int(hd[k, r])] = dev.head_s[k, batch[r] - 1]
         rows.append((floor, out / mod.floor_tok_s))
-    mem_all: dict[int, float] = {}
-    for k in range(n):
-        c = dev.count[k]
-        n_role = np.concatenate([[dev.n_pre[k]], dev.n_dec[k], dev.n_dec[k] if mixed else []])
-        busy_all: dict[int, float] = {t: -c}
-        for r in range(n_r):
-            b = batch[r] - 1
+    bounds: list[tuple[float, float | None]] = [(0.0, None)] * v.n
+    for r in range(n_r):
+        mem_all: dict[int, float] = {}  # every replica holds the whole model's KV
+        for k in range(n):
+            c, b = dev.count[k], batch[r] - 1
+            plain, with_e, with_g, both = fits[k, :, r]
+            if plain < 1:  # it never takes this role
+                for x in (share, hold, e, g, up, ud, hp, hd):
+                    bounds[int(x[k, r])] = (0.0, 0.0)
+                continue
+            bounds[int(share[k, r])] = (0.0, c)
             busy = {int(up[k, r]): dev.prefill_s[k], int(hp[k, r]): dev.head_s[k, 0]}
-            if r > 0 and n_role[r] > 0:
-                busy[int(ud[k, r])] = (dev.step_s[k, b] + dev.hop_s[k, b] / n_role[r]) / batch[r]
+            if r:
+                busy[int(ud[k, r])] = (dev.step_s[k, b] + dev.hop_s[k, b] / plain) / batch[r]
                 busy[int(hd[k, r])] = dev.head_s[k, b] / batch[r]
-            if t_fixed is None:
-                busy_all |= busy
-            else:
+            if t_fixed is not None:
                 rows.append(({**busy, int(share[k, r]): -t_fixed}, 0.0))  # its share of the time
-            rows.append(({int(hold[k, r]): 1.0, int(share[k, r]): -n_role[r]}, 0.0))  # whole layers that fit
+                if r in mixer:  # the floor after the time its prompts take
+                    rows.append(
+                        (
+                            {
+                                int(up[k, r]): dev.prefill_s[k] / t_fixed,
+                                int(hold[k, r]): dev.per_layer[k, b],
+                                int(share[k, r]): -dev.slack[k, b],
+                            },
+                            0.0,
+                        )
+                    )
+            # whole layers: fewer beside an embedding or a head (a linear cut valid for each
+            # device's four cases: alpha, gamma no more than what each case costs)
+            alpha = plain - with_e
+            gamma = max(0.0, min(plain - with_g, plain - both - alpha))
+            rows.append(
+                (
+                    {
+                        int(hold[k, r]): 1.0,
+                        int(share[k, r]): -plain,
+                        int(e[k, r]): alpha,
+                        int(g[k, r]): gamma,
+                    },
+                    0.0,
+                )
+            )
+            rows.append(({int(share[k, r]): 1.0, int(hold[k, r]): -1.0}, 0.0))  # a layer each at least
+            rows.append(({int(e[k, r]): 1.0, int(share[k, r]): -1.0}, 0.0))  # one embedding each at most
+            rows.append(({int(g[k, r]): 1.0, int(share[k, r]): -1.0}, 0.0))
+            # memory in units of the device's own (well-scaled rows for the solver)
+            unit = 1.0 / dev.free[k]
+            extras = {int(e[k, r]): mod.emb_bytes * unit, int(g[k, r]): mod.head_bytes * unit}
+            per_layer_bytes = mod.layer_bytes + batch[r] * mod.kv_min
+            rows.append(({int(hold[k, r]): per_layer_bytes * unit, **extras, int(share[k, r]): -1.0}, 0.0))
+            gib = 1.0 / GIB
+            mem_all |= {
+                int(hold[k, r]): (mod.layer_bytes + batch[r] * mod.kv_mean) * gib,
+                int(e[k, r]): mod.emb_bytes * gib,
+                int(g[k, r]): mod.head_bytes * gib,
+                int(share[k, r]): -dev.free[k] * gib,
+            }
             rows.append(({int(up[k, r]): 1.0, int(hold[k, r]): -1.0}, 0.0))  # passes where held
             rows.append(({int(ud[k, r]): 1.0, int(hold[k, r]): -out}, 0.0))
-            rows.append(({int(hp[k, r]): 1.0, int(up[k, r]): -1.0}, 0.0))  # a head row beside a pass
+            rows.append(({int(hp[k, r]): 1.0, int(up[k, r]): -1.0}, 0.0))  # a head row beside a pass ...
             rows.append(({int(hd[k, r]): 1.0, int(ud[k, r]): -1.0}, 0.0))
-            if r in mixer:  # a MIXED stage decodes every token of the prompts it prefills
+            rows.append(({int(hp[k, r]): 1.0, int(g[k, r]): -1.0}, 0.0))  # ... where a head is held
+            rows.append(({int(hd[k, r]): 1.0, int(g[k, r]): -out}, 0.0))
+            if r == 0:
+                bounds[int(ud[k, r])] = bounds[int(hd[k, r])] = (0.0, 0.0)
+            elif r in decoder:
+                bounds[int(up[k, r])] = bounds[int(hp[k, r])] = (0.0, 0.0)
+            else:  # a MIXED stage decodes every token of the prompts it prefills
                 eqs.append(({int(ud[k, r]): 1.0, int(up[k, r]): -out}, 0.0))
                 eqs.append(({int(hd[k, r]): 1.0, int(hp[k, r]): -out}, 0.0))
+        rows.append((mem_all, 0.0))
+    for k in range(n):
+        c = dev.count[k]
+        rows.append(({int(share[k, r]): 1.0 for r in range(n_r)}, c))  # one role each
         if t_fixed is None:
+            busy_all: dict[int, float] = {t: -c}
+            for r in range(n_r):
+                b = batch[r] - 1
+                busy_all |= {int(up[k, r]): dev.prefill_s[k], int(hp[k, r]): dev.head_s[k, 0]}
+                if r and fits[k, 0, r] >= 1:
+                    busy_all[int(ud[k, r])] = (dev.step_s[k, b] + dev.hop_s[k, b] / fits[k, 0, r]) / batch[r]
+                    busy_all[int(hd[k, r])] = dev.head_s[k, b] / batch[r]
             rows.append((busy_all, 0.0))  # device time
-        rows.append((col(share, cells(share, range(n_r))[k * n_r : (k + 1) * n_r]), c))  # one role each
         # KV out of the PREFILL ports, into the DECODER ports
         port_s = mod.handoff_layer / dev.port[k]
-        budget_out = {int(share[k, 0]): -t_fixed} if t_fixed is not None else {t: -c}
-        rows.append(({int(up[k, 0]): port_s, **budget_out}, 0.0))
         into = {int(ud[k, r]): port_s / out for r in decoder}
-        budget_in = col(share, [k * n_r + r for r in decoder], -t_fixed) if t_fixed is not None else {t: -c}
-        rows.append(({**into, **budget_in}, 0.0))
-        extras = {int(g[k]): mod.head_bytes, int(e[k]): mod.emb_bytes}
-        mem = {int(hold[k, r]): mod.layer_bytes + batch[r] * mod.kv_min for r in range(n_r)}
-        rows.append(({**mem, **extras}, float(c * dev.free[k])))
-        mem_all |= {int(hold[k, r]): mod.layer_bytes + batch[r] * mod.kv_mean for r in range(n_r)} | extras
-        heads = {**col(hp, [k * n_r + r for r in range(n_r)]), **col(hd, [k * n_r + r for r in range(n_r)])}
-        rows.append(({**heads, int(g[k]): -(1.0 + out)}, 0.0))  # head rows where a head is held
-    rows.append((mem_all, float((dev.count * dev.free).sum())))
+        if t_fixed is None:
+            rows.append(({int(up[k, 0]): port_s, t: -c}, 0.0))
+            rows.append(({**into, t: -c}, 0.0))
+        else:
+            rows.append(({int(up[k, 0]): port_s, int(share[k, 0]): -t_fixed}, 0.0))
+            rows.append(({**into, **{int(share[k, r]): -t_fixed for r in decoder}}, 0.0))
 
-    bounds: list[tuple[float, float | None]] = [(0.0, None)] * v.n
-    for k in range(n):
-        for x in (g, e):
-            bounds[int(x[k])] = (0.0, float(dev.count[k]))
-        for r in range(n_r):
-            n_role = dev.n_pre[k] if r == 0 else dev.n_dec[k, batch[r] - 1]
-            zero = [share, hold, up, ud, hp, hd] if n_role == 0 else []
-            zero += [ud, hd] if r == 0 else [up, hp] if r in decoder else []
-            for x in zero:
-                bounds[int(x[k, r])] = (0.0, 0.0)
     cost_vec = np.zeros(v.n)
     if t_fixed is None:
         cost_vec[t] = 1.0
@@ -292,8 +367,17 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
         bounds[t] = (t_fixed, t_fixed)
     a_ub, b_ub = _sparse(rows, v.n)
     a_eq, b_eq = _sparse(eqs, v.n)
-    res = linprog(cost_vec, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs")
-    return float(res.x[t]) if res.status == 0 else None
+    options = {} if t_fixed is None else {"time_limit": _TIME_LIMIT_S}
+    res = linprog(
+        cost_vec, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs", options=options
+    )
+    if res.status == 2:
+        return None  # proven infeasible
+    if t_fixed is not None:
+        return t_fixed  # feasible, or not proven otherwise (the bound stays a bound)
+    if res.status != 0:
+        raise RuntimeError(f"the upper bound's LP failed: {res.message}")
+    return float(res.x[t])
 
 
 class _Vars:
@@ -336,29 +420,28 @@ def _layers_that_fit(cost: CostModel, ctx: int, free: np.ndarray, batches: np.nd
     return fits.sum(axis=2) - 1
 
 
-def _layers_at_floor(
+def _floor_budget(
     floor_tok_s: float,
+    n_l: int,
     step: np.ndarray,
     fixed: np.ndarray,
     stages: np.ndarray,
     hop: np.ndarray,
     runs: np.ndarray,
-    n_l: int,
-) -> np.ndarray:
-    """(n, n_b): the most layers device k may decode at batch b in a replica meeting the floor:
-    its token time is at least k's layers, the other layers on the fastest device at b, the
-    cheapest head and embedding (`fixed`) and, in a pipeline of S stages, S hops of `hop` each.
-    n_l without a floor."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """(slack, per_layer), each (n, n_b). A replica decoding at micro-batch b meets the floor
+    only if floor x its token time <= 1 (a MIXED one: <= 1 - the share of its time its prompts
+    take). Its token time is at least its layers' steps, the cheapest head and embedding
+    (`fixed`) and, in a pipeline of S stages, S hops of `hop` each; with n layers on device k
+    and the other layers on the fastest device at b, 1 - floor x token time <= slack - n x
+    per_layer. Without a floor (1, 0)."""
     if floor_tok_s <= 0:
-        return np.full(step.shape, n_l)
+        return np.ones(step.shape), np.zeros(step.shape)
     fastest = np.where(runs, step, np.inf).min(axis=0)  # (n_b,)
     cheapest = np.where(runs, fixed, np.inf).min(axis=0)
-    pipeline = np.array([s if s > 1 else 0 for s in stages])[:, None] * hop[None, :]
-    spare = 1.0 / floor_tok_s - cheapest[None, :] - pipeline - n_l * fastest[None, :]  # (n, n_b)
-    extra = step - fastest[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        most = np.where(extra > 0, np.floor(spare / extra), n_l)
-    return np.where(spare >= 0, np.clip(most, 0, n_l), 0).astype(int)
+    pipeline = np.where(stages > 1, stages, 0)[:, None] * hop[None, :]
+    slack = 1.0 - floor_tok_s * (cheapest[None, :] + pipeline + n_l * fastest[None, :])
+    return slack, floor_tok_s * (step - fastest[None, :])
 
 
 def _sparse(rows: list[Row], n_vars: int) -> tuple[coo_matrix, np.ndarray]:
