@@ -10,6 +10,7 @@ import pytest
 from test_search import SHAPE, TINY, random_cluster
 
 from e2llm.cost.build import build_cost_model
+from e2llm.cost.model import CostModel
 from e2llm.errors import InputError
 from e2llm.plan.bound import rate_bound
 from e2llm.plan.build import plan_bound
@@ -20,24 +21,41 @@ from e2llm.plan.types import PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Cluster, Device, Link
 
+# gpt-oss-like: every other layer attends to a 64-token window (less KV)
+SLIDING = dataclasses.replace(TINY, name="tiny-sliding", sliding_window=64, sliding_layers=(0, 2, 4, 6))
+
+
+def _random_case(rng: random.Random) -> tuple[CostModel, WorkloadShape]:
+    cost = build_cost_model(rng.choice((TINY, SLIDING)), random_cluster(rng.randint(2, 5), rng))
+    shape = dataclasses.replace(
+        SHAPE,
+        interval_s=rng.choice((0.02, 0.2)),
+        min_decode_tok_s=rng.choice((0.0, 15.0, 30.0)),
+        mean_input_tokens=rng.choice((128, 512, 2048)),
+        mean_output_tokens=rng.choice((32, 256, 600)),
+    )
+    return cost, shape
+
 
 @pytest.mark.parametrize("mixed", [False, True])
 def test_no_plan_beats_the_bound(mixed: bool) -> None:
+    """Against the exhaustive optimum of the max_rate objective (every grouping, split and role
+    vector) on small random clusters, with and without MIXED roles, speed floors and sliding-
+    window layers: the bound for the roles allowed is never below it."""
     rng = random.Random(8)
     checked = 0
-    for _ in range(6):
-        cost = build_cost_model(TINY, random_cluster(rng.randint(3, 5), rng))
-        shape = dataclasses.replace(SHAPE, interval_s=rng.choice((0.02, 0.2)))
+    for _ in range(8):
+        cost, shape = _random_case(rng)
         req = PlanRequest(cost, shape, PlannerParams(objective="max_rate", exhaustive=True, mixed=mixed))
         try:
             best = search_grouping(req, partition_layers_many)  # the planner's optimum
         except InputError:
             continue
-        bound = rate_bound(cost, shape, mixed=mixed)
+        bound = rate_bound(cost, best.shape or shape, mixed=mixed)
         assert best.assignment.rate_rps <= bound * (1 + 1e-9)
-        assert best.assignment.rate_rps >= 0.1 * bound  # and the bound is not vacuous
+        assert best.assignment.rate_rps >= 0.2 * bound  # and the bound is not vacuous
         checked += 1
-    assert checked >= 4
+    assert checked >= 5
 
 
 def test_one_device_bound_is_its_time_per_request() -> None:

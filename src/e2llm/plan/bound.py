@@ -1,52 +1,59 @@
-"""An upper bound on the request rate any plan can sustain: a fluid relaxation, solved as an LP.
+"""An upper bound on the request rate any plan can sustain: a fluid relaxation, solved as LPs.
 
 For a cluster, a model and a workload shape, no plan the planner can express (any grouping, any
-layer split, PREFILL / DECODER / MIXED roles, any decode concurrency up to 16) predicts a higher
-sustainable rate than `rate_bound`. Dividing a plan's predicted rate by it says how good the plan
-is, whatever the workload: near 100% the plan is as good as the hardware allows, far below it
-the planner (not the cluster) is to blame, or the relaxation's slack (docs/planner.md).
+layer split, PREFILL / DECODER / MIXED roles, any decode concurrency up to 16; with
+`mixed=False` PREFILL / DECODER only) predicts a higher sustainable rate than `rate_bound`.
+Dividing a plan's predicted rate by it says how good the plan is, whatever the workload: near
+100% the plan is as good as the hardware allows; far below it the planner is to blame, or the
+relaxation's slack (docs/planner.md, "What the bound ignores").
 
-The relaxation lets work be divided among devices like a fluid. Variables are per request, in
-device seconds (t: the busiest device's seconds per request; the bound is 1 / t at its least),
-layer-passes (one layer over one prompt, or over one sequence's token), LM-head rows and layers
-held. Each constraint holds for every plan, because (the sentence after each says why):
-- work: a request needs L prefill layer-passes (its mean prompt), L x (mean output) decode
-  layer-passes and one LM-head row per generated token (the prompt's at 1 row, each decode
-  row at the batch of its step) — every replica runs all L layers and one head per token.
-- time: device k spends `layer_prefill_s(prompt)` per prefill pass, `layer_decode_s(b) / b` per
-  decode pass at a micro-batch of b sequences, `head_s(b) / b` per head row, and for each decode
-  step the cheapest hop into it, and at most t per request — a stage's time per step is its
-  layers, its head and its incoming hop, and a replica's steps come at most one per stage time;
-  a step at b carries b x (its layers) passes, so steps >= passes / (b x the most layers it holds).
-- memory: h_kb, the layers k holds with KV for b sequences (at the model's smallest per-layer KV),
-  plus shares of the LM head and embedding fit in k's memory less the runtime overhead; at most
-  one batch per device, h_kb <= N_kb, the most whole layers of any contiguous range that fit with
-  b sequences' KV (sum_b h_kb / N_kb <= 1) — a device is in one replica, whose stages hold whole
-  contiguous ranges with KV for at least their micro-batch; summed over all devices, the layers
-  held at b with the model's *mean* per-layer KV fit in all the memory — every replica holds all
-  L layers, so its KV is the whole model's, sliding-window layers and all.
-- passes where held: prefill on k covers at most the layers it holds, decode at b at most those
-  held for b; a head row on k goes with a layer-pass of the same step on k — a request's passes
-  on a device are its layers there, and a replica's head sits on its last stage, which holds a layer.
-- the speed floor, per request and per device: a replica decoding at b meets the floor only if
-  its token time, all L layers' steps plus the cheapest head and embedding and (if it needs more
-  than one device) its hops, is <= 1 / floor; with the other layers on the fastest device at b,
-  that caps the layers device k may decode at b (N_kb above takes the smaller cap; 0: never), and
-  the token time summed over requests is <= out / floor on average (each request meets it).
-- links: a request served disaggregated (PREFILL then DECODER, a share of the requests the LP
-  chooses; the rest MIXED, both phases where the layers are) ships its prompt's KV: each layer's
-  KV leaves the device that prefilled it and enters the one that decodes it, over their network
-  ports (best link, as `evaluate` models them); each port also works at most t per request.
-  With MIXED roles excluded every request is disaggregated.
-- batch: a device that cannot hold the whole model alone is in a replica of at least S stages,
-  the fewest devices with it whose memory holds one copy, so its micro-batch is <= ceil(16 / S).
+The relaxation lets work be divided among devices like a fluid. Its variables are per request
+(t: the busiest device's seconds per request; the bound is 1 / t at its least): for every device
+and role (PREFILL; DECODER or MIXED at micro-batch b = 1..16) the share of the device in that
+role, the layers it holds there, how many of those devices hold an embedding / an LM head, its
+prefill layer-passes per request, decode layer-passes per token and LM-head rows. Each
+constraint holds for every plan, for the reason given after the dash:
+- work: L prefill passes per request and L decode passes per token, one head row per prompt
+  and per token — every replica runs all L layers and one head per token.
+- one role: a device's shares sum to <= 1 — a device is in at most one replica, with one role,
+  and a replica's stages run one micro-batch b.
+- replicas: in each role, as many embeddings as LM heads, L x as many layers held as embeddings,
+  at most S_max(b) devices per embedding (the S with ceil(16 / S) >= b), each device holding a
+  layer — a replica has one embedding (first stage), one head (last), all L layers, S stages
+  with b = ceil(c / min(c, S)) <= ceil(16 / S), and every stage holds a layer.
+- memory: in each role, layers held x (layer weights + b sequences' KV at the model's smallest
+  per-layer KV) + embeddings and heads held <= the role's share of the memory after the runtime
+  overhead; and at most N whole layers per device, N the most of any contiguous range that fit
+  beside nothing / the embedding / the head / both (a linear cut exact at those four cases),
+  capped at L - (S_min - 1) — stages hold whole contiguous ranges with KV for at least b
+  sequences, and a device that cannot hold one copy alone has S_min - 1 partners holding a layer
+  each; summed over a role's devices, with the model's mean per-layer KV — every replica holds
+  the whole model's KV, sliding-window layers and all.
+- passes where held: prefill and decode passes on a device at most the layers it holds there, a
+  head row beside a pass and on a device holding a head; a MIXED device decodes every token of
+  the prompts it prefills — a request's passes on a device are its layers there.
+- time: `layer_prefill_s(prompt)` per prefill pass, `(layer_decode_s(b) + hop / N) / b` per decode
+  pass (hop: the cheapest hop into a stage, if the device needs a pipeline), `head_s(b) / b` per
+  head row, `head_s(1)` per prompt's row, and each port's KV hand-off time (a disaggregated
+  prompt's KV leaves the PREFILL device's port and enters the DECODER's, best link): at most t
+  per request per device — a stage's time per step is its layers, its head and its incoming hop,
+  a replica's steps come at most one per stage time (decode: c tokens per round trip of at least
+  m stage times, c <= m b), and a step at b carries b x (its layers) passes.
+- speed floor: the token time, all L layers' steps, the cheapest head and embedding and S_min hops,
+  is <= 1 / floor; with the other layers on the fastest device at b this caps the layers a
+  device may decode at b (into N above); on average over requests too — every replica meets the
+  floor, a MIXED one after the share of its time its prompts take (`evaluate`).
+- roles in time (the tighter LP): a device's time in a role is at most its share of that role
+  times t — a device in one role spends all its time there. This makes t a parameter, so the
+  least t is searched from below: the first LP (time shared freely) gives t_0; then LPs at fixed
+  t, each either proven infeasible (no plan is that fast: the search moves up) or not; the bound
+  is 1 / the largest t proven infeasible, within 1%, in a budget of simplex iterations.
 
-What it ignores, and why the bound is not reached: whole devices per replica (the fluid uses a
-device's memory for one replica's layers and its time for another's, and balances every stage
-perfectly), the prefill hops and the embedding's compute, that a request's layers run on the devices of one
-replica (the fluid may run every head on the device fastest at it), the load needed to fill a
-batch, the pair-level limit of a hand-off over the actual link between two devices (ports only),
-and queueing (a plan that sustains the bound's rate has no headroom).
+Identical devices form one class (the LPs are symmetric in them, so their optimum has a
+symmetric solution): a class of c devices is one device with c times the capacities, which
+keeps 256-device clusters of a few device types small. ~1 CPU-s for 64 devices, a few for 256.
+
+~450 lines: one relaxation, its two LPs and the per-device numbers they share.
 """
 
 from __future__ import annotations
@@ -65,9 +72,9 @@ from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.units import GIB
 
 Row = tuple[dict[int, float], float]  # coefficients by column, right-hand side
-_PRECISION = 0.005  # the search for the least t stops within 0.5%, at the t proven too small
+_PRECISION = 0.01  # the search for the least t stops within 1%, at the t proven too small
 _TOLERANCE = 1e-7  # what the bound gives up for the solver's feasibility tolerance
-_TIME_LIMIT_S = 5.0  # a tighter LP not solved by then counts as feasible (the bound stays valid)
+_ITERATIONS = 15_000  # simplex iterations for the tighter LPs; not proven by then counts as feasible
 
 
 @dataclass(frozen=True)
@@ -107,23 +114,22 @@ class _Model:
 
 def rate_bound(cost: CostModel, shape: WorkloadShape, *, mixed: bool = True) -> float:
     """Requests per second no plan exceeds (see the module docstring); 0 when the devices
-    cannot hold one copy of the model. Pure; well under a CPU-second for 256 devices."""
+    cannot hold one copy of the model. Pure; ~1 CPU-s for 64 devices, a few for 256."""
     dev, mod = _classes(cost, shape), _model(cost, shape)
-    t_relaxed = _solve(dev, mod, mixed, None)  # time shared freely between a device's roles
+    t_relaxed, _ = _solve(dev, mod, mixed, None, 0)  # time shared freely between a device's roles
     if t_relaxed is None or t_relaxed <= 0:
         return 0.0  # infeasible: the devices cannot hold one copy of the model
-    # the least t of the tighter relaxation, from below: lo is always proven too small
-    lo, grow = t_relaxed, _PRECISION
-    hi = lo * (1.0 + grow)
-    while _solve(dev, mod, mixed, hi) is None:
-        lo, grow = hi, 4.0 * grow
-        hi = lo * (1.0 + grow)
-    while hi > lo * (1.0 + _PRECISION):
-        mid = math.sqrt(lo * hi)
-        if _solve(dev, mod, mixed, mid) is None:
-            lo = mid
-        else:
-            hi = mid
+    # the least t of the tighter relaxation, searched from below (lo is always proven too
+    # small) within a budget of solver iterations: where it runs out, lo is still a bound
+    lo, step, shown, budget = t_relaxed, _PRECISION, math.inf, _ITERATIONS
+    while budget > 0 and shown > lo * (1.0 + _PRECISION):
+        t = lo * (1.0 + step) if math.isinf(shown) else math.sqrt(lo * shown)
+        result, used = _solve(dev, mod, mixed, t, budget)
+        budget -= used
+        if result is None:  # no plan is this fast
+            lo, step = t, 4.0 * step
+        else:  # feasible, or not proven infeasible: the least t is below
+            shown = t
     return 1.0 / (lo * (1.0 - _TOLERANCE))
 
 
@@ -214,11 +220,13 @@ def _classes(cost: CostModel, shape: WorkloadShape) -> _Classes:
     )
 
 
-def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> float | None:
+def _solve(
+    dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None, max_iterations: int
+) -> tuple[float | None, int]:
     """The least t (busiest device's seconds per request) of the relaxation, or None if
     infeasible. With `t_fixed`, the tighter relaxation at that t (each device's time in a role
-    at most its share of the role times t_fixed, and the MIXED floor after its prompts): None
-    if proven infeasible, else t_fixed."""
+    at most its share of the role times t_fixed, and the MIXED floor after its prompts), in at
+    most `max_iterations`: None if proven infeasible, else t_fixed. And the iterations used."""
     n, n_b = len(dev.count), MAX_CONCURRENCY
     out, n_l = mod.out, mod.n_layers
     # roles of a device: 0 PREFILL, then DECODER at micro-batch b, then MIXED at b
@@ -238,20 +246,21 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
     share = v.block(n, n_r)  # devices of the class in the role
     hold = v.block(n, n_r)  # layers they hold in it
     e, g = v.block(n, n_r), v.block(n, n_r)  # ... of them holding an embedding / an LM head
-    up, ud = v.block(n, n_r), v.block(n, n_r)  # prefill / decode layer-passes per request
-    hp, hd = v.block(n, n_r), v.block(n, n_r)  # LM-head rows: the prompt's, the tokens'
+    # prefill layer-passes per request, decode ones per generated token (well-scaled columns)
+    up, ud = v.block(n, n_r), v.block(n, n_r)
+    hp, hd = v.block(n, n_r), v.block(n, n_r)  # LM-head rows: the prompt's, each token's
 
     def cells(x: np.ndarray, roles: Sequence[int], coef: float = 1.0) -> dict[int, float]:
         return {int(x[k, r]): coef for k in range(n) for r in roles}
 
     eqs: list[Row] = [
         (cells(up, prefills), float(n_l)),  # L prefill passes per request
-        ({**cells(ud, decoder), **cells(up, [0], -out)}, 0.0),  # out x as many decode ones
+        ({**cells(ud, decoder), **cells(up, [0], -1.0)}, 0.0),  # as many per token
         (cells(hp, prefills), 1.0),  # the prompt's head row
-        (cells(hd, decodes), out),  # a head row per decoded token
+        (cells(hd, decodes), 1.0),  # a head row per decoded token
     ]
     if mixed:
-        eqs.append(({**cells(ud, mixer), **cells(up, mixer, -out)}, 0.0))
+        eqs.append(({**cells(ud, mixer), **cells(up, mixer, -1.0)}, 0.0))
     rows: list[Row] = []
     for r in range(n_r):  # each replica: one embedding, one LM head, all L layers
         eqs.append(({**cells(e, [r]), **cells(g, [r], -1.0)}, 0.0))
@@ -265,7 +274,7 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
             for r in decodes:
                 floor[int(ud[k, r])] = dev.step_s[k, batch[r] - 1]
                 floor[int(hd[k, r])] = dev.head_s[k, batch[r] - 1]
-        rows.append((floor, out / mod.floor_tok_s))
+        rows.append((floor, 1.0 / mod.floor_tok_s))
     bounds: list[tuple[float, float | None]] = [(0.0, None)] * v.n
     for r in range(n_r):
         mem_all: dict[int, float] = {}  # every replica holds the whole model's KV
@@ -279,10 +288,12 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
             bounds[int(share[k, r])] = (0.0, c)
             busy = {int(up[k, r]): dev.prefill_s[k], int(hp[k, r]): dev.head_s[k, 0]}
             if r:
-                busy[int(ud[k, r])] = (dev.step_s[k, b] + dev.hop_s[k, b] / plain) / batch[r]
-                busy[int(hd[k, r])] = dev.head_s[k, b] / batch[r]
+                busy[int(ud[k, r])] = out * (dev.step_s[k, b] + dev.hop_s[k, b] / plain) / batch[r]
+                busy[int(hd[k, r])] = out * dev.head_s[k, b] / batch[r]
             if t_fixed is not None:
-                rows.append(({**busy, int(share[k, r]): -t_fixed}, 0.0))  # its share of the time
+                rows.append(
+                    ({**{c: x / t_fixed for c, x in busy.items()}, int(share[k, r]): -1.0}, 0.0)
+                )  # its share of the time
                 if r in mixer:  # the floor after the time its prompts take
                     rows.append(
                         (
@@ -325,18 +336,18 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
                 int(share[k, r]): -dev.free[k] * gib,
             }
             rows.append(({int(up[k, r]): 1.0, int(hold[k, r]): -1.0}, 0.0))  # passes where held
-            rows.append(({int(ud[k, r]): 1.0, int(hold[k, r]): -out}, 0.0))
+            rows.append(({int(ud[k, r]): 1.0, int(hold[k, r]): -1.0}, 0.0))
             rows.append(({int(hp[k, r]): 1.0, int(up[k, r]): -1.0}, 0.0))  # a head row beside a pass ...
             rows.append(({int(hd[k, r]): 1.0, int(ud[k, r]): -1.0}, 0.0))
             rows.append(({int(hp[k, r]): 1.0, int(g[k, r]): -1.0}, 0.0))  # ... where a head is held
-            rows.append(({int(hd[k, r]): 1.0, int(g[k, r]): -out}, 0.0))
+            rows.append(({int(hd[k, r]): 1.0, int(g[k, r]): -1.0}, 0.0))
             if r == 0:
                 bounds[int(ud[k, r])] = bounds[int(hd[k, r])] = (0.0, 0.0)
             elif r in decoder:
                 bounds[int(up[k, r])] = bounds[int(hp[k, r])] = (0.0, 0.0)
             else:  # a MIXED stage decodes every token of the prompts it prefills
-                eqs.append(({int(ud[k, r]): 1.0, int(up[k, r]): -out}, 0.0))
-                eqs.append(({int(hd[k, r]): 1.0, int(hp[k, r]): -out}, 0.0))
+                eqs.append(({int(ud[k, r]): 1.0, int(up[k, r]): -1.0}, 0.0))
+                eqs.append(({int(hd[k, r]): 1.0, int(hp[k, r]): -1.0}, 0.0))
         rows.append((mem_all, 0.0))
     for k in range(n):
         c = dev.count[k]
@@ -347,18 +358,28 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
                 b = batch[r] - 1
                 busy_all |= {int(up[k, r]): dev.prefill_s[k], int(hp[k, r]): dev.head_s[k, 0]}
                 if r and fits[k, 0, r] >= 1:
-                    busy_all[int(ud[k, r])] = (dev.step_s[k, b] + dev.hop_s[k, b] / fits[k, 0, r]) / batch[r]
-                    busy_all[int(hd[k, r])] = dev.head_s[k, b] / batch[r]
+                    busy_all[int(ud[k, r])] = (
+                        out * (dev.step_s[k, b] + dev.hop_s[k, b] / fits[k, 0, r]) / batch[r]
+                    )
+                    busy_all[int(hd[k, r])] = out * dev.head_s[k, b] / batch[r]
             rows.append((busy_all, 0.0))  # device time
         # KV out of the PREFILL ports, into the DECODER ports
         port_s = mod.handoff_layer / dev.port[k]
-        into = {int(ud[k, r]): port_s / out for r in decoder}
+        into = {int(ud[k, r]): port_s for r in decoder}
         if t_fixed is None:
             rows.append(({int(up[k, 0]): port_s, t: -c}, 0.0))
             rows.append(({**into, t: -c}, 0.0))
         else:
-            rows.append(({int(up[k, 0]): port_s, int(share[k, 0]): -t_fixed}, 0.0))
-            rows.append(({**into, **{int(share[k, r]): -t_fixed for r in decoder}}, 0.0))
+            rows.append(({int(up[k, 0]): port_s / t_fixed, int(share[k, 0]): -1.0}, 0.0))
+            rows.append(
+                (
+                    {
+                        **{c: x / t_fixed for c, x in into.items()},
+                        **{int(share[k, r]): -1.0 for r in decoder},
+                    },
+                    0.0,
+                )
+            )
 
     cost_vec = np.zeros(v.n)
     if t_fixed is None:
@@ -367,17 +388,25 @@ def _solve(dev: _Classes, mod: _Model, mixed: bool, t_fixed: float | None) -> fl
         bounds[t] = (t_fixed, t_fixed)
     a_ub, b_ub = _sparse(rows, v.n)
     a_eq, b_eq = _sparse(eqs, v.n)
-    options = {} if t_fixed is None else {"time_limit": _TIME_LIMIT_S}
+    # dual simplex, deterministic: an iteration cap rather than a time limit
+    options: dict[str, int] = {} if t_fixed is None else {"maxiter": max_iterations}
     res = linprog(
-        cost_vec, A_ub=a_ub, b_ub=b_ub, A_eq=a_eq, b_eq=b_eq, bounds=bounds, method="highs", options=options
+        cost_vec,
+        A_ub=a_ub,
+        b_ub=b_ub,
+        A_eq=a_eq,
+        b_eq=b_eq,
+        bounds=bounds,
+        method="highs-ds",
+        options=options,
     )
     if res.status == 2:
-        return None  # proven infeasible
+        return None, res.nit  # proven infeasible
     if t_fixed is not None:
-        return t_fixed  # feasible, or not proven otherwise (the bound stays a bound)
+        return t_fixed, res.nit  # feasible, or not proven otherwise (the bound stays a bound)
     if res.status != 0:
         raise RuntimeError(f"the upper bound's LP failed: {res.message}")
-    return float(res.x[t])
+    return float(res.x[t]), res.nit
 
 
 class _Vars:
