@@ -15,10 +15,11 @@ Times are CPU seconds of the planning process (`time.process_time`: what an idle
 the box is shared) and wall seconds; the planner is single-threaded. `--workers 2` runs the
 clusters of `--oracle` / `--bound` in two processes (both cores); each row's CPU time is its own.
 
-Oracle comparison: random clusters of 5-7 devices (sizes in rotation), GPT-OSS-20B, same workload
-at 0.5 s. "same": the GA plan's (objective, predicted latency) equals the exhaustive search's
-(objective to 1e-9, latency to 1e-6 relative). Gap: relative excess of the GA's objective, or of
-its predicted latency when both objectives are 0 (both keep up).
+Oracle comparison: random clusters of 5-7 devices (sizes in rotation, cluster i seeded with i,
+from `--first`), GPT-OSS-20B, same workload at 0.5 s. "same": the GA plan's (objective,
+predicted latency) equals the exhaustive search's (objective to 1e-9, latency to 1e-6
+relative). Gap: relative excess of the GA's objective, or of its predicted latency when both
+objectives are 0 (both keep up).
 
 Bound: the plan's sustainable rate (its capacity model) against `plan.bound.rate_bound` for the
 roles allowed (`--mixed`), at the lengths plans are scored on, on the paper testbed (both
@@ -169,11 +170,11 @@ def _oracle_one(job: tuple[int, bool]) -> tuple[int, int, float, float, float, f
     )
 
 
-def oracle(n_clusters: int, mixed: bool, workers: int) -> None:
+def oracle(n_clusters: int, first: int, mixed: bool, workers: int) -> None:
     start = time.perf_counter()
     rows = []
     found, gaps = 0, []
-    for row in each(_oracle_one, [(i, mixed) for i in range(n_clusters)], workers):
+    for row in each(_oracle_one, [(i, mixed) for i in range(first, first + n_clusters)], workers):
         rows.append(row)
         i, n, ex_obj, ex_lat, ga_obj, ga_lat, ex_cpu, ga_cpu, n_mixed = row
         same = abs(ga_obj - ex_obj) <= 1e-9 and (ga_lat == ex_lat or abs(ga_lat - ex_lat) <= 1e-6 * ex_lat)
@@ -255,6 +256,7 @@ def main() -> None:
     ap.add_argument("--oracle", action="store_true", help="GA vs exhaustive")
     ap.add_argument("--bound", action="store_true", help="plans against the upper bound")
     ap.add_argument("--clusters", type=int, default=100, help="clusters in the oracle comparison")
+    ap.add_argument("--first", type=int, default=0, help="seed of the oracle's first cluster")
     ap.add_argument("--repeats", type=int, default=3, help="clusters per size in the timing runs")
     ap.add_argument("--sizes", default="7,64,256", help="cluster sizes for the timing runs")
     ap.add_argument("--models", default="gpt-oss-20b,llama-3.1-8b,llama-3.1-70b")
@@ -269,7 +271,7 @@ def main() -> None:
             [int(s) for s in args.sizes.split(",")], args.models.split(","), args.repeats, args.budget, mixed
         )
     if args.oracle:
-        oracle(args.clusters, mixed, args.workers)
+        oracle(args.clusters, args.first, mixed, args.workers)
     if args.bound:
         bound(mixed, args.workers)
 

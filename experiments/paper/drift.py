@@ -4,7 +4,9 @@ switching: what the role controller is for.
     .venv/bin/python experiments/paper/drift.py [--seeds 1,2,3] [--interval 1.5] [--requests 500]
 
 The plan is e2llm's for the paper testbed, GPT-OSS-20B and LongReason *extended* (576 in / 588
-out) at one request every 0.5 s: three DECODERs and one PREFILL replica. The requests are
+out) at one request every 0.5 s, with the method's roles (`--mixed off`: the experiment is about
+switching replicas between PREFILL and DECODER, which a MIXED replica never does): three DECODERs
+and one PREFILL replica. The requests are
 `--requests` of that shape, then `--requests` of LongReason *custom* (2,284 in / 1,004 out), one
 every `--interval` seconds: long prompts the plan's single prefill replica cannot keep up with.
 Writes drift.md next to this file.
@@ -44,7 +46,7 @@ def main() -> int:
     then = load_workload(ROOT / "examples/workloads/longreason-custom.yaml")
     rows = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        plan = plan_system("e2llm", cost, first, Load(interval_s=0.5), seed)
+        plan = plan_system("e2llm", cost, first, Load(interval_s=0.5), seed, mixed=False)
         a = generate_requests(with_load(first, interval_s=args.interval), seed)[: args.requests]
         b = generate_requests(with_load(then, interval_s=args.interval), seed)[: args.requests]
         shift_s = a[-1].arrival_s + args.interval

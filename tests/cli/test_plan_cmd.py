@@ -90,12 +90,14 @@ def test_paper_testbed_has_several_replicas_with_both_roles(capsys: pytest.Captu
     args = ["plan", TESTBED, "--model", "gpt-oss-20b", "--workload", EXTENDED, "--json"]
     assert main([*args, "--mixed", "off"]) == 0  # the method's roles
     plan = json.loads(capsys.readouterr().out)
-    assert len(plan["replicas"]) >= 3
+    assert len(plan["replicas"]) >= 3 and plan["planner"]["mixed"] is False
     assert {r["role"] for r in plan["replicas"]} == {"PREFILL", "DECODER"}
-    assert main([*args, "--mixed", "on"]) == 0  # MIXED replicas beside them where they are better
-    plan = json.loads(capsys.readouterr().out)
-    assert len(plan["replicas"]) >= 3
-    assert {"PREFILL", "DECODER"} <= {r["role"] for r in plan["replicas"]} <= {"PREFILL", "DECODER", "MIXED"}
+    for extra in ([], ["--mixed", "on"]):  # the default: MIXED replicas beside them where they are better
+        assert main([*args, *extra]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        assert len(plan["replicas"]) >= 3 and plan["planner"]["mixed"] is True
+        roles = {r["role"] for r in plan["replicas"]}
+        assert {"PREFILL", "DECODER"} <= roles <= {"PREFILL", "DECODER", "MIXED"}
 
 
 @pytest.mark.parametrize(

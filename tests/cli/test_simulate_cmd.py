@@ -177,11 +177,12 @@ def test_compare_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert doc["systems"]["splitwise"]["plan"]["scheduler"] == "splitwise"
 
 
-def test_compare_mixed_on_plans_and_simulates_mixed_replicas(
+def test_compare_mixed_by_default_plans_and_simulates_mixed_replicas(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One device cannot hand KV to another: without MIXED there is no e2llm plan, with it the
-    device does both phases and serves every request."""
+    """One device cannot hand KV to another: with `--mixed off` (the method's roles) there is no
+    e2llm plan; by default (MIXED allowed), and with `--mixed on`, the device does both phases
+    and serves every request."""
     _, w = _files(tmp_path)
     one = tmp_path / "one.yaml"
     one.write_text(
@@ -189,11 +190,12 @@ def test_compare_mixed_on_plans_and_simulates_mixed_replicas(
         "network: {bandwidth_mbps: 1000, latency_ms: 0.5}\n"
     )
     argv = ["compare", str(one), "--model", "smollm2-135m", "--workload", w, "--systems", "e2llm", "--json"]
-    _bad(capsys, argv, "PREFILL and a DECODER")
-    assert main([*argv, "--mixed", "on"]) == 0
-    m = json.loads(capsys.readouterr().out)["systems"]["e2llm"]
-    assert m["completed"] == 30 and [r["role"] for r in m["plan"]["replicas"]] == ["MIXED"]
-    assert m["plan"]["planner"]["mixed"] is True
+    _bad(capsys, [*argv, "--mixed", "off"], "PREFILL and a DECODER")
+    for extra in ([], ["--mixed", "on"]):
+        assert main([*argv, *extra]) == 0
+        m = json.loads(capsys.readouterr().out)["systems"]["e2llm"]
+        assert m["completed"] == 30 and [r["role"] for r in m["plan"]["replicas"]] == ["MIXED"]
+        assert m["plan"]["planner"]["mixed"] is True
 
 
 def test_compare_unknown_system(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from e2llm.plan.ga import GAParams, Individual, _crossover, _mutate, evolve, polish
+from e2llm.plan.ga import GAParams, Individual, _crossover, _mutate, _neighbours, evolve, polish
 from e2llm.plan.sizer import MemorySizer
 
 FREE = (4.0, 1.0, 2.0, 3.0, 1.0, 2.0, 5.0, 1.0, 2.0)  # device "memory", need 4 per replica
@@ -16,8 +16,9 @@ def valid(ind: Individual, n: int) -> bool:
 
 
 def fitness(ind: Individual) -> tuple[float, float]:
-    """Synthetic: many replicas, little memory wasted; devices 1, 4, 7 are 'bad' in replicas."""
-    if not ind.groups:
+    """Synthetic: many replicas, little memory wasted; devices 1, 4, 7 are 'bad' in replicas.
+    A replica short of memory is infeasible, as in the planner (polish can make one)."""
+    if not ind.groups or any(sum(FREE[d] for d in g) < 4.0 for g in ind.groups):
         return (float("inf"), float("inf"))
     waste = sum(sum(FREE[d] for d in g) - 4.0 for g in ind.groups)
     bad = sum(d in (1, 4, 7) for g in ind.groups for d in g)
@@ -80,3 +81,27 @@ def test_polish_reaches_a_local_optimum() -> None:
     assert key <= fitness(start) and fitness(best) == key
     again, key2 = polish(best, key, fitness, max_evals=10_000)
     assert (again, key2) == (best, key)  # nothing in the neighbourhood improves
+
+
+def test_polish_neighbours_keep_every_device_and_include_splits_and_new_replicas() -> None:
+    # replicas (0, 1, 2), (3,); device 4 unused
+    ind = Individual((0, 1, 2, 3, 4), (3, 1))
+    around = list(_neighbours(ind))
+    assert all(valid(x, 5) for x in around)  # a split or a new replica once dropped the unused devices
+    groupings = {(x.canonical, tuple(sorted(x.unused))) for x in around}
+    assert (((0,), (1, 2), (3,)), (4,)) in groupings  # split (0, 1, 2) after its first device
+    assert (((0, 1), (2,), (3,)), (4,)) in groupings  # ... after its second
+    assert (((0, 1, 2), (3,), (4,)), ()) in groupings  # the unused device as a replica of its own
+    assert (((0, 2), (1,), (3,)), (4,)) in groupings  # device 1 leaves its replica for its own
+
+
+def test_polish_takes_a_move_that_pays_only_with_a_new_pipeline_order() -> None:
+    start = Individual((0, 1, 2, 3), (2, 1))  # replicas (0, 1), (2,); device 3 unused
+    best = Individual((3, 0, 2, 1), (2, 1))  # 1 swapped for 3, and 3 first: (3, 0), (2,)
+    assert ((0, 3), (2,)) in [x.groups for x in _neighbours(start)]  # the plain swap ...
+
+    def fitness(ind: Individual) -> tuple[float, float]:  # ... is worse than the start
+        return {start.canonical: (0.0, 1.0), best.canonical: (0.0, 0.0)}.get(ind.canonical, (0.0, 2.0))
+
+    found, key = polish(start, fitness(start), fitness, max_evals=1000)
+    assert key == (0.0, 0.0) and found.canonical == best.canonical

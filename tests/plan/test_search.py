@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Collection, Sequence
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ from e2llm.plan.systems import get_system
 from e2llm.plan.types import Plan, PlannerParams, Role
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.device import Cluster, Device, Link
+from e2llm.specs.model_catalog import load_model
 from e2llm.specs.model_spec import ModelSpec
+from e2llm.specs.presets import PRESETS
 
 # A small dense model (8 layers, ~1.6 GiB in bf16) so tiny clusters have nontrivial groupings.
 TINY = ModelSpec(
@@ -84,6 +87,38 @@ def test_ga_reaches_the_exhaustive_optimum_on_small_clusters(objective: str) -> 
         assert ga.planner.generations > 0 and best.planner.generations == 0
         compared += 1
     assert compared >= 3
+
+
+def preset_cluster(presets: Sequence[str], wifi: Collection[int]) -> Cluster:
+    """Devices from presets on a wired LAN, those in `wifi` on Wi-Fi (benchmarks/bench_planner.py)."""
+    devices = tuple(
+        Device(f"d{i}", p.memory_gb, p.tflops, p.mem_bandwidth_gbs, p.host_memory_gb, preset=name)
+        for i, (name, p) in enumerate((name, PRESETS[name]) for name in presets)
+    )
+    slow = Link(200.0, 3.0)
+    links = {frozenset((f"d{i}", d.name)): slow for i in wifi for d in devices if d.name != f"d{i}"}
+    return Cluster(devices, Link(1000.0, 0.3), links)
+
+
+def test_ga_equals_the_exhaustive_optimum_where_a_move_needs_a_new_pipeline_order() -> None:
+    """Cluster 49 of `bench_planner.py --oracle`: the optimum's prefill replica is the GA's
+    with a device swapped for an unused one *and* re-ordered; either move alone is worse, so the
+    GA (polish) once stopped 0.6% above the optimum's predicted latency."""
+    cluster = preset_cluster(
+        ["apple-m1", "rtx-5070", "rtx-4060-laptop", "rtx-4060-laptop", "a100-40gb", "jetson-agx-orin-32gb"],
+        wifi=(1, 3, 5),
+    )
+    cost = build_cost_model(load_model("gpt-oss-20b"), cluster)
+    shape = WorkloadShape(576.0, 588.0, 0.5, 15.0)
+
+    def plan(exhaustive: bool) -> Plan:
+        params = PlannerParams(seed=1, exhaustive=exhaustive, mixed=False)
+        return get_system("e2llm")(PlanRequest(cost, shape, params))
+
+    best, ga = plan(True), plan(False)
+    assert best.objective == ga.objective == 0.0  # both keep up: the latency decides
+    assert ga.latency_s == pytest.approx(best.latency_s, rel=1e-9)
+    assert sorted(r.devices for r in ga.replicas) == sorted(r.devices for r in best.replicas)
 
 
 def test_plan_is_complete_and_deterministic() -> None:

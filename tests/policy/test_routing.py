@@ -81,6 +81,24 @@ def test_mixed_replica_preferred_only_with_a_free_slot_and_kv() -> None:
     assert pick_prefill([full], 100, 200).id == 0  # type: ignore[union-attr]  # still the only one
 
 
+def test_a_full_mixed_replica_competes_by_its_wait_for_a_slot() -> None:
+    """All 4 slots taken, 1 more queued, a batch of 100 tok/s and 1000-token answers: the prompt's
+    slot frees in 2 x 1000 / 100 = 20 s. A PREFILL replica 30 s behind loses; one 10 s behind wins."""
+    full = ReplicaLoad(
+        0,
+        Role.MIXED,
+        prefill_tok_s=1000.0,
+        decode_sequences=5,
+        concurrency=4,
+        kv_free_tokens=9000,
+        kv_capacity_tokens=10_000,
+        decode_tok_s=100.0,
+    )
+    prompt, context = 100, 1100
+    assert pick_prefill([_prefill(1, 30_000), full], prompt, context).id == 0  # type: ignore[union-attr]
+    assert pick_prefill([_prefill(1, 10_000), full], prompt, context).id == 1  # type: ignore[union-attr]
+
+
 def test_decoder_least_load_among_those_with_free_kv() -> None:
     loads = [_decoder(0, 0, free=100), _decoder(1, 3), _decoder(2, 2)]
     assert pick_decoder(loads, 500).id == 2  # type: ignore[union-attr]

@@ -1,7 +1,8 @@
 """A planned `e2llm serve` decodes many streams together, and exactly.
 
-The planner's plan for four emulated devices, each large enough for SmolLM2-135M at fp32: one
-PREFILL replica and decoders. A PREFILL replica's hold on a prompt ends once its KV is handed off,
+The planner's plan for four emulated devices, each large enough for SmolLM2-135M at fp32, with
+the method's roles (`--mixed off`: the test is about decoders fed by PREFILL replicas): PREFILL
+replicas and a decoder. A PREFILL replica's hold on a prompt ends once its KV is handed off,
 so a decoder fills its batch up to its planned concurrency; before, a hold lasted until the
 request had finished decoding and at most 4 sequences ever decoded together. Every stream must
 still be exactly its served-alone greedy text. That holds at fp32, where a row's result does not
@@ -55,7 +56,9 @@ async def _streams(url: str) -> tuple[dict[str, str], list[tuple[str, str]], flo
 def test_planned_serve_decodes_more_than_four_streams_together_exactly(tmp_path: Path) -> None:
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(CLUSTER)
-    with local_server([str(cluster), "--precision", "fp32"], tmp_path / "serve.log", cwd=ROOT) as server:
+    with local_server(
+        [str(cluster), "--precision", "fp32", "--mixed", "off"], tmp_path / "serve.log", cwd=ROOT
+    ) as server:
         reference, results, peak = asyncio.run(_streams(server.url))
     for i, (text, outcome) in enumerate(results):
         assert outcome == "length" and text == reference[PROMPTS[i % len(PROMPTS)]], (i, text, outcome)

@@ -12,7 +12,7 @@ from e2llm.errors import InputError
 from e2llm.plan.request import PlanRequest
 from e2llm.plan.role_scoring import RoleAssignment
 from e2llm.plan.systems import get_system
-from e2llm.plan.types import Objective, PlannerParams
+from e2llm.plan.types import Objective, PlannerParams, Role
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.runtime.capacity import best_roles, plan_capacities
 from e2llm.runtime.drift import DriftDetector, DriftSettings, WorkloadWindow, drift
@@ -97,13 +97,16 @@ def test_regrouping_only_when_it_clearly_beats_new_roles_on_the_running_groups()
 
 
 def test_roles_follow_the_shape_on_the_running_groups() -> None:
-    """Four one-device replicas planned for chat: for long prompts the same groups get more
+    """Four one-device replicas planned for chat with the method's roles (`mixed=False`: a drift
+    re-plan switches PREFILL / DECODER replicas only): for long prompts the same groups get more
     PREFILL replicas; for long answers more decoders."""
     cost = build_cost_model(
         load_model("smollm2-135m"), load_cluster(ROOT / "examples/clusters/local-cpu-4x1.yaml")
     )
-    plan = get_system("e2llm")(PlanRequest(cost, CHAT, PlannerParams(objective=Objective.MAX_RATE)))
-    assert len(plan.replicas) == 4
+    plan = get_system("e2llm")(
+        PlanRequest(cost, CHAT, PlannerParams(objective=Objective.MAX_RATE, mixed=False))
+    )
+    assert len(plan.replicas) == 4 and {r.role for r in plan.replicas} == {Role.PREFILL, Role.DECODER}
     caps = list(plan_capacities(plan).values())
     chat = best_roles(caps, CHAT, Objective.MAX_RATE)
     prompts = best_roles(caps, WorkloadShape(1500, 10, 1.0, 5), Objective.MAX_RATE)

@@ -1,11 +1,13 @@
 """Re-planning after a stage worker is killed for real, and taking the device back.
 
-The served plan is made by the e2llm planner on three emulated devices (two PREFILL replicas,
-one DECODER) and embeds its cluster and model spec. While greedy streams run, the process of
-PREFILL replica 1 (device cpu1) is killed. Every stream must complete with its served-alone text
-(those on cpu1 migrate); within a bound `/health` shows plan generation 1 without cpu1, and new
-requests are served by it. `POST /admin/replan` (behind the API key) then takes cpu1 back. The
-server's log shows the loss, the re-plans, the switches and the retirement with their numbers.
+The served plan is made by the e2llm planner on three emulated devices with the method's roles
+(`mixed=False`: the test is about PREFILL/DECODER hand-off and migration; two PREFILL replicas,
+one DECODER) and embeds its cluster, model spec and planner parameters, so the re-plan keeps
+them. While greedy streams run, the process of PREFILL replica 1 (device cpu1) is killed. Every
+stream must complete with its served-alone text (those on cpu1 migrate); within a bound
+`/health` shows plan generation 1 without cpu1, and new requests are served by it.
+`POST /admin/replan` (behind the API key) then takes cpu1 back. The server's log shows the loss,
+the re-plans, the switches and the retirement with their numbers.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from e2llm.cost.build import build_cost_model
 from e2llm.plan.plan_json import plan_to_dict
 from e2llm.plan.request import PlanRequest
 from e2llm.plan.systems import get_system
+from e2llm.plan.types import PlannerParams
 from e2llm.plan.workload_shape import WorkloadShape
 from e2llm.specs.cluster_file import cluster_from_dict
 from e2llm.specs.model_catalog import load_model
@@ -53,7 +56,8 @@ def _planned() -> dict[str, Any]:
         load_model("smollm2-135m", EXACT_PRECISION), cluster_from_dict(CLUSTER, "test cluster")
     )
     chat = WorkloadShape(mean_input_tokens=256, mean_output_tokens=128, interval_s=1.0)
-    plan = plan_to_dict(get_system("e2llm")(PlanRequest(cost=cost, workload=chat)))
+    plan = plan_to_dict(get_system("e2llm")(PlanRequest(cost, chat, PlannerParams(mixed=False))))
+    assert plan["planner"]["mixed"] is False
     roles = [(r["role"], [d["name"] for d in r["devices"]]) for r in plan["replicas"]]
     assert roles == [("PREFILL", ["cpu0"]), ("PREFILL", ["cpu1"]), ("DECODER", ["cpu2"])], roles
     return plan

@@ -2,7 +2,9 @@
 requests are served, with no restart and no request lost (~2.5 min on a loaded 2-core box).
 
 Plan: e2llm's for `examples/clusters/local-cpu-4x1.yaml` (four one-device replicas) and a chat
-shape (100 in / 100 out), maximum sustainable rate: two PREFILL and two DECODER replicas. Then
+shape (100 in / 100 out), maximum sustainable rate, PREFILL/DECODER roles only (`--mixed off`:
+by default it would make all four MIXED, which have no role to switch): two PREFILL and two
+DECODER replicas. Then
 500-token prompts, one at a time (the served-alone references) and a burst of 8: the prefill
 pool's queue passes the policy file's TTFT budget while the decoders idle, and moving one decoder
 raises the rate both pools sustain for the recent demand, so the role controller switches it
@@ -93,6 +95,8 @@ def test_a_burst_of_long_prompts_moves_a_decoder_to_prefill_live(tmp_path: Path)
         str(tmp_path / "chat.yaml"),
         "--objective",
         "max_rate",
+        "--mixed",
+        "off",  # the test is about switching between PREFILL and DECODER
     ]
     assert main([*argv, "--out", str(plan)]) == 0
     roles = sorted(r["role"] for r in json.loads(plan.read_text())["replicas"])

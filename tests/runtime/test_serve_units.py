@@ -342,6 +342,10 @@ def test_default_serve_plan_has_a_prefill_and_a_decoder_replica() -> None:
     plan = runnable_plan(_plan_cluster(None, "smollm2-135m", "e2llm"), 30)
     roles = {r.role for r in plan.replicas}
     assert {Role.PREFILL, Role.DECODER} <= roles
+    assert plan.params is not None and plan.params.mixed  # MIXED allowed by default (none pays here)
+    pd = _plan_cluster(None, "smollm2-135m", "e2llm", mixed=False)  # `e2llm serve --mixed off`
+    assert pd.params is not None and not pd.params.mixed
+    assert {r.role for r in pd.replicas} == {Role.PREFILL, Role.DECODER}
 
 
 def test_prefill_replica_holds_a_bounded_number_of_prefilled_sequences() -> None:

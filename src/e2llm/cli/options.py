@@ -67,13 +67,14 @@ def add_precision(p: argparse.ArgumentParser, what: str = "weight precision over
 
 
 def add_mixed(p: argparse.ArgumentParser) -> None:
-    """`--mixed on|off`: may e2llm's planner assign MIXED replicas (default off)."""
+    """`--mixed on|off`: may e2llm's planner assign MIXED replicas (default on: our extension;
+    off gives the method's PREFILL/DECODER roles only)."""
     p.add_argument(
         "--mixed",
         choices=("on", "off"),
-        default="off",
-        help="may e2llm assign MIXED replicas (both phases, chunked prefill)? default off: PREFILL/DECODER "
-        "only, as the method (e2llm serve does not run MIXED replicas yet)",
+        default="on",
+        help="may e2llm assign MIXED replicas (both phases, chunked prefill; our extension of the "
+        "method, chosen only where it scores better)? default on; off: PREFILL/DECODER only, the method",
     )
 
 

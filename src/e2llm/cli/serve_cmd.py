@@ -16,6 +16,7 @@ from e2llm.cli.options import (
     DTYPES,
     add_device,
     add_dtype,
+    add_mixed,
     add_precision,
     add_workload,
     device_choice,
@@ -85,6 +86,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         p, False, f": the shape planned and re-planned for (default: the plan's own, else {DEFAULT_WORKLOAD})"
     )
     add_precision(p, "weight precision the planner plans for")
+    add_mixed(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--ray-address", help="join this Ray cluster (HEAD:6379) instead of starting one")
@@ -202,7 +204,8 @@ def run(args: argparse.Namespace) -> int:
         plan = _as_served(plan_from_file, WorkloadShape.of(workload) if workload else None, args.precision)
     else:
         shape, seed = (WorkloadShape.of(workload), workload.seed) if workload else _default_workload()
-        plan = _plan_cluster(target, model_name, args.system, shape, args.precision, seed)
+        mixed = args.mixed == "on"
+        plan = _plan_cluster(target, model_name, args.system, shape, args.precision, seed, mixed)
     where = str(target or "plan")
     plan = runnable_plan(plan, prepared.config.n_layers, where)
     _check(plan, where)
@@ -262,8 +265,10 @@ def _plan_cluster(
     shape: WorkloadShape = _BUILTIN_SHAPE,
     precision: str | None = None,
     seed: int = 1,
+    mixed: bool = True,
 ) -> Plan:
-    """Plan with `system` on `cluster_path` (or the local default cluster) for `shape`."""
+    """Plan with `system` on `cluster_path` (or the local default cluster) for `shape` (`mixed`:
+    may e2llm's planner assign MIXED replicas)."""
     from e2llm.cost.build import build_cost_model
     from e2llm.plan.request import PlanRequest
     from e2llm.plan.systems import get_system
@@ -280,7 +285,7 @@ def _plan_cluster(
     spec = load_model(model, precision)
     planner = get_system(system)
     cost = build_cost_model(spec, cluster)
-    return planner(PlanRequest(cost, shape, PlannerParams(seed=seed)))
+    return planner(PlanRequest(cost, shape, PlannerParams(seed=seed, mixed=mixed)))
 
 
 def _serve(

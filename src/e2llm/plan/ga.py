@@ -39,6 +39,7 @@ from typing import Protocol
 
 Key = tuple[float, float]
 INFEASIBLE: Key = (float("inf"), float("inf"))
+REORDER_MAX = 4  # polish re-orders changed replicas of up to this many devices (4! = 24 orders)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +155,9 @@ def polish(
     a fixed order: swap two devices (across replicas, inside one, or with an unused device);
     move one device to another position, replica, a new replica of its own, or the unused set
     (moving it to another replica also in a variant that retires the rest of its old replica);
-    retire a whole replica (its devices unused); merge two replicas; split one in two. Stops at a
-    local optimum or after `max_evals`."""
+    retire a whole replica (its devices unused); merge two replicas; split one in two. Then the
+    same moves again, each with every other pipeline order of the replicas whose devices it
+    changed (`_reordered`). Stops at a local optimum or after `max_evals`."""
     evals = 0
     improved = True
     while improved and evals < max_evals:
@@ -172,14 +174,35 @@ def polish(
 
 
 def _neighbours(ind: Individual) -> Iterator[Individual]:
+    """The moves, then the moves with their changed replicas re-ordered. A move that gives a
+    replica other devices often pays only in another pipeline order (which devices hold the
+    embedding and the LM head, which links the hops use), and the order that was best for the
+    old devices makes the move look worse: one step of a plain local search cannot take both."""
+    yield from _moves(ind)
+    before = set(ind.groups)
+    for cand in _moves(ind):
+        changed = [k for k, g in enumerate(cand.groups) if g not in before and 1 < len(g) <= REORDER_MAX]
+        if changed:
+            yield from _reordered(cand, changed)
+
+
+def _reordered(ind: Individual, changed: Sequence[int]) -> Iterator[Individual]:
+    """`ind` with replicas `changed` in every combination of pipeline orders but its own."""
+    groups = ind.groups
+    orders = [itertools.permutations(groups[k]) if k in changed else (groups[k],) for k in range(len(groups))]
+    for combo in itertools.product(*orders):
+        if combo != groups:
+            yield Individual(tuple(x for g in combo for x in g) + ind.unused, ind.sizes)
+
+
+def _moves(ind: Individual) -> Iterator[Individual]:
     buckets = [list(g) for g in ind.groups] + [list(ind.unused)]  # the last bucket: unused
     last = len(buckets) - 1
 
     def make(bs: list[list[int]]) -> Individual:
-        groups = [b for b in bs[:last] if b]
-        return Individual(
-            tuple(x for g in groups for x in g) + tuple(bs[last]), tuple(len(g) for g in groups)
-        )
+        # the unused bucket is always the last one (a split or a new replica adds one before it)
+        groups = [b for b in bs[:-1] if b]
+        return Individual(tuple(x for g in groups for x in g) + tuple(bs[-1]), tuple(len(g) for g in groups))
 
     slots = [(b, i) for b, bucket in enumerate(buckets) for i in range(len(bucket))]
     for (b1, i1), (b2, i2) in itertools.combinations(slots, 2):

@@ -222,6 +222,8 @@ def _params(stats: dict[str, Any], where: str, kind: ObjectiveKind) -> PlannerPa
         seed=seed,
         objective=objective,
         exhaustive=_opt(stats, "exhaustive", where, bool, False),
+        # absent in plans written before the field: their planner assigned PREFILL/DECODER only,
+        # so re-planning one asks that question again (not the newer default, MIXED allowed)
         mixed=_opt(stats, "mixed", where, bool, False),
         budget=budget,
     )

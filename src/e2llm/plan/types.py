@@ -65,9 +65,10 @@ class PlannerParams:
     seed: int = 1  # the GA's random stream
     objective: Objective = Objective.BOTTLENECK
     exhaustive: bool = False  # the exhaustive oracle instead of the GA (small clusters)
-    # may the planner assign MIXED replicas? Off by default (PREFILL / DECODER only, the method's)
-    # until the runtime serves them (the simulator does: `e2llm plan/compare --mixed on`)
-    mixed: bool = False
+    # may the planner assign MIXED replicas (our extension; it picks one only where it scores
+    # better)? False: PREFILL / DECODER only, the method's roles (`--mixed off`). A plan JSON
+    # written before the field existed reads as False: its planner could not assign MIXED
+    mixed: bool = True
     budget: int = GA_BUDGET  # the GA's budget: generations at most (it stops early once it stops improving)
 
     def __post_init__(self) -> None:

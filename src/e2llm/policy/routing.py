@@ -4,8 +4,12 @@
   normalised backlog (`ReplicaLoad.kv_ready_s`: queued prompt tokens over its prefill rate plus
   the prompt's own latency through it, or the KV hand-offs still on its links if they take
   longer, plus its own hand-off: a replica whose links are slow piles up transfers, and counting
-  them keeps prompts away from it). A MIXED replica decodes what it prefills, so it is
-  preferred only while it has a free decode slot and KV room for the whole request.
+  them keeps prompts away from it). A MIXED replica decodes what it prefills, so a prompt starts
+  there only once it has a decode slot and KV room for the whole request: while none is free,
+  its backlog adds the wait for the slots ahead (one frees every output length over the batch's
+  tokens/s, `decode_tok_s`). Ranking such a replica behind every PREFILL replica instead, with
+  prompts bound to a replica on arrival, queued ~500 s of prompts on slow PREFILL replicas of the
+  paper testbed (custom, 0.5 s) while its MIXED replicas idled once arrivals stopped.
 - `pick_decoder`: a prefilled sequence (or, in a COLOCATED plan, a whole request) goes to the
   accepting decode-capable replica with the fewest outstanding sequences per decode slot among
   those whose free KV holds its final context, ties to the one whose full batch generates the
@@ -39,11 +43,21 @@ def pick_prefill(loads: Sequence[ReplicaLoad], prompt_tokens: int, context: int)
         mixed = r.role is Role.MIXED
         if r.kv_capacity_tokens < (context if mixed else prompt_tokens):
             continue
-        full = mixed and (r.decode_sequences >= r.concurrency or r.kv_free_tokens < context)
-        key = (full, r.kv_ready_s())
+        key = _mixed_key(r, prompt_tokens, context) if mixed else (False, r.kv_ready_s())
         if best is None or key < best_key:
             best, best_key = r, key
     return best
+
+
+def _mixed_key(r: ReplicaLoad, prompt_tokens: int, context: int) -> tuple[bool, float]:
+    """(no estimate of its slot wait, seconds until the prompt's first token) on a MIXED replica."""
+    full = r.decode_sequences >= r.concurrency or r.kv_free_tokens < context
+    if not full:
+        return False, r.kv_ready_s()
+    if r.decode_tok_s <= 0:  # the view has no decode rate: after every replica that can start it
+        return True, r.kv_ready_s()
+    ahead = r.decode_sequences - r.concurrency + 1  # slots to free before this prompt's
+    return False, r.kv_ready_s() + ahead * max(1, context - prompt_tokens) / r.decode_tok_s
 
 
 def pick_decoder(loads: Sequence[ReplicaLoad], context: int) -> ReplicaLoad | None:

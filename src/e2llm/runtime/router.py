@@ -102,7 +102,8 @@ class Router:
             got = self._by_id(live, routing.pick_decoder(loads, context))
         else:
             live = [r for r in live if r.role in (Role.PREFILL, Role.MIXED)]
-            loads = [self.view(r, now, prompt_tokens, 0) for r in live]
+            typical = (prompt_tokens + context) // 2  # a MIXED replica's decode rate (its slot wait)
+            loads = [self.view(r, now, prompt_tokens, typical if r.role is Role.MIXED else 0) for r in live]
             got = self._by_id(live, routing.pick_prefill(loads, prompt_tokens, context))
         return self._found(got, live, "prefill", prompt_tokens)
 

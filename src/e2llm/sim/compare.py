@@ -89,7 +89,7 @@ def plan_system(
     load: Load,
     seed: int | None = None,
     objective: Objective = Objective.BOTTLENECK,
-    mixed: bool = False,
+    mixed: bool = True,
 ) -> Plan:
     """Plan with system `name` for `workload` at `load` (planner seed: `seed`, else the workload's;
     `mixed`: may e2llm's planner assign MIXED replicas)."""
@@ -107,7 +107,7 @@ def compare(
     progress: Progress | None = None,
     objective: Objective = Objective.BOTTLENECK,
     settings: PolicySettings | None = None,
-    mixed: bool = False,
+    mixed: bool = True,
 ) -> list[Run]:
     """Every system at every load (planned for `objective`, served with `settings`); runs in
     (load, system) order."""

@@ -29,7 +29,12 @@ class Router:
         if self.scheduler is Scheduler.SPLITWISE:
             route = mixed_pool.route_prompt([r.load(now) for r in self.replicas], job.input_tokens)
             return None if route is None else (self._by_id[route.replica], route.borrow)
-        loads = [r.load(now, job.input_tokens) for r in self.replicas if r.role in (Role.PREFILL, Role.MIXED)]
+        typical = job.input_tokens + job.output_tokens // 2  # a MIXED replica's decode rate (its slot wait)
+        loads = [
+            r.load(now, job.input_tokens, typical if r.role is Role.MIXED else 0)
+            for r in self.replicas
+            if r.role in (Role.PREFILL, Role.MIXED)
+        ]
         got = routing.pick_prefill(loads, job.input_tokens, job.final_context)
         return None if got is None else (self._by_id[got.id], False)
 
