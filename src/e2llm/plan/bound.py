@@ -388,25 +388,36 @@ def _solve(
         bounds[t] = (t_fixed, t_fixed)
     a_ub, b_ub = _sparse(rows, v.n)
     a_eq, b_eq = _sparse(eqs, v.n)
-    # dual simplex, deterministic: an iteration cap rather than a time limit
-    options: dict[str, int] = {} if t_fixed is None else {"maxiter": max_iterations}
-    res = linprog(
-        cost_vec,
-        A_ub=a_ub,
-        b_ub=b_ub,
-        A_eq=a_eq,
-        b_eq=b_eq,
-        bounds=bounds,
-        method="highs-ds",
-        options=options,
-    )
+    # dual simplex, deterministic (an iteration cap rather than a time limit), at tight
+    # tolerances and, where those end in numerical trouble (it happens), at the default ones
+    used = 0
+    for tolerance in (1e-9, 1e-7):
+        options: dict[str, float] = {
+            "primal_feasibility_tolerance": tolerance,
+            "dual_feasibility_tolerance": tolerance,
+        }
+        if t_fixed is not None:
+            options["maxiter"] = max(1, max_iterations - used)
+        res = linprog(
+            cost_vec,
+            A_ub=a_ub,
+            b_ub=b_ub,
+            A_eq=a_eq,
+            b_eq=b_eq,
+            bounds=bounds,
+            method="highs-ds",
+            options=options,
+        )
+        used += res.nit
+        if res.status != 4:
+            break
     if res.status == 2:
-        return None, res.nit  # proven infeasible
+        return None, used  # proven infeasible
     if t_fixed is not None:
-        return t_fixed, res.nit  # feasible, or not proven otherwise (the bound stays a bound)
+        return t_fixed, used  # feasible, or not proven otherwise (the bound stays a bound)
     if res.status != 0:
         raise RuntimeError(f"the upper bound's LP failed: {res.message}")
-    return float(res.x[t]), res.nit
+    return float(res.x[t]), used
 
 
 class _Vars:
