@@ -80,3 +80,30 @@ def test_matrix_computes_only_the_rows_and_columns_asked() -> None:
     assert none is not None and np.isinf(none).all()
     idle = [Handoff(i + 4, s, s, links.floor(s) * 0.5) for i, s in enumerate(stages)]
     assert links.matrix(idle, range(4), ()) is None
+
+
+def test_matrix_is_capacity_of_every_pair_exactly() -> None:
+    """The matrix is computed in one numpy pass over stage couples; it must be the same numbers
+    as `capacity`'s loop (the same divisions), bit for bit."""
+    rng = random.Random(9)
+    for _ in range(20):
+        cost = build_cost_model(TINY, cluster(rng))
+        links = KvLinks(cost, rng.choice((64, 512, 3000)))
+        names = cost.cluster.names
+        reps = [
+            Handoff(k, stages(names, rng), stages(names, rng) if rng.random() < 0.8 else None, 1e9)
+            for k in range(6)
+        ]
+        kv = links.matrix(reps)
+        assert kv is not None
+        for i, pre in enumerate(reps):
+            for j, dec in enumerate(reps):
+                want = links.capacity(pre.prefill, dec.decoder) if i != j and dec.decoder else np.inf
+                assert kv[i, j] == want
+
+
+def stages(names: tuple[str, ...], rng: random.Random) -> tuple[tuple[str, int, int], ...]:
+    """1-3 random devices splitting TINY's 8 layers at random cuts."""
+    devs = rng.sample(names, rng.randint(1, 3))
+    cuts = sorted(rng.sample(range(1, 8), len(devs) - 1))
+    return tuple((d, a, b) for d, a, b in zip(devs, [0, *cuts], [*cuts, 8], strict=True))

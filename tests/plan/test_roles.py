@@ -11,13 +11,21 @@ import numpy as np
 import pytest
 
 from e2llm.plan.role_scoring import (
+    DECODER_CODE,
     OBJECTIVES,
+    PREFILL_CODE,
     DecodeChoice,
     KvSource,
     MixedChoice,
+    ReplicaArrays,
     ReplicaRates,
     RoleAssignment,
+    change_totals,
     objective_value,
+    role_values,
+    score_roles,
+    score_totals,
+    swap_totals,
 )
 from e2llm.plan.roles import assign_roles, assign_roles_exhaustive
 
@@ -293,3 +301,50 @@ def _recording_source(kv: np.ndarray, asked: list[tuple[list[int], list[int]]]) 
 def _codes(a: RoleAssignment) -> tuple[int, ...]:
     mixed = a.mixed or (False,) * len(a.prefill)
     return tuple(0 if p else 2 if m else 1 for p, m in zip(a.prefill, mixed, strict=True))
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_incremental_neighbour_scores_equal_the_full_scores(objective: str) -> None:
+    """The local search scores a neighbour from the current vector's totals plus its change;
+    that must give `score_roles` of the neighbour itself, to float rounding, for single
+    changes, pairs and PREFILL<->DECODER swaps."""
+    rng = random.Random(31)
+    for _ in range(30):
+        replicas = [random_replica_mixed(rng) for _ in range(rng.randint(2, 9))]
+        a = ReplicaArrays.of(replicas)
+        codes = np.array([rng.choice(roles) for roles in a.allowed], dtype=np.int8)
+        values = role_values(a)
+        n = len(codes)
+        moves = [(i, r) for i in range(n) for r in a.allowed[i] if r != codes[i]]
+        pairs = [(m, k) for m, k in itertools.combinations(moves, 2) if m[0] != k[0]]
+        pre = np.flatnonzero((codes == PREFILL_CODE) & (a.d > 0))
+        dec = np.flatnonzero(codes == DECODER_CODE)
+        cands, totals, counts = [], [], []
+        for block in ([(m,) for m in moves], pairs):
+            if not block:
+                continue
+            changes = tuple(
+                (np.array([c[k][0] for c in block]), np.array([c[k][1] for c in block], dtype=np.int8))
+                for k in range(len(block[0]))
+            )
+            t, c = change_totals(codes, values, changes)
+            totals.append(t)
+            counts.append(c)
+            cands += [[(i, r) for i, r in c_] for c_ in block]
+        if len(pre) and len(dec):
+            t, c = swap_totals(codes, values, pre, dec)
+            totals.append(t)
+            counts.append(c)
+            cands += [[(i, DECODER_CODE), (j, PREFILL_CODE)] for i in pre for j in dec]
+        if not cands:
+            continue
+        got = score_totals(
+            tuple(np.concatenate(totals, axis=1)), tuple(np.concatenate(counts, axis=1)), 0.3, objective
+        )
+        rows = np.repeat(codes[None, :], len(cands), axis=0)
+        for k, cand in enumerate(cands):
+            for i, r in cand:
+                rows[k, i] = r
+        want = score_roles(rows, a, 0.3, objective)
+        np.testing.assert_allclose(got[0], want[0], rtol=1e-12, atol=1e-9)
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-9)  # queueing near rho = 1 amplifies rounding

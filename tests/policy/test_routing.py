@@ -57,26 +57,22 @@ def test_prefill_skips_draining_decoders_and_too_small_replicas() -> None:
     assert pick_prefill(loads[:3], 100, 200) is None
 
 
+def _mixed(rid: int, seqs: int, **kw) -> ReplicaLoad:
+    """A MIXED replica with 4 decode slots, `seqs` of them taken (above 4: queued for a slot)."""
+    return ReplicaLoad(
+        rid,
+        Role.MIXED,
+        prefill_tok_s=1000.0,
+        decode_sequences=seqs,
+        concurrency=4,
+        kv_free_tokens=9000,
+        kv_capacity_tokens=10_000,
+        **kw,
+    )
+
+
 def test_mixed_replica_preferred_only_with_a_free_slot_and_kv() -> None:
-    full = ReplicaLoad(
-        0,
-        Role.MIXED,
-        prefill_tok_s=1000.0,
-        decode_sequences=4,
-        concurrency=4,
-        kv_free_tokens=9000,
-        kv_capacity_tokens=10_000,
-    )
-    roomy = ReplicaLoad(
-        1,
-        Role.MIXED,
-        queued_prompt_tokens=4000,
-        prefill_tok_s=1000.0,
-        decode_sequences=1,
-        concurrency=4,
-        kv_free_tokens=9000,
-        kv_capacity_tokens=10_000,
-    )
+    full, roomy = _mixed(0, 4), _mixed(1, 1, queued_prompt_tokens=4000)  # no decode rate in the views
     assert pick_prefill([full, roomy], 100, 200).id == 1  # type: ignore[union-attr]
     assert pick_prefill([full], 100, 200).id == 0  # type: ignore[union-attr]  # still the only one
 
@@ -84,16 +80,7 @@ def test_mixed_replica_preferred_only_with_a_free_slot_and_kv() -> None:
 def test_a_full_mixed_replica_competes_by_its_wait_for_a_slot() -> None:
     """All 4 slots taken, 1 more queued, a batch of 100 tok/s and 1000-token answers: the prompt's
     slot frees in 2 x 1000 / 100 = 20 s. A PREFILL replica 30 s behind loses; one 10 s behind wins."""
-    full = ReplicaLoad(
-        0,
-        Role.MIXED,
-        prefill_tok_s=1000.0,
-        decode_sequences=5,
-        concurrency=4,
-        kv_free_tokens=9000,
-        kv_capacity_tokens=10_000,
-        decode_tok_s=100.0,
-    )
+    full = _mixed(0, 5, decode_tok_s=100.0)
     prompt, context = 100, 1100
     assert pick_prefill([_prefill(1, 30_000), full], prompt, context).id == 0  # type: ignore[union-attr]
     assert pick_prefill([_prefill(1, 10_000), full], prompt, context).id == 1  # type: ignore[union-attr]

@@ -177,7 +177,10 @@ class GroupEvaluator:
         }
         self._times: dict[tuple[object, ...], float] = {}
         self._bytes: dict[int, tuple[float, ...]] = {}
-        self._dev_sigs: dict[str, tuple[object, ...]] = {}
+        self._ids: dict[object, int] = {}  # device numbers and links, interned for `signature`
+        self._dev_ids: dict[str, int] = {}
+        self._link_ids: dict[tuple[str, str], int] = {}
+        self._by_names: dict[tuple[str, ...], GroupEval | None] = {}
 
     @property
     def model_bytes(self) -> float:
@@ -195,17 +198,17 @@ class GroupEvaluator:
 
     def signature(self, group: Sequence[str]) -> tuple[object, ...]:
         """What the evaluation of `group` depends on: each device's timing, memory and port
-        numbers and the links between consecutive stages. Groups with equal signatures
+        numbers and the links between consecutive stages, as small ints (equal numbers, equal
+        int: hashing them is what the GA's cache lookups cost). Groups with equal signatures
         (identical devices in identical places) have equal evaluations."""
-        cl = self.cost.cluster
         sig: list[object] = []
         for k, name in enumerate(group):
             prev = group[k - 1] if k else group[-1]
-            sig.append((self._device_signature(name), cl.link(prev, name) if prev != name else None))
+            sig.append((self._device_id(name), self._link_id(prev, name)))
         return tuple(sig)
 
-    def _device_signature(self, name: str) -> tuple[object, ...]:
-        if name not in self._dev_sigs:
+    def _device_id(self, name: str) -> int:
+        if name not in self._dev_ids:
             numbers: list[object] = [self._free[name], self._ports[name]]
             for prefill, batches in ((True, (1,)), (False, range(1, MAX_CONCURRENCY + 1))):
                 for b in batches:
@@ -213,17 +216,28 @@ class GroupEvaluator:
                     numbers += [
                         self._stage_s(name, prefill, b, 0, e, h) for e in (False, True) for h in (False, True)
                     ]
-            self._dev_sigs[name] = tuple(numbers)
-        return self._dev_sigs[name]
+            self._dev_ids[name] = self._ids.setdefault(tuple(numbers), len(self._ids))
+        return self._dev_ids[name]
+
+    def _link_id(self, a: str, b: str) -> int:
+        """The link feeding stage b from stage a (none for a one-device group)."""
+        if (a, b) not in self._link_ids:
+            link = self.cost.cluster.link(a, b) if a != b else None
+            self._link_ids[a, b] = self._ids.setdefault(link, len(self._ids))
+        return self._link_ids[a, b]
 
     def evaluate(self, group: Sequence[str]) -> GroupEval | None:
         """The group as a replica; None if it cannot hold the model."""
-        if not self.may_fit(group):
-            return None
-        key = self.signature(group)
-        if key not in self._cache:
-            self._cache[key] = self._evaluate(tuple(group))
-        return self._cache[key]
+        names = tuple(group)
+        if names not in self._by_names:
+            if not self.may_fit(names):
+                self._by_names[names] = None
+            else:
+                key = self.signature(names)
+                if key not in self._cache:
+                    self._cache[key] = self._evaluate(names)
+                self._by_names[names] = self._cache[key]
+        return self._by_names[names]
 
     def rates(self, group: Sequence[str]) -> ReplicaRates | None:
         """`evaluate(group).rates(...)`, cached: the GA asks this for every replica it scores."""

@@ -22,8 +22,10 @@ Selection: size-3 tournaments over the current population together with the elit
 best individuals ever seen), so elites from earlier generations are kept and also bred with the
 current generation. A child that repeats a grouping already in the new generation is replaced by
 a random individual (immigrant), so a converged population keeps exploring. Deterministic for a
-given `random.Random`. Stops after `patience` generations without improvement, or after
-`generations`; then `polish` (a local search, our addition) settles the best individual.
+given `random.Random`. Stops after `patience` generations without a gain (a better objective,
+or at an equal objective a latency tie-break better than at the last gain by the relative
+`min_gain`; smaller latency steps are kept but do not extend the run), or after `generations`;
+then `polish` (a local search, our addition) settles the best individual.
 
 Fitness is a black box `Individual -> key` (lower is better, `INFEASIBLE` for groupings that do
 not work); the caller caches it, and evaluates the groups inside with its own DP cache.
@@ -32,6 +34,7 @@ not work); the caller caches it, and evaluates the groups inside with its own DP
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +53,8 @@ class GAParams:
 
     population: int = 40
     generations: int = 200
-    patience: int = 30  # stop after this many generations without a better best
+    patience: int = 30  # stop after this many generations without a gain ...
+    min_gain: float = 1e-3  # ... a latency tie-break step counts from this relative size (0: any)
     elites: int = 4
     mutation_rate: float = 0.3
     tournament: int = 3
@@ -115,6 +119,7 @@ def evolve(
     best_key = archive[0][1]
     history = [best_key]
     stale = 0
+    gained = best_key  # the best at the last gain
     generation = 0
     for generation in range(1, params.generations + 1):
         pool = list(zip(pop, keys, strict=True)) + archive
@@ -134,7 +139,9 @@ def evolve(
         keys = [fitness(ind) for ind in pop]
         archive = _elites(pop + [ind for ind, _ in archive], keys + [k for _, k in archive], params.elites)
         if archive[0][1] < best_key:
-            best_key, stale = archive[0][1], 0
+            best_key = archive[0][1]
+        if _gain(best_key, gained, params.min_gain):
+            gained, stale = best_key, 0
         else:
             stale += 1
         history.append(best_key)
@@ -145,6 +152,14 @@ def evolve(
     best, best_key = polish(archive[0][0], best_key, fitness, params.polish_evals)
     history.append(best_key)
     return GAResult(best, best_key, generation, tuple(history))
+
+
+def _gain(new: Key, old: Key, margin: float) -> bool:
+    """Whether `new` is a gain over `old`: any better objective, or at an equal objective a
+    latency tie-break better by the relative `margin` (anything finite beats inf)."""
+    if new[0] != old[0]:
+        return new[0] < old[0]
+    return new[1] < old[1] and (not math.isfinite(old[1]) or old[1] - new[1] > margin * abs(old[1]))
 
 
 def polish(

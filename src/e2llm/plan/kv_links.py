@@ -12,6 +12,10 @@ Computing every pair of a large cluster for every GA individual would dominate p
 device a carries more of a prompt than a's own layers' KV, over no link slower than a's slowest,
 so `min over a of slowest_bw(a) / bytes(a)` bounds every pair from below. Where that bound is
 already above the replica's own prefill rate, its pairs can never bind and are not computed.
+The pairs that remain are computed in one numpy pass over every (prefill stage, decoder stage)
+couple of the replicas asked, from a table of the bytes of every layer range and one of every
+device pair's bandwidth: the same divisions as `capacity`, so the same numbers, without a Python
+loop per pair (a 256-device plan asks for tens of thousands of pairs per GA individual).
 """
 
 from __future__ import annotations
@@ -29,18 +33,35 @@ Stages = tuple[tuple[str, int, int], ...]
 
 
 class KvLinks:
-    """Pair capacities (prompts/s) for one cost model and prompt length, cached by stages."""
+    """Pair capacities (prompts/s) for one cost model and prompt length."""
 
     def __init__(self, cost: CostModel, prompt_tokens: float):
         self.cost = cost
         self._tokens = max(1, round(prompt_tokens))
         cl = cost.cluster
+        names = cl.names
+        self._index = {n: k for k, n in enumerate(names)}
         self._slowest = {
             n: min((cl.link(n, o).bandwidth_mbps for o in cl.names if o != n), default=math.inf)
             for n in cl.names
         }
-        self._pairs: dict[tuple[int, int], float] = {}  # by the callers' replica keys
-        self._floors: dict[int, float] = {}
+        # bytes/s of every device pair's link, as `capacity` computes it
+        mbps = np.full((len(names), len(names)), cl.default_link.bandwidth_mbps)
+        for pair, link in cl.links.items():
+            if len(pair) == 2 and pair <= self._index.keys():
+                a, b = (self._index[n] for n in pair)
+                mbps[a, b] = mbps[b, a] = link.bandwidth_mbps
+        self._bandwidth = mbps * 1e6 / 8
+        n_layers = cost.model.n_layers
+        # bytes of layers [lo, hi) of one prompt, 0 where the range is empty
+        self._range_bytes = np.array(
+            [
+                [self._bytes(lo, hi) if lo < hi else 0.0 for hi in range(n_layers + 1)]
+                for lo in range(n_layers + 1)
+            ]
+        )
+        self._floors: dict[int, float] = {}  # by the callers' replica keys
+        self._arrays: dict[tuple[int, bool], np.ndarray] = {}
 
     def _bytes(self, start: int, end: int) -> float:
         return self.cost.kv_bytes(start, end, self._tokens)
@@ -73,8 +94,7 @@ class KvLinks:
     ) -> np.ndarray | None:
         """kv[i, j]: replica i as PREFILL to replica j as DECODER, for the `rows` and `cols` asked
         (default all; inf elsewhere, where it cannot bind or j cannot decode); None when the
-        floor shows that none of the rows can bind, whatever it pairs with. Cached by the
-        replicas' keys."""
+        floor shows that none of the rows can bind, whatever it pairs with."""
         n = len(replicas)
         binding = []
         for i in range(n) if rows is None else rows:
@@ -87,18 +107,39 @@ class KvLinks:
             return None
         columns = [j for j in (range(n) if cols is None else cols) if replicas[j].decoder is not None]
         kv = np.full((n, n), np.inf)
-        pairs = self._pairs
-        for i in binding:
-            pre = replicas[i]
-            for j in columns:
-                if j != i:
-                    dec = replicas[j]
-                    key = (pre.key, dec.key)
-                    cap = pairs.get(key)
-                    if cap is None:
-                        cap = pairs[key] = self.capacity(pre.prefill, dec.decoder)  # type: ignore[arg-type]
-                    kv[i, j] = cap
+        if columns:
+            kv[np.ix_(binding, columns)] = self._block(
+                [self._stage_array(replicas[i], True) for i in binding],
+                [self._stage_array(replicas[j], False) for j in columns],
+            )
+            kv[np.arange(n), np.arange(n)] = np.inf  # no replica hands off to itself
         return kv
+
+    def _stage_array(self, r: Handoff, prefill: bool) -> np.ndarray:
+        """(device index, first layer, end layer) of each stage, (3, K), cached by key."""
+        key = (r.key, prefill)
+        if key not in self._arrays:
+            stages = r.prefill if prefill else r.decoder
+            assert stages is not None
+            self._arrays[key] = np.array(
+                [[self._index[n] for n, _, _ in stages], [a for _, a, _ in stages], [b for _, _, b in stages]]
+            )
+        return self._arrays[key]
+
+    def _block(self, prefill: list[np.ndarray], decoder: list[np.ndarray]) -> np.ndarray:
+        """`capacity` of every (prefill, decoder) pair of the lists at once."""
+        p, d = np.concatenate(prefill, axis=1), np.concatenate(decoder, axis=1)
+        lo = np.maximum(p[1][:, None], d[1][None, :])
+        hi = np.minimum(p[2][:, None], d[2][None, :])
+        live = (lo < hi) & (p[0][:, None] != d[0][None, :])
+        n_bytes = self._range_bytes[np.where(live, lo, 0), np.where(live, hi, 0)]
+        live &= n_bytes > 0
+        bw = self._bandwidth[p[0][:, None], d[0][None, :]]
+        with np.errstate(divide="ignore"):
+            cap = np.where(live, bw / np.where(live, n_bytes, 1.0), np.inf)
+        rows = np.cumsum([0] + [a.shape[1] for a in prefill[:-1]])
+        cols = np.cumsum([0] + [a.shape[1] for a in decoder[:-1]])
+        return np.minimum.reduceat(np.minimum.reduceat(cap, rows, axis=0), cols, axis=1)
 
 
 @dataclass(frozen=True, slots=True)

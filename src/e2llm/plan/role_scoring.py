@@ -25,6 +25,10 @@ hand-off) plus each phase's queueing delay as one M/D/1 server of its summed rat
 queueing term every plan that just keeps up scores 0 on the bottleneck objective and the
 tie-break would pick the one with the fastest replicas and no headroom, whose queues then grow
 with every burst; with it, headroom is worth its waiting time.
+
+~340 lines: the capacity model has one formula (`score_totals`) behind three ways of scoring
+role vectors (all at once, `score_batch`; a local search's neighbours incrementally,
+`change_totals` / `swap_totals`), which must agree.
 """
 
 from __future__ import annotations
@@ -227,8 +231,25 @@ def score_batch(
         p_eff = np.minimum(p_eff, handoff_caps(is_d, d, d_sum, kv))
     p_sum = p_eff.sum(axis=2)
     m_sum = m @ fm
-    pooled = (is_p.any(axis=1) & is_d.any(axis=1))[None, :]  # (1, S)
-    valid = pooled | is_m.any(axis=1)[None, :]
+    with np.errstate(invalid="ignore"):
+        weighted = ((p_eff * lp[:, None, :]).sum(axis=2), (d * ld) @ fd, (m * lm) @ fm)
+    counts = (is_p.sum(axis=1)[None, :], is_d.sum(axis=1)[None, :], is_m.sum(axis=1)[None, :])
+    obj, lat = score_totals(
+        (p_sum, weighted[0], d_sum, weighted[1], m_sum, weighted[2]), counts, interval_s, objective
+    )
+    return obj, lat, p_sum, d_sum, m_sum
+
+
+def score_totals(
+    totals: Sequence[np.ndarray], counts: Sequence[np.ndarray], interval_s: float, objective: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(objective, latency) of role vectors from their totals, elementwise: `totals` (P, sum of
+    p_i * latency_i over PREFILL replicas, D, the same over DECODERs, M, the same over MIXED),
+    P already capped by the hand-offs; `counts` the replicas in each role."""
+    p_sum, p_weighted, d_sum, d_weighted, m_sum, m_weighted = totals
+    n_p, n_d, n_m = counts
+    pooled = (n_p > 0) & (n_d > 0)
+    any_m = n_m > 0
     f_d = np.where(pooled, np.minimum(p_sum, d_sum), 0.0)
     rate = f_d + m_sum
     lam = 1.0 / interval_s
@@ -237,15 +258,73 @@ def score_batch(
         rho = lam / rate
         # the disaggregated share of the arrivals, lam * F_D / F, queues at each of its phases
         lam_d = lam * f_d / rate
-        service_d = (p_eff * lp[:, None, :]).sum(axis=2) / p_sum + ((d * ld) @ fd) / d_sum
-        lat_d = np.where(pooled, service_d + _md1_wait(p_sum, lam_d) + _md1_wait(d_sum, lam_d), 0.0)
-        n_m = is_m.sum(axis=1)[None, :]
-        wait_m = np.where(rho < 1.0, n_m * rho / (2.0 * rate * (1.0 - rho)), np.inf)
-        lat_m = np.where(n_m > 0, ((m * lm) @ fm) / rate + wait_m, 0.0)
-        lat = (f_d / rate) * lat_d + lat_m
+        service_d = p_weighted / p_sum + d_weighted / d_sum
+        lat_d = np.where(pooled, service_d + _md1(p_sum, lam_d) + _md1(d_sum, lam_d), 0.0)
+        lat = (f_d / rate) * lat_d
+        if any_m.any():  # (+ 0.0 otherwise: the same numbers)
+            wait_m = np.where(rho < 1.0, n_m * rho / (2.0 * rate * (1.0 - rho)), np.inf)
+            lat = lat + np.where(any_m, m_weighted / rate + wait_m, 0.0)
         lat = np.where(np.isnan(lat), np.inf, lat)
-    ok = valid & (rate > 0)
-    return np.where(ok, np.round(obj, 9), np.inf), np.where(ok, lat, np.inf), p_sum, d_sum, m_sum
+    ok = (pooled | any_m) & (rate > 0)
+    return np.where(ok, np.round(obj, 9), np.inf), np.where(ok, lat, np.inf)
+
+
+def _md1(rate: np.ndarray, lam: np.ndarray) -> np.ndarray:
+    """`_md1_wait` on arrays, inside the caller's `np.errstate`."""
+    rho = lam / rate
+    return np.where(rho < 1.0, rho / (2.0 * rate * (1.0 - rho)), np.inf)
+
+
+_TOTAL_ROLES = np.array([PREFILL_CODE, PREFILL_CODE, DECODER_CODE, DECODER_CODE, MIXED_CODE, MIXED_CODE])[
+    :, None
+]
+_ROLES = np.array([PREFILL_CODE, DECODER_CODE, MIXED_CODE])[:, None]
+
+
+def role_values(a: ReplicaArrays) -> np.ndarray:
+    """Each replica's part of the totals `score_totals` takes, (6, R), in the role it counts in."""
+    return np.stack([a.p, a.p * a.lp, a.d, a.d * a.ld, a.m, a.m * a.lm])
+
+
+def role_totals(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(totals (6, 1), counts (3, 1)) of one role vector, for `score_totals`; `values`:
+    `role_values`."""
+    totals = np.where(codes == _TOTAL_ROLES, values, 0.0).sum(axis=1, keepdims=True)
+    return totals, (codes == _ROLES).sum(axis=1, keepdims=True)
+
+
+def change_totals(
+    codes: np.ndarray, values: np.ndarray, changes: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(totals (6, S), counts (3, S)) of S candidates for the local search: candidate k is
+    `codes` with replica[k] set to role[k] for each (replica, role) pair of `changes` (arrays
+    (S,)). Incremental: the totals of `codes` plus the change of the replicas a candidate
+    moves, O(S) instead of the O(S x R) of `score_batch` (a 256-device plan scores thousands of
+    neighbours of ~180 replicas per pass). The same numbers as `score_batch` up to float
+    rounding; the changes are summed before they are added, so candidates of equal value
+    (identical replicas swapped) score equally."""
+    totals, counts = role_totals(codes, values)
+    delta = np.zeros((6, len(changes[0][0])))
+    n_delta = np.zeros((3, len(changes[0][0])), dtype=np.int64)
+    for replica, role in changes:
+        old, v = codes[replica], values[:, replica]
+        delta += np.where(role == _TOTAL_ROLES, v, 0.0) - np.where(old == _TOTAL_ROLES, v, 0.0)
+        n_delta += (role == _ROLES).astype(np.int64) - (old == _ROLES)
+    return totals + delta, counts + n_delta
+
+
+def swap_totals(
+    codes: np.ndarray, values: np.ndarray, pre: np.ndarray, dec: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`change_totals` of every swap of a PREFILL replica i of `pre` (to DECODER) with a
+    DECODER j of `dec` (to PREFILL), in (i, j) order, as outer differences: the same numbers
+    (p_j - p_i is what the two changes add), in a few numpy calls."""
+    totals, counts = role_totals(codes, values)
+    vp, vd = values[:, pre], values[:, dec]
+    delta = np.zeros((6, len(pre), len(dec)))
+    delta[0:2] = vd[0:2, None, :] - vp[0:2, :, None]  # the PREFILL totals gain j, lose i
+    delta[2:4] = vp[2:4, :, None] - vd[2:4, None, :]  # the DECODER totals gain i, lose j
+    return totals + delta.reshape(6, -1), np.repeat(counts, len(pre) * len(dec), axis=1)
 
 
 def handoff_caps(is_d: np.ndarray, d: np.ndarray, d_sum: np.ndarray, kv: np.ndarray) -> np.ndarray:

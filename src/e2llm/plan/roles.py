@@ -18,7 +18,8 @@ grouping search, so both pick the same split. Above that it is a polynomial heur
    order (the fractional optimum of the PREFILL/DECODER split lies on one), and the all-MIXED
    vector where every replica can be MIXED;
 2. best-improvement local search from the best start: change any one replica's role, or any two
-   (<= 16 replicas), or swap a PREFILL and a DECODER (more replicas, at most 8 passes);
+   (<= 16 replicas), or swap a PREFILL and a DECODER (more replicas, at most 8 passes); each
+   neighbour scored from the totals of the current vector plus its change (`change_totals`);
 3. with link limits, the search runs on the replicas' own rates, then again with each prefill
    rate capped by its hand-off capacity under the split found (two rounds); the best by the true
    score wins.
@@ -44,9 +45,14 @@ from e2llm.plan.role_scoring import (
     ReplicaArrays,
     ReplicaRates,
     RoleAssignment,
+    change_totals,
     handoff_caps,
+    role_totals,
+    role_values,
     role_vectors,
     score_roles,
+    score_totals,
+    swap_totals,
 )
 from e2llm.plan.types import Role
 
@@ -156,56 +162,61 @@ def _heuristic(a: ReplicaArrays, interval_s: float, objective: str) -> np.ndarra
 
 
 def _improve(codes: np.ndarray, a: ReplicaArrays, interval_s: float, objective: str) -> np.ndarray:
-    """Best-improvement local search over role vectors, stopping at a local optimum."""
-    n = len(codes)
-    here = _key(codes, a, interval_s, objective)
-    for _ in range(_MAX_PASSES if n <= _PAIRS_MAX_R else _MAX_PASSES_LARGE):
-        cands = _neighbours(codes, a.allowed, pairs=n <= _PAIRS_MAX_R)
-        if not len(cands):
+    """Best-improvement local search over role vectors (`_neighbours`), stopping at a local
+    optimum. Scored incrementally (`change_totals`), every neighbour in one `score_totals`
+    call per pass; ties go to the first neighbour."""
+    pairs = len(codes) <= _PAIRS_MAX_R
+    values = role_values(a)
+    for _ in range(_MAX_PASSES if pairs else _MAX_PASSES_LARGE):
+        blocks, parts = _neighbours(codes, values, a.allowed, pairs=pairs)
+        if not parts:
             break
-        obj, lat, *_ = score_roles(cands, a, interval_s, objective)
-        pick = int(np.lexsort((lat, obj))[0])
-        key = (float(obj[pick]), float(lat[pick]))
-        if key >= here:
+        here, count = role_totals(codes, values)  # the first column: `codes` itself
+        totals = np.concatenate([here, *(t for t, _ in parts)], axis=1)
+        counts = np.concatenate([count, *(c for _, c in parts)], axis=1)
+        obj, lat = score_totals(tuple(totals), tuple(counts), interval_s, objective)
+        pick = int(np.lexsort((lat[1:], obj[1:]))[0])
+        if (obj[pick + 1], lat[pick + 1]) >= (obj[0], lat[0]):
             break
-        codes, here = cands[pick], key
+        codes = codes.copy()
+        for changes in blocks:
+            if pick < len(changes[0][0]):
+                for replica, role in changes:
+                    codes[replica[pick]] = role[pick]
+                break
+            pick -= len(changes[0][0])
     return codes
 
 
-def _key(codes: np.ndarray, a: ReplicaArrays, interval_s: float, objective: str) -> tuple[float, float]:
-    obj, lat, *_ = score_roles(codes[None, :], a, interval_s, objective)
-    return float(obj[0]), float(lat[0])
+Changes = tuple[tuple[np.ndarray, np.ndarray], ...]  # (replica, role) arrays, one entry per neighbour
 
 
-def _neighbours(codes: np.ndarray, allowed: tuple[tuple[int, ...], ...], *, pairs: bool) -> np.ndarray:
+def _neighbours(
+    codes: np.ndarray, values: np.ndarray, allowed: tuple[tuple[int, ...], ...], *, pairs: bool
+) -> tuple[list[Changes], list[tuple[np.ndarray, np.ndarray]]]:
     """Every vector one role change away; with `pairs` also two changes, else PREFILL<->DECODER
-    swaps (a change of two that keeps both pools' sizes). Built with numpy (rows in the order of
-    the changes: replica, then role; pairs in `itertools.combinations` order)."""
-    replica, role, can_decode = _changes(allowed)
-    keep = role != codes[replica]
-    replica, role = replica[keep], role[keep]
-    blocks = [_apply(codes, (replica, role))]
+    swaps (a change of two that keeps both pools' sizes): the changes of each block of
+    neighbours, and the totals of the non-empty blocks. In the order of the changes: replica,
+    then role; pairs in `itertools.combinations` order; swaps by PREFILL, then DECODER."""
+    replicas, roles, can_decode = _changes(allowed)
+    keep = roles != codes[replicas]
+    replica, role = replicas[keep], roles[keep]
+    blocks: list[Changes] = [((replica, role),)]
     if pairs:
         first, second = np.triu_indices(len(replica), 1)
         apart = replica[first] != replica[second]
         first, second = first[apart], second[apart]
-        blocks.append(_apply(codes, (replica[first], role[first]), (replica[second], role[second])))
+        blocks.append(((replica[first], role[first]), (replica[second], role[second])))
+        parts = [change_totals(codes, values, b) for b in blocks if len(b[0][0])]
     else:
         pre = np.flatnonzero((codes == PREFILL_CODE) & can_decode)
         dec = np.flatnonzero(codes == DECODER_CODE)
-        i, j = (x.ravel() for x in np.meshgrid(pre, dec, indexing="ij"))
-        blocks.append(_apply(codes, (i, np.full(len(i), DECODER_CODE)), (j, np.full(len(j), PREFILL_CODE))))
-    return np.concatenate(blocks).astype(np.int8, copy=False)
-
-
-def _apply(codes: np.ndarray, *changes: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """One row per change set: `codes` with replica[k] set to role[k] for each (replica, role)."""
-    n_rows = len(changes[0][0])
-    rows = np.repeat(codes[None, :], n_rows, axis=0)
-    k = np.arange(n_rows)
-    for replica, role in changes:
-        rows[k, replica] = role
-    return rows
+        i, j = np.repeat(pre, len(dec)), np.tile(dec, len(pre))
+        blocks.append(((i, np.full(len(i), DECODER_CODE)), (j, np.full(len(j), PREFILL_CODE))))
+        parts = [change_totals(codes, values, blocks[0])] if len(replica) else []
+        if len(i):
+            parts.append(swap_totals(codes, values, pre, dec))
+    return blocks, parts
 
 
 @functools.cache
