@@ -109,7 +109,8 @@ def test_polish_takes_a_move_that_pays_only_with_a_new_pipeline_order() -> None:
 
 def test_gains_below_min_gain_do_not_extend_the_run() -> None:
     """Latency tie-breaks that improve by a hair (here < 1e-6 relative) are kept as the best
-    but do not reset the patience count at min_gain 1e-3; at min_gain 0 every better best does."""
+    but do not reset the patience count at min_gain 1e-3; at min_gain 0 every better best does,
+    and a better objective always does."""
 
     def tiny(ind: Individual) -> tuple[float, float]:
         return 0.0, 1.0 + 1e-7 * sum(abs(x - i) for i, x in enumerate(ind.perm))
@@ -123,3 +124,15 @@ def test_gains_below_min_gain_do_not_extend_the_run() -> None:
     assert runs[1e-3].generations == 5
     assert runs[0.0].generations > 5
     assert runs[0.0].key <= runs[1e-3].key
+    # the same steps in the objective are gains of any size: the run is the min_gain 0 one
+    swapped = [
+        evolve(
+            len(FREE),
+            lambda ind: tiny(ind)[::-1],
+            SIZER,
+            random.Random(2),
+            GAParams(population=10, patience=5, min_gain=gain),
+        )
+        for gain in (1e-3, 0.0)
+    ]
+    assert swapped[0] == swapped[1] and swapped[0].generations == runs[0.0].generations

@@ -22,10 +22,10 @@ Selection: size-3 tournaments over the current population together with the elit
 best individuals ever seen), so elites from earlier generations are kept and also bred with the
 current generation. A child that repeats a grouping already in the new generation is replaced by
 a random individual (immigrant), so a converged population keeps exploring. Deterministic for a
-given `random.Random`. Stops after `patience` generations without a gain of `min_gain` (a new
-best that beats the best of the last gain by that relative margin, in the objective or, at an
-equal objective, in the latency tie-break; smaller gains are kept but do not extend the run), or
-after `generations`; then `polish` (a local search, our addition) settles the best individual.
+given `random.Random`. Stops after `patience` generations without a gain (a better objective,
+or at an equal objective a latency tie-break better than at the last gain by the relative
+`min_gain`; smaller latency steps are kept but do not extend the run), or after `generations`;
+then `polish` (a local search, our addition) settles the best individual.
 
 Fitness is a black box `Individual -> key` (lower is better, `INFEASIBLE` for groupings that do
 not work); the caller caches it, and evaluates the groups inside with its own DP cache.
@@ -55,7 +55,7 @@ class GAParams:
     population: int = 40
     generations: int = 200
     patience: int = 30  # stop after this many generations without a gain ...
-    min_gain: float = 1e-3  # ... of this relative size (0: any better best is a gain)
+    min_gain: float = 1e-3  # ... a latency tie-break step counts from this relative size (0: any)
     elites: int = 4
     mutation_rate: float = 0.3
     tournament: int = 3
@@ -156,10 +156,10 @@ def evolve(
 
 
 def _gain(new: Key, old: Key, margin: float) -> bool:
-    """Whether `new` beats `old` by the relative `margin`: in the objective, or at an equal
-    objective in the latency tie-break (anything finite beats inf)."""
+    """Whether `new` is a gain over `old`: any better objective, or at an equal objective a
+    latency tie-break better by the relative `margin` (anything finite beats inf)."""
     if new[0] != old[0]:
-        return new[0] < old[0] and (not math.isfinite(old[0]) or old[0] - new[0] > margin * abs(old[0]))
+        return new[0] < old[0]
     return new[1] < old[1] and (not math.isfinite(old[1]) or old[1] - new[1] > margin * abs(old[1]))
 
 
