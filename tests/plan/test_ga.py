@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import random
 
-from e2llm.plan.ga import GAParams, Individual, _crossover, _mutate, _neighbours, evolve, polish
+from e2llm.plan.ga import (
+    GAParams,
+    Individual,
+    _crossover,
+    _mutate,
+    _neighbours,
+    _polish_elites,
+    evolve,
+    polish,
+)
 from e2llm.plan.sizer import MemorySizer
 
 FREE = (4.0, 1.0, 2.0, 3.0, 1.0, 2.0, 5.0, 1.0, 2.0)  # device "memory", need 4 per replica
@@ -105,6 +114,24 @@ def test_polish_takes_a_move_that_pays_only_with_a_new_pipeline_order() -> None:
 
     found, key = polish(start, fitness(start), fitness, max_evals=1000)
     assert key == (0.0, 0.0) and found.canonical == best.canonical
+
+
+def test_the_other_elites_are_polished_from_what_the_best_ones_search_leaves() -> None:
+    best = Individual((0, 1, 2, 3), (2, 1))  # a local optimum: every neighbour is worse
+    second = Individual((2, 3, 0, 1), (1, 1))
+    near_best = {x.canonical for x in _neighbours(best)}
+    target = next(x for x in _neighbours(second) if x.canonical not in near_best | {best.canonical})
+    keys = {best.canonical: (0.0, 1.0), second.canonical: (0.0, 2.0), target.canonical: (0.0, 0.0)}
+
+    def fitness(ind: Individual) -> tuple[float, float]:
+        return keys.get(ind.canonical, (0.0, 5.0))
+
+    elites = [(best, (0.0, 1.0)), (second, (0.0, 2.0))]
+    found, key = _polish_elites(elites, fitness, max_evals=10_000)
+    assert key == (0.0, 0.0) and found.canonical == target.canonical
+    # one budget: what the best one's search spends is not there for the others
+    spent = len(list(_neighbours(best)))
+    assert _polish_elites(elites, fitness, max_evals=spent) == (best, (0.0, 1.0))
 
 
 def test_gains_below_min_gain_do_not_extend_the_run() -> None:

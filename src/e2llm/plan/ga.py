@@ -25,10 +25,14 @@ a random individual (immigrant), so a converged population keeps exploring. Dete
 given `random.Random`. Stops after `patience` generations without a gain (a better objective,
 or at an equal objective a latency tie-break better than at the last gain by the relative
 `min_gain`; smaller latency steps are kept but do not extend the run), or after `generations`;
-then `polish` (a local search, our addition) settles the best individual.
+then `polish` (a local search, our addition) settles the elites, best first, from one budget
+(`polish_evals`): on large clusters the best one's search spends all of it.
 
 Fitness is a black box `Individual -> key` (lower is better, `INFEASIBLE` for groupings that do
 not work); the caller caches it, and evaluates the groups inside with its own DP cache.
+
+~330 lines: the GA and its final local search share the encoding and the move set; apart they
+would pass `Individual` internals back and forth.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class GAParams:
     """Search budget. The defaults meet the planning-time targets of benchmarks/bench_planner.py
     (7 devices < 2 s, 256 devices < 120 s on a 2-core box) and find the exhaustive optimum
     (objective and predicted latency) on 100 of 100 random 5-7 device clusters with MIXED off,
-    97 of 100 with MIXED on (benchmarks/RESULTS.md, issue 14)."""
+    98 of 100 with MIXED on (benchmarks/RESULTS.md, issue 14)."""
 
     population: int = 40
     generations: int = 200
@@ -59,7 +63,7 @@ class GAParams:
     elites: int = 4
     mutation_rate: float = 0.3
     tournament: int = 3
-    polish_evals: int = 1500  # budget of the final local search (see `polish`)
+    polish_evals: int = 1500  # budget of the final local searches (see `_polish_elites`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +154,7 @@ def evolve(
             progress(generation, params.generations)
         if stale >= params.patience:
             break
-    best, best_key = polish(archive[0][0], best_key, fitness, params.polish_evals)
+    best, best_key = _polish_elites(archive, fitness, params.polish_evals)
     history.append(best_key)
     return GAResult(best, best_key, generation, tuple(history))
 
@@ -161,6 +165,25 @@ def _gain(new: Key, old: Key, margin: float) -> bool:
     if new[0] != old[0]:
         return new[0] < old[0]
     return new[1] < old[1] and (not math.isfinite(old[1]) or old[1] - new[1] > margin * abs(old[1]))
+
+
+def _polish_elites(
+    archive: Sequence[tuple[Individual, Key]], fitness: Callable[[Individual], Key], max_evals: int
+) -> tuple[Individual, Key]:
+    """`polish` the elites, best first, from one budget of `max_evals`: on a large cluster the
+    best one's local search spends it all (the same cost as polishing it alone); on a small one
+    it reaches a local optimum early and the rest polish the other elites, whose local optima
+    may be better (a second basin the best one's moves cannot leave in one step)."""
+    best, best_key = archive[0]
+    left = max_evals
+    for ind, key in archive:
+        if left <= 0:
+            break
+        ind, key, used = _local_search(ind, key, fitness, left)
+        left -= used
+        if key < best_key:
+            best, best_key = ind, key
+    return best, best_key
 
 
 def polish(
@@ -174,6 +197,14 @@ def polish(
     retire a whole replica (its devices unused); merge two replicas; split one in two. Then the
     same moves again, each with every other pipeline order of the replicas whose devices it
     changed (`_reordered`). Stops at a local optimum or after `max_evals`."""
+    ind, key, _ = _local_search(ind, key, fitness, max_evals)
+    return ind, key
+
+
+def _local_search(
+    ind: Individual, key: Key, fitness: Callable[[Individual], Key], max_evals: int
+) -> tuple[Individual, Key, int]:
+    """`polish`, and the evaluations it used."""
     evals = 0
     improved = True
     while improved and evals < max_evals:
@@ -186,7 +217,7 @@ def polish(
             if k < key:
                 ind, key, improved = cand, k, True
                 break
-    return ind, key
+    return ind, key, evals
 
 
 def _neighbours(ind: Individual) -> Iterator[Individual]:
