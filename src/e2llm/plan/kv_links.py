@@ -41,16 +41,10 @@ class KvLinks:
         cl = cost.cluster
         names = cl.names
         self._index = {n: k for k, n in enumerate(names)}
-        self._slowest = {
-            n: min((cl.link(n, o).bandwidth_mbps for o in cl.names if o != n), default=math.inf)
-            for n in cl.names
-        }
-        # bytes/s of every device pair's link, as `capacity` computes it
-        mbps = np.full((len(names), len(names)), cl.default_link.bandwidth_mbps)
-        for pair, link in cl.links.items():
-            if len(pair) == 2 and pair <= self._index.keys():
-                a, b = (self._index[n] for n in pair)
-                mbps[a, b] = mbps[b, a] = link.bandwidth_mbps
+        # Mbit/s of every device pair's link (inf on the diagonal: a device sends itself nothing)
+        link_mbps = [[cl.link(a, b).bandwidth_mbps if a != b else math.inf for b in names] for a in names]
+        mbps = np.array(link_mbps)
+        self._slowest = {n: float(v) for n, v in zip(names, mbps.min(axis=1), strict=True)}
         self._bandwidth = mbps * 1e6 / 8
         n_layers = cost.model.n_layers
         # bytes of layers [lo, hi) of one prompt, 0 where the range is empty
